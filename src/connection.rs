@@ -1,0 +1,345 @@
+//! One client connection: its socket, the echo bytes it has not taken yet,
+//! and the byte-level work of serving it.
+//!
+//! A `Connection` never waits. The worker that owns it calls
+//! [`Connection::on_readable`] and [`Connection::on_writable`] when the
+//! poller says so; each does as much as the socket allows without blocking
+//! and reports what the worker must do next ([`Step`]). The socket is
+//! registered once for both readiness kinds, edge-triggered, so serving a
+//! message costs one `read` and one `write` after the wakeup — no
+//! re-registration syscalls.
+//!
+//! Backpressure lives here: echo that the client has not read is kept in a
+//! pending buffer capped at `max_pending_bytes`; once the cap is reached the
+//! connection stops reading (the kernel's receive window then pushes back on
+//! the client) until the client drains it. A client that never reads thus
+//! holds at most the cap in server memory and costs others nothing.
+//!
+//! Closing is lingering, as nginx does it: after the final notice is
+//! flushed the write side is shut down and input is discarded until the
+//! client closes (or a short timeout), so a goodbye is never lost to a TCP
+//! reset caused by unread input.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::Shutdown;
+
+use mio::net::TcpStream;
+
+use crate::protocol::{Detector, Notice, Scan};
+
+/// At most this many reads per readiness event before yielding to other
+/// connections (fairness: one fast client cannot monopolise a worker).
+const READ_BUDGET: usize = 16;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Echoing.
+    Open,
+    /// A final notice is queued; close once it is flushed.
+    Closing,
+    /// Write side shut; discarding input until the client closes.
+    Lingering,
+}
+
+/// What the worker must do after an event was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing special; wait for the next event.
+    Wait,
+    /// The read budget ran out with input possibly left: handle again soon.
+    Again,
+    /// The connection is finished: deregister and drop it.
+    Close,
+}
+
+/// Result of one readable event, for the worker's bookkeeping.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadReport {
+    /// Bytes read from the client.
+    pub bytes_in: usize,
+    /// The client said `disconnect`.
+    pub disconnected: bool,
+}
+
+/// Echo bytes not yet written, consumed from the front.
+#[derive(Debug, Default)]
+struct Pending {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos == self.buf.len() {
+            self.pos = 0;
+            self.buf.clear();
+            // An idle connection should not keep a burst's worth of memory.
+            if self.buf.capacity() > 16 * 1024 {
+                self.buf = Vec::new();
+            }
+        }
+    }
+}
+
+/// A client connection owned by one worker.
+#[derive(Debug)]
+pub struct Connection {
+    /// The client's socket (non-blocking, registered with the worker).
+    stream: TcpStream,
+    /// Echo (and notices) accepted from the client but not yet written.
+    pending: Pending,
+    /// Finds `disconnect` across reads.
+    detector: Detector,
+    /// Whether the last byte sent (or queued) ended a line; a notice after
+    /// a partial line starts on a new line so it stays recognisable.
+    at_line_start: bool,
+    /// Where the connection is in its life.
+    phase: Phase,
+    /// The client closed its sending side; finish writing, then close.
+    read_closed: bool,
+    /// Reading stopped because `pending` reached the cap.
+    paused: bool,
+}
+
+impl Connection {
+    /// Wraps an accepted, non-blocking stream.
+    pub fn new(stream: TcpStream) -> Self {
+        Connection {
+            stream,
+            pending: Pending::default(),
+            detector: Detector::default(),
+            at_line_start: true,
+            phase: Phase::Open,
+            read_closed: false,
+            paused: false,
+        }
+    }
+
+    /// The socket, for (de)registration with a poller.
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Bytes waiting to be written to the client.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Reads and echoes what the client sent, within the read budget.
+    /// `buf` is the worker's scratch buffer; `cap` the pending-bytes cap.
+    pub fn on_readable(
+        &mut self,
+        buf: &mut [u8],
+        cap: usize,
+        read_closed_hint: bool,
+    ) -> (Step, ReadReport) {
+        let mut report = ReadReport::default();
+        if self.phase == Phase::Lingering {
+            return (self.discard_input(buf), report);
+        }
+        for _ in 0..READ_BUDGET {
+            if self.phase != Phase::Open || self.read_closed {
+                break;
+            }
+            let room = cap.saturating_sub(self.pending.len());
+            if room == 0 {
+                self.paused = true;
+                return (Step::Wait, report);
+            }
+            let want = room.min(buf.len());
+            match self.stream.read(&mut buf[..want]) {
+                Ok(0) => {
+                    self.read_closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    report.bytes_in += n;
+                    let chunk = &buf[..n];
+                    match self.detector.scan(chunk) {
+                        Scan::Echo => {
+                            if let Err(step) = self.send(chunk) {
+                                return (step, report);
+                            }
+                        }
+                        Scan::Disconnect { echo } => {
+                            report.disconnected = true;
+                            if let Err(step) = self.send(&chunk[..echo]) {
+                                return (step, report);
+                            }
+                            return (self.finish(Notice::Goodbye), report);
+                        }
+                    }
+                    // A short read drained the socket; with edge-triggered
+                    // readiness a later arrival raises a new event. When the
+                    // peer has closed, read on to see the end of stream.
+                    if n < want && !read_closed_hint {
+                        return (Step::Wait, report);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return (Step::Wait, report),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return (Step::Close, report),
+            }
+        }
+        if self.read_closed {
+            // Half-close: the client may still be reading its echo.
+            return (self.close_when_flushed(), report);
+        }
+        if self.phase == Phase::Open {
+            (Step::Again, report)
+        } else {
+            (Step::Wait, report)
+        }
+    }
+
+    /// Writes what is pending; resumes reading if backpressure eased.
+    /// Returns `Again` when reading should resume right away.
+    pub fn on_writable(&mut self, cap: usize) -> Step {
+        if let Err(step) = self.flush() {
+            return step;
+        }
+        match self.phase {
+            Phase::Closing if self.pending.len() == 0 => self.linger(),
+            Phase::Open if self.read_closed && self.pending.len() == 0 => Step::Close,
+            Phase::Open if self.paused && self.pending.len() < cap => {
+                self.paused = false;
+                Step::Again
+            }
+            _ => Step::Wait,
+        }
+    }
+
+    /// Queues a notice and keeps the connection open (used for the drain
+    /// notice: the client may go on).
+    pub fn notify(&mut self, notice: Notice) -> Step {
+        self.queue_notice(notice);
+        match self.flush() {
+            Ok(()) => Step::Wait,
+            Err(step) => step,
+        }
+    }
+
+    /// Sends a final notice, then closes (lingering).
+    pub fn finish(&mut self, notice: Notice) -> Step {
+        if self.phase != Phase::Open {
+            return Step::Wait;
+        }
+        self.queue_notice(notice);
+        self.phase = Phase::Closing;
+        if let Err(step) = self.flush() {
+            return step;
+        }
+        if self.pending.len() == 0 {
+            self.linger()
+        } else {
+            Step::Wait
+        }
+    }
+
+    fn queue_notice(&mut self, notice: Notice) {
+        if !self.at_line_start {
+            self.pending.push(b"\r\n");
+        }
+        self.pending.push(notice.line().as_bytes());
+        self.at_line_start = true;
+    }
+
+    /// Echoes `data`: straight to the socket when nothing is queued, else
+    /// behind what is queued.
+    fn send(&mut self, data: &[u8]) -> Result<(), Step> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.at_line_start = data.last() == Some(&b'\n');
+        if self.pending.len() > 0 {
+            self.pending.push(data);
+            return Ok(());
+        }
+        let mut written = 0;
+        while written < data.len() {
+            match self.stream.write(&data[written..]) {
+                Ok(0) => return Err(Step::Close),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return Err(Step::Close),
+            }
+        }
+        if written < data.len() {
+            self.pending.push(&data[written..]);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Step> {
+        while self.pending.len() > 0 {
+            match self.stream.write(self.pending.bytes()) {
+                Ok(0) => return Err(Step::Close),
+                Ok(n) => self.pending.consume(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return Err(Step::Close),
+            }
+        }
+        Ok(())
+    }
+
+    fn close_when_flushed(&mut self) -> Step {
+        if self.pending.len() == 0 {
+            Step::Close
+        } else {
+            Step::Wait
+        }
+    }
+
+    /// Shuts the write side and starts discarding input.
+    fn linger(&mut self) -> Step {
+        self.phase = Phase::Lingering;
+        if self.stream.shutdown(Shutdown::Write).is_err() || self.read_closed {
+            return Step::Close;
+        }
+        Step::Again
+    }
+
+    fn discard_input(&mut self, buf: &mut [u8]) -> Step {
+        for _ in 0..READ_BUDGET {
+            match self.stream.read(buf) {
+                Ok(0) => return Step::Close,
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Wait,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return Step::Close,
+            }
+        }
+        Step::Again
+    }
+
+    /// Best-effort single write of a notice on a socket that is about to be
+    /// dropped (busy refusals, forced closes at the drain deadline).
+    pub fn send_last_words(stream: &mut impl Write, notice: Notice) -> io::Result<()> {
+        stream.write_all(notice.line().as_bytes())
+    }
+}

@@ -1,0 +1,283 @@
+//! The supervisor: the daemon's main thread, where signals and control
+//! requests become reloads, drains and status answers.
+//!
+//! Everything that changes the server happens here, on one thread, one
+//! event at a time — reload and drain never race each other. Signal
+//! handlers do nothing but forward the signal (signal-hook's iterator runs
+//! on its own thread and sends an [`Event`]); control-socket requests
+//! arrive the same way, with a channel for the answer.
+//!
+//! * SIGHUP: re-read the config file, validate all of it, then apply it
+//!   ([`Server::reload`]); a bad file changes nothing and the error, with
+//!   file, line, column and key, goes to the log.
+//! * SIGTERM / SIGINT: drain for at most `drain_timeout`, then exit 0; a
+//!   second one closes everything at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant, SystemTime};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::config::{format_duration, Config, ConfigError, DEFAULT_PATH};
+use crate::net;
+use crate::server::Server;
+use crate::stats::Snapshot;
+
+/// How often the supervisor wakes when nothing happens (drain progress).
+const TICK: Duration = Duration::from_millis(50);
+
+/// Extra time after the drain deadline for workers to finish closing.
+const DRAIN_MARGIN: Duration = Duration::from_secs(2);
+
+/// Where the config came from; a reload reads the same place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A file (given with `--config`, or the default path that existed).
+    File(PathBuf),
+    /// No file: the embedded defaults.
+    Embedded,
+}
+
+impl ConfigSource {
+    /// For logs and status: the path, or "embedded defaults".
+    pub fn describe(&self) -> String {
+        match self {
+            ConfigSource::File(p) => p.display().to_string(),
+            ConfigSource::Embedded => "embedded defaults".to_string(),
+        }
+    }
+}
+
+/// Loads the config: `explicit` must exist; without it the default path is
+/// used if it exists, else the embedded defaults.
+pub fn load_config(explicit: Option<&Path>) -> Result<(Config, ConfigSource), ConfigError> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
+        None => return Ok((Config::default(), ConfigSource::Embedded)),
+    };
+    let config = Config::load(&path)?;
+    Ok((config, ConfigSource::File(path)))
+}
+
+/// Something the supervisor must act on.
+pub enum Event {
+    /// Reload the config; the answer goes back if someone waits for it.
+    Reload(Option<Sender<Result<String, String>>>),
+    /// Start the drain (first time) or stop now (second time).
+    Terminate,
+    /// Report status.
+    Status(Sender<Status>),
+}
+
+/// The outcome of the last reload, for status.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct LastReload {
+    /// Seconds since the Unix epoch.
+    pub at_unix: u64,
+    /// What changed, or empty on error.
+    pub applied: Option<String>,
+    /// Why it was refused.
+    pub error: Option<String>,
+}
+
+/// What `echo-labctl status` shows.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Status {
+    /// Daemon version.
+    pub version: String,
+    /// Process id.
+    pub pid: u32,
+    /// Config file path, or "embedded defaults".
+    pub config: String,
+    /// Addresses listened on.
+    pub listen: Vec<String>,
+    /// Sockets came from the service manager.
+    pub socket_activated: bool,
+    /// Draining (SIGTERM received).
+    pub draining: bool,
+    /// Counters.
+    pub stats: Snapshot,
+    /// The last reload, if any.
+    pub last_reload: Option<LastReload>,
+}
+
+/// Forwards SIGHUP, SIGTERM and SIGINT to `tx` from a dedicated thread.
+/// Call before starting other threads.
+pub fn forward_signals(tx: Sender<Event>) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let event = match sig {
+                    SIGHUP => Event::Reload(None),
+                    _ => Event::Terminate,
+                };
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// The supervisor's state.
+pub struct Daemon {
+    server: Server,
+    source: ConfigSource,
+    last_reload: Option<LastReload>,
+    /// Set when the drain started.
+    drain_started: Option<Instant>,
+}
+
+impl Daemon {
+    /// Wraps a started server.
+    pub fn new(server: Server, source: ConfigSource) -> Self {
+        Daemon {
+            server,
+            source,
+            last_reload: None,
+            drain_started: None,
+        }
+    }
+
+    /// Logs the start line tests and operators look for.
+    pub fn log_listening(&self) {
+        let c = self.server.config();
+        let how = if self.server.activated() {
+            " [sockets from the service manager; host and port ignored]"
+        } else {
+            ""
+        };
+        log::info!(
+            "listening on {} (pool {}, backlog {}, idle timeout {}){how}",
+            net::describe(&self.server.local_addrs()),
+            c.pool_size,
+            c.backlog,
+            if c.idle_timeout.is_zero() {
+                "never".to_string()
+            } else {
+                format_duration(c.idle_timeout)
+            },
+        );
+    }
+
+    /// Serves events until the drain completes; returns the exit code.
+    pub fn run(mut self, events: Receiver<Event>) -> i32 {
+        loop {
+            match events.recv_timeout(TICK) {
+                Ok(Event::Reload(reply)) => {
+                    let outcome = self.reload();
+                    if let Some(reply) = reply {
+                        let _ = reply.send(outcome);
+                    }
+                }
+                Ok(Event::Terminate) => {
+                    if self.drain_started.is_some() {
+                        log::warn!("second stop signal: closing all connections now");
+                        self.server.stop_now();
+                        self.server.wait_workers(DRAIN_MARGIN);
+                        return 0;
+                    }
+                    self.start_drain();
+                }
+                Ok(Event::Status(reply)) => {
+                    let _ = reply.send(self.status());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    if self.drain_started.is_none() {
+                        self.start_drain();
+                    }
+                }
+            }
+            if let Some(started) = self.drain_started {
+                if self.server.wait_workers(Duration::ZERO) {
+                    log::info!(
+                        "drained in {:.1}s; exiting",
+                        started.elapsed().as_secs_f64()
+                    );
+                    return 0;
+                }
+                if started.elapsed() > self.server.config().drain_timeout + DRAIN_MARGIN {
+                    log::error!("workers did not finish draining in time; exiting");
+                    return 0;
+                }
+            }
+        }
+    }
+
+    fn start_drain(&mut self) {
+        let timeout = self.server.config().drain_timeout;
+        let n = self.server.snapshot().active;
+        log::info!(
+            "stop requested: draining {n} connection(s) for up to {}",
+            format_duration(timeout)
+        );
+        self.drain_started = Some(Instant::now());
+        self.server.drain(timeout);
+    }
+
+    /// Re-reads the config and applies it; the message says what happened.
+    fn reload(&mut self) -> Result<String, String> {
+        if self.drain_started.is_some() {
+            return Err("draining; reload ignored".to_string());
+        }
+        let explicit = match &self.source {
+            ConfigSource::File(p) => Some(p.clone()),
+            ConfigSource::Embedded => None,
+        };
+        let result = match load_config(explicit.as_deref()) {
+            Err(e) => Err(format!(
+                "config not reloaded, the running config is unchanged:\n{e}"
+            )),
+            Ok((config, source)) => match self.server.reload(config) {
+                Ok(report) => {
+                    self.source = source;
+                    Ok(report.summary())
+                }
+                Err(e) => Err(format!(
+                    "config not reloaded, the running config is unchanged: {e}"
+                )),
+            },
+        };
+        match &result {
+            Ok(summary) => log::info!("reloaded {}: {summary}", self.source.describe()),
+            Err(e) => {
+                for line in e.lines() {
+                    log::error!("{line}");
+                }
+            }
+        }
+        let at_unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.last_reload = Some(LastReload {
+            at_unix,
+            applied: result.as_ref().ok().cloned(),
+            error: result.as_ref().err().cloned(),
+        });
+        result
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            config: self.source.describe(),
+            listen: self
+                .server
+                .local_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            socket_activated: self.server.activated(),
+            draining: self.drain_started.is_some(),
+            stats: self.server.snapshot(),
+            last_reload: self.last_reload.clone(),
+        }
+    }
+}

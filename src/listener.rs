@@ -1,0 +1,326 @@
+//! The accept loop: the only thread that touches the listening sockets.
+//!
+//! It accepts connections as fast as the kernel hands them over, refuses
+//! those beyond `max_connections` with a one-line busy notice, and deals the
+//! rest round-robin to the workers (memcached's dispatch), waking each
+//! worker once per batch rather than once per connection. It never reads
+//! from or writes to a client otherwise, so a slow client cannot slow
+//! accepting.
+//!
+//! Accept errors never kill the loop. Running out of file descriptors
+//! (EMFILE, ENFILE) or kernel memory leaves the connection in the queue and
+//! the edge-triggered poller silent, so the loop retries on a timer instead
+//! of spinning, and logs at most once per interval; transient per-connection
+//! errors (ECONNABORTED and the like) are skipped.
+//!
+//! The listening sockets can be swapped while running (reload to a new
+//! address: the daemon binds the new one first, then hands it here), and
+//! dropping them is how the drain stops accepting.
+
+use std::io::{self, ErrorKind};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::connection::Connection;
+use crate::protocol::Notice;
+use crate::stats::ServerStats;
+use crate::worker::{Command, WorkerHandle};
+
+const WAKER: Token = Token(usize::MAX);
+
+/// Loop turn period when idle (heartbeat for the watchdog).
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Retry period after running out of descriptors or memory.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// At most one resource-error log line per this interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Accepts per listener per turn before waking workers and checking
+/// commands again.
+const BATCH: usize = 256;
+
+/// The workers connections are dealt to; replaced when the pool resizes.
+pub type Workers = Arc<RwLock<Vec<WorkerHandle>>>;
+
+/// Messages to the accept loop.
+pub enum AcceptCommand {
+    /// Replace the listening sockets (old ones are closed).
+    SetListeners(Vec<std::net::TcpListener>),
+    /// New connection limit.
+    SetMaxConnections(usize),
+    /// Close the listening sockets and exit.
+    Stop,
+}
+
+/// Handle on the running accept loop.
+pub struct AcceptorHandle {
+    tx: Sender<AcceptCommand>,
+    waker: Waker,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AcceptorHandle {
+    /// Sends a command and wakes the loop.
+    pub fn send(&self, cmd: AcceptCommand) {
+        if self.tx.send(cmd).is_ok() {
+            if let Err(e) = self.waker.wake() {
+                log::error!("cannot wake the accept loop: {e}");
+            }
+        }
+    }
+
+    /// Stops accepting: the listening sockets are closed when this returns,
+    /// so new connects are refused.
+    pub fn stop(&mut self) {
+        self.send(AcceptCommand::Stop);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("the accept loop panicked");
+            }
+        }
+    }
+}
+
+impl Drop for AcceptorHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The accept loop's state.
+struct Acceptor {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    inbox: Receiver<AcceptCommand>,
+    workers: Workers,
+    stats: Arc<ServerStats>,
+    max_connections: usize,
+    /// Round-robin position.
+    next: usize,
+    /// When to retry accepting after a resource error.
+    retry_at: Option<Instant>,
+    /// When the last resource error was logged.
+    last_logged: Option<Instant>,
+    /// Errors not logged since then.
+    suppressed: u64,
+}
+
+/// Starts the accept loop on its own thread.
+pub fn spawn(
+    listeners: Vec<std::net::TcpListener>,
+    workers: Workers,
+    stats: Arc<ServerStats>,
+    max_connections: usize,
+) -> io::Result<AcceptorHandle> {
+    let poll = Poll::new()?;
+    let waker = Waker::new(poll.registry(), WAKER)?;
+    let (tx, inbox) = std::sync::mpsc::channel();
+    let mut acceptor = Acceptor {
+        poll,
+        listeners: Vec::new(),
+        inbox,
+        workers,
+        stats,
+        max_connections,
+        next: 0,
+        retry_at: None,
+        last_logged: None,
+        suppressed: 0,
+    };
+    acceptor.set_listeners(listeners)?;
+    let thread = std::thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || acceptor.run())?;
+    Ok(AcceptorHandle {
+        tx,
+        waker,
+        thread: Some(thread),
+    })
+}
+
+impl Acceptor {
+    fn set_listeners(&mut self, listeners: Vec<std::net::TcpListener>) -> io::Result<()> {
+        let mut new = Vec::with_capacity(listeners.len());
+        for (i, l) in listeners.into_iter().enumerate() {
+            l.set_nonblocking(true)?;
+            let mut l = TcpListener::from_std(l);
+            self.poll
+                .registry()
+                .register(&mut l, Token(i), Interest::READABLE)?;
+            new.push(l);
+        }
+        // Dropping the old listeners closes them.
+        self.listeners = new;
+        // New sockets may have connections queued already.
+        self.retry_at = Some(Instant::now());
+        Ok(())
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(64);
+        loop {
+            let now = Instant::now();
+            let timeout = match self.retry_at {
+                Some(t) => t.saturating_duration_since(now).min(HEARTBEAT),
+                None => HEARTBEAT,
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    log::error!("accept loop poll failed: {e}");
+                    std::thread::sleep(RETRY);
+                }
+            }
+            self.stats.accept_heartbeat.fetch_add(1, Relaxed);
+            if !self.read_commands() {
+                return;
+            }
+            let retry_due = self.retry_at.is_some_and(|t| Instant::now() >= t);
+            let mut ready: Vec<usize> = events
+                .iter()
+                .filter(|e| e.token() != WAKER)
+                .map(|e| e.token().0)
+                .collect();
+            if retry_due {
+                self.retry_at = None;
+                ready = (0..self.listeners.len()).collect();
+            }
+            for i in ready {
+                self.accept_from(i);
+            }
+        }
+    }
+
+    /// False when the loop must exit.
+    fn read_commands(&mut self) -> bool {
+        loop {
+            match self.inbox.try_recv() {
+                Ok(AcceptCommand::SetListeners(l)) => {
+                    if let Err(e) = self.set_listeners(l) {
+                        log::error!("cannot use the new listening sockets: {e}");
+                    }
+                }
+                Ok(AcceptCommand::SetMaxConnections(n)) => self.max_connections = n,
+                Ok(AcceptCommand::Stop) | Err(TryRecvError::Disconnected) => {
+                    self.listeners.clear();
+                    return false;
+                }
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    /// Accepts what listener `i` has queued (up to a batch), dispatching
+    /// each connection; wakes each worker that got one.
+    fn accept_from(&mut self, i: usize) {
+        // The read guard is held for the whole batch: a pool shrink takes
+        // the write lock before retiring workers, so no connection is ever
+        // queued to a worker after its retirement notice.
+        let shared = self.workers.clone();
+        let workers = shared.read().unwrap_or_else(|p| p.into_inner());
+        if workers.is_empty() {
+            return;
+        }
+        let mut woken = vec![false; workers.len()];
+        let mut drained = false;
+        for _ in 0..BATCH {
+            let Some(listener) = self.listeners.get(i) else {
+                drained = true;
+                break;
+            };
+            match listener.accept() {
+                Ok((stream, _peer)) => {
+                    if let Some(w) = self.dispatch(stream, &workers) {
+                        woken[w] = true;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if is_resource_error(&e) => {
+                    self.log_resource_error(&e);
+                    self.retry_at = Some(Instant::now() + RETRY);
+                    drained = true;
+                    break;
+                }
+                Err(e) => log::debug!("accept: {e}"),
+            }
+        }
+        for (w, handle) in workers.iter().enumerate() {
+            if woken[w] {
+                handle.wake();
+            }
+        }
+        // A full batch means more may be queued: come back next turn (the
+        // edge-triggered poller will not say so again).
+        if !drained && self.retry_at.is_none() {
+            self.retry_at = Some(Instant::now());
+        }
+    }
+
+    /// Hands a new connection to a worker, or refuses it when at the
+    /// limit; returns the worker to wake.
+    fn dispatch(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        workers: &[WorkerHandle],
+    ) -> Option<usize> {
+        self.stats.accepted.fetch_add(1, Relaxed);
+        if self.stats.active.load(Relaxed) >= self.max_connections {
+            self.stats.refused.fetch_add(1, Relaxed);
+            let _ = Connection::send_last_words(&mut stream, Notice::Busy(self.max_connections));
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            return None;
+        }
+        // Echo is interactive: never hold back a small write.
+        let _ = stream.set_nodelay(true);
+        self.stats.active.fetch_add(1, Relaxed);
+        let w = self.next % workers.len();
+        self.next = self.next.wrapping_add(1);
+        if workers[w].queue(Command::Adopt(Connection::new(stream))) {
+            Some(w)
+        } else {
+            self.stats.active.fetch_sub(1, Relaxed);
+            None
+        }
+    }
+
+    fn log_resource_error(&mut self, e: &io::Error) {
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_none_or(|t| now.duration_since(t) >= LOG_INTERVAL)
+        {
+            let more = if self.suppressed > 0 {
+                format!(" ({} more since the last report)", self.suppressed)
+            } else {
+                String::new()
+            };
+            log::error!(
+                "accept failed: {e}{more}; retrying every {}ms",
+                RETRY.as_millis()
+            );
+            self.last_logged = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+/// Errors that mean "out of descriptors or memory": retry later.
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

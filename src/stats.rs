@@ -1,0 +1,111 @@
+//! Counters: what the daemon has done, for `echo-labctl status`, the
+//! systemd STATUS line and the watchdog.
+//!
+//! Like memcached's per-thread statistics, each worker owns a
+//! [`WorkerStats`] that only it writes (relaxed atomics on its own cache
+//! lines, so the hot path never contends), and readers merge them on
+//! demand into a [`Snapshot`]. The few counters shared by the accept loop
+//! and the workers live in [`ServerStats`].
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
+
+/// Counters written by one worker.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct WorkerStats {
+    /// Connections this worker owns now.
+    pub connections: AtomicUsize,
+    /// Bytes read from clients and echoed.
+    pub bytes: AtomicU64,
+    /// Connections closed for idleness.
+    pub idle_closes: AtomicU64,
+    /// Connections that ended with `disconnect`.
+    pub disconnects: AtomicU64,
+    /// Panics caught while serving a connection.
+    pub panics: AtomicU64,
+    /// Loop turns; the watchdog checks that it moves.
+    pub heartbeat: AtomicU64,
+}
+
+impl WorkerStats {
+    /// Adds `n` to a counter (single writer: no read-modify-write needed
+    /// across threads, but `fetch_add` on an uncontended line is as cheap).
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+}
+
+/// Counters shared by the accept loop and the workers.
+#[derive(Debug)]
+pub struct ServerStats {
+    /// When the server started.
+    pub started: Instant,
+    /// Connections open now (accepted and not yet closed).
+    pub active: AtomicUsize,
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Connections refused with the busy notice.
+    pub refused: AtomicU64,
+    /// Accept loop turns; the watchdog checks that it moves.
+    pub accept_heartbeat: AtomicU64,
+}
+
+impl Default for ServerStats {
+    fn default() -> Self {
+        ServerStats {
+            started: Instant::now(),
+            active: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            accept_heartbeat: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A merged, point-in-time view of all counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Connections open now.
+    pub active: u64,
+    /// Connections accepted since start.
+    pub total: u64,
+    /// Connections refused (busy).
+    pub refused: u64,
+    /// Bytes echoed since start.
+    pub bytes_echoed: u64,
+    /// Connections closed for idleness.
+    pub idle_closes: u64,
+    /// Sessions ended with `disconnect`.
+    pub disconnects: u64,
+    /// Panics caught while serving connections.
+    pub panics: u64,
+    /// Worker threads.
+    pub pool_size: u64,
+}
+
+impl Snapshot {
+    /// Merges the shared counters and every worker's.
+    pub fn collect<'a>(
+        server: &ServerStats,
+        workers: impl Iterator<Item = &'a WorkerStats>,
+    ) -> Self {
+        let mut s = Snapshot {
+            uptime_secs: server.started.elapsed().as_secs(),
+            active: server.active.load(Relaxed) as u64,
+            total: server.accepted.load(Relaxed),
+            refused: server.refused.load(Relaxed),
+            ..Snapshot::default()
+        };
+        for w in workers {
+            s.bytes_echoed += w.bytes.load(Relaxed);
+            s.idle_closes += w.idle_closes.load(Relaxed);
+            s.disconnects += w.disconnects.load(Relaxed);
+            s.panics += w.panics.load(Relaxed);
+            s.pool_size += 1;
+        }
+        s
+    }
+}
