@@ -98,8 +98,9 @@ pub struct Config {
 pub struct LogConfig {
     /// Most verbose level written.
     pub level: LogLevel,
-    /// Where log lines go.
-    pub target: LogTarget,
+    /// Where log lines go; unset = stderr, or syslog with `--daemon`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<LogTarget>,
 }
 
 /// `[log] level`.
@@ -149,7 +150,7 @@ impl Default for Config {
             control_group: None,
             log: LogConfig {
                 level: LogLevel::Info,
-                target: LogTarget::Stderr,
+                target: None,
             },
         }
     }
@@ -535,7 +536,7 @@ impl RawFile {
                 c.log.level = l.into_inner();
             }
             if let Some(t) = log.target {
-                c.log.target = t.into_inner();
+                c.log.target = Some(t.into_inner());
             }
         }
         if diags.is_empty() {
@@ -671,7 +672,7 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(90));
         assert_eq!(c.drain_timeout, Duration::from_secs(3));
         assert_eq!(c.log.level, LogLevel::Debug);
-        assert_eq!(c.log.target, LogTarget::Syslog);
+        assert_eq!(c.log.target, Some(LogTarget::Syslog));
     }
 
     #[test]

@@ -19,13 +19,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::config::{format_duration, Config, ConfigError, DEFAULT_PATH};
+use crate::config::{format_duration, Config, ConfigError, LogTarget, DEFAULT_PATH};
 use crate::net;
+use crate::notify::{borrow_all, Notifier};
 use crate::server::Server;
 use crate::stats::Snapshot;
 
 /// How often the supervisor wakes when nothing happens (drain progress).
 const TICK: Duration = Duration::from_millis(50);
+
+/// How often the STATUS line is refreshed (when it changed).
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// Extra time after the drain deadline for workers to finish closing.
 const DRAIN_MARGIN: Duration = Duration::from_secs(2);
@@ -125,22 +129,76 @@ pub fn forward_signals(tx: Sender<Event>) -> std::io::Result<()> {
 
 /// The supervisor's state.
 pub struct Daemon {
+    /// The echo server being supervised.
     server: Server,
+    /// Where the config came from (a reload reads it again).
     source: ConfigSource,
+    /// Outcome of the last reload, for status.
     last_reload: Option<LastReload>,
     /// Set when the drain started.
     drain_started: Option<Instant>,
+    /// The service manager, if any.
+    notifier: Notifier,
+    /// The last STATUS sent, and when.
+    last_status: (String, Instant),
+    /// Log target when the config names none.
+    default_log_target: LogTarget,
 }
 
 impl Daemon {
     /// Wraps a started server.
-    pub fn new(server: Server, source: ConfigSource) -> Self {
+    pub fn new(server: Server, source: ConfigSource, notifier: Notifier) -> Self {
         Daemon {
             server,
             source,
             last_reload: None,
             drain_started: None,
+            notifier,
+            last_status: (String::new(), Instant::now()),
+            default_log_target: LogTarget::Stderr,
         }
+    }
+
+    /// Sets the log target used when the config names none.
+    pub fn with_default_log_target(mut self, target: LogTarget) -> Self {
+        self.default_log_target = target;
+        self
+    }
+
+    /// The one-line state for systemd's STATUS.
+    fn status_line(&self) -> String {
+        let s = self.server.snapshot();
+        format!(
+            "serving {} connection(s) on {} (pool {}; {} total, {} refused)",
+            s.active,
+            net::describe(&self.server.local_addrs()),
+            s.pool_size,
+            s.total,
+            s.refused
+        )
+    }
+
+    /// Tells the service manager we are ready, and hands it our listening
+    /// sockets so a restart refuses no connection.
+    pub fn announce_ready(&mut self) {
+        if !self.server.activated() {
+            self.notifier
+                .store_listeners(&borrow_all(self.server.listeners()));
+        }
+        let line = self.status_line();
+        self.notifier.ready(&line);
+        self.last_status = (line, Instant::now());
+    }
+
+    fn refresh_status(&mut self) {
+        if self.drain_started.is_some() || self.last_status.1.elapsed() < STATUS_EVERY {
+            return;
+        }
+        let line = self.status_line();
+        if line != self.last_status.0 {
+            self.notifier.status(&line);
+        }
+        self.last_status = (line, Instant::now());
     }
 
     /// Logs the start line tests and operators look for.
@@ -193,6 +251,8 @@ impl Daemon {
                     }
                 }
             }
+            self.notifier.watchdog_tick(self.server.heartbeats());
+            self.refresh_status();
             if let Some(started) = self.drain_started {
                 if self.server.wait_workers(Duration::ZERO) {
                     log::info!(
@@ -216,6 +276,8 @@ impl Daemon {
             "stop requested: draining {n} connection(s) for up to {}",
             format_duration(timeout)
         );
+        self.notifier
+            .stopping(&format!("draining {n} connection(s)"));
         self.drain_started = Some(Instant::now());
         self.server.drain(timeout);
     }
@@ -225,6 +287,8 @@ impl Daemon {
         if self.drain_started.is_some() {
             return Err("draining; reload ignored".to_string());
         }
+        self.notifier.reloading();
+        let before = self.server.local_addrs();
         let explicit = match &self.source {
             ConfigSource::File(p) => Some(p.clone()),
             ConfigSource::Embedded => None,
@@ -235,6 +299,7 @@ impl Daemon {
             )),
             Ok((config, source)) => match self.server.reload(config) {
                 Ok(report) => {
+                    crate::logging::apply(&self.server.config().log, self.default_log_target);
                     self.source = source;
                     Ok(report.summary())
                 }
@@ -251,6 +316,23 @@ impl Daemon {
                 }
             }
         }
+        if self.server.local_addrs() != before {
+            log::info!(
+                "now listening on {}",
+                net::describe(&self.server.local_addrs())
+            );
+            self.notifier
+                .store_listeners(&borrow_all(self.server.listeners()));
+        }
+        let status = match &result {
+            Ok(summary) => format!("reload applied: {summary}; {}", self.status_line()),
+            Err(e) => format!(
+                "reload failed, running config unchanged: {}",
+                e.lines().last().unwrap_or("")
+            ),
+        };
+        self.notifier.ready(&status);
+        self.last_status = (status, Instant::now());
         let at_unix = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -15,19 +15,27 @@
 //! | [`timeouts`] | O(1) idle deadlines (a FIFO per timeout value) |
 //! | [`server`] | starting, reloading and draining the whole |
 //! | [`daemon`] | the supervisor: signals and requests to actions |
+//! | [`notify`] | the systemd notify protocol and watchdog |
+//! | [`activation`] | sockets passed by systemd (activation, fd store) |
+//! | [`control`] | the control socket and its access rule |
+//! | [`limits`] | RLIMIT_NOFILE |
+//! | [`logging`] | stderr / journal / syslog log sink |
 //! | [`stats`] | counters |
 //! | [`client`] | `echo-labctl connect` |
 //! | [`bench`] | `echo-labctl bench` |
 
+pub mod activation;
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod control;
 pub mod daemon;
 pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod net;
+pub mod notify;
 pub mod protocol;
 pub mod server;
 pub mod stats;

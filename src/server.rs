@@ -293,10 +293,14 @@ impl Server {
             format!("{:?}", old.log.level).to_lowercase(),
             format!("{:?}", new.log.level).to_lowercase(),
         );
+        change(
+            "log.target",
+            format!("{:?}", old.log.target).to_lowercase(),
+            format!("{:?}", new.log.target).to_lowercase(),
+        );
         for (what, differs) in [
             ("control_socket", old.control_socket != new.control_socket),
             ("control_group", old.control_group != new.control_group),
-            ("log.target", old.log.target != new.log.target),
         ] {
             if differs {
                 report.deferred.push(what.to_string());
@@ -358,7 +362,6 @@ impl Server {
         if new.pool_size < self.read_workers().len() {
             self.shrink(new.pool_size);
         }
-        crate::logging::set_level(new.log.level.filter());
         self.config = new;
         Ok(report)
     }

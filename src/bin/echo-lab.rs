@@ -1,11 +1,20 @@
-//! `echo-lab`: the daemon. Parses the command line, loads the config, binds,
-//! and hands over to the supervisor ([`echo_lab::daemon`]).
+//! `echo-lab`: the daemon. Parses the command line, loads the config, gets
+//! its listening sockets, and hands over to the supervisor
+//! ([`echo_lab::daemon`]). The order of the steps matters and is the
+//! classic one: everything that can fail because of the operator (config,
+//! address in use) fails before detaching from the terminal; forking
+//! happens before any thread exists; signal handlers are installed before
+//! threads start.
 
+use std::net::TcpListener;
 use std::path::PathBuf;
 
 use clap::Parser;
-use echo_lab::config::Config;
+use echo_lab::activation::{self, Inherited};
+use echo_lab::config::{Config, LogTarget};
+use echo_lab::control::{self, Access};
 use echo_lab::daemon::{self, ConfigSource, Daemon};
+use echo_lab::notify::Notifier;
 use echo_lab::server::Server;
 use echo_lab::{limits, logging, net, EX_CONFIG, EX_OSERR};
 
@@ -23,6 +32,14 @@ struct Args {
     /// Print the effective config (defaults filled in) as TOML and exit.
     #[arg(long, conflicts_with = "check_config")]
     print_config: bool,
+    /// Detach from the terminal and run in the background (for init
+    /// systems other than systemd); logs go to syslog unless [log] target
+    /// says otherwise.
+    #[arg(long)]
+    daemon: bool,
+    /// With --daemon: write (and lock) the daemon's pid in this file.
+    #[arg(long, value_name = "PATH", requires = "daemon")]
+    pidfile: Option<PathBuf>,
 }
 
 fn main() {
@@ -33,22 +50,7 @@ fn real_main() -> i32 {
     let args = Args::parse();
     let loaded = daemon::load_config(args.config.as_deref());
     if args.check_config {
-        return match loaded {
-            Ok((config, source)) => match check_addresses(&config) {
-                Ok(()) => {
-                    println!("OK ({})", source.describe());
-                    0
-                }
-                Err(e) => {
-                    eprintln!("{}: {e}", source.describe());
-                    EX_CONFIG
-                }
-            },
-            Err(e) => {
-                eprintln!("{e}");
-                EX_CONFIG
-            }
-        };
+        return check(loaded);
     }
     let (config, source) = match loaded {
         Ok(x) => x,
@@ -62,15 +64,44 @@ fn real_main() -> i32 {
         return 0;
     }
     logging::init(config.log.level.filter());
+    let default_target = if args.daemon {
+        LogTarget::Syslog
+    } else {
+        LogTarget::Stderr
+    };
+    // SAFETY: no other thread exists yet.
+    let inherited = unsafe { activation::take() };
+    let (listeners, activated) = match listeners(&config, inherited) {
+        Ok(x) => x,
+        Err(e) => {
+            log::error!("{e}");
+            return EX_OSERR;
+        }
+    };
+    if args.daemon {
+        // Fork while single-threaded; bind errors were reported above, on
+        // the terminal.
+        let mut d = daemonix::Daemonize::new()
+            .working_directory("/")
+            .umask(0o022);
+        if let Some(p) = &args.pidfile {
+            d = d.pid_file(p);
+        }
+        if let Err(e) = d.start() {
+            log::error!("cannot daemonize: {e}");
+            return EX_OSERR;
+        }
+    }
+    logging::apply(&config.log, default_target);
     if source == ConfigSource::Embedded {
         log::info!(
             "no config file at {}; using the embedded defaults",
             echo_lab::config::DEFAULT_PATH
         );
     }
-    // Signals first: the handlers must be in place before any thread starts.
+    // Signals before any thread: the handlers must be in place first.
     let (tx, rx) = std::sync::mpsc::channel();
-    if let Err(e) = daemon::forward_signals(tx) {
+    if let Err(e) = daemon::forward_signals(tx.clone()) {
         log::error!("cannot install signal handlers: {e}");
         return EX_OSERR;
     }
@@ -82,28 +113,96 @@ fn real_main() -> i32 {
         }
         Err(e) => log::warn!("cannot raise RLIMIT_NOFILE: {e}"),
     }
-    let listeners = match net::bind_all(&config.host, config.port, config.backlog) {
-        Ok(l) => l,
+    let control_path = config
+        .control_socket
+        .clone()
+        .unwrap_or_else(control::default_path);
+    let access = match control_access(&config) {
+        Ok(a) => a,
         Err(e) => {
             log::error!("{e}");
-            return EX_OSERR;
+            return EX_CONFIG;
         }
     };
-    let server = match Server::start(config, listeners, false) {
+    let server = match Server::start(config, listeners, activated) {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot start: {e}");
             return EX_OSERR;
         }
     };
-    let daemon = Daemon::new(server, source);
+    // Kept alive until exit; removes the socket file when dropped.
+    let _control = match control::spawn(&control_path, access, tx) {
+        Ok(c) => {
+            log::info!("control socket at {}", c.path().display());
+            Some(c)
+        }
+        Err(e) => {
+            log::error!(
+                "control socket {} unavailable: {e}; echo-labctl status/reload/stop will not work",
+                control_path.display()
+            );
+            None
+        }
+    };
+    let mut daemon =
+        Daemon::new(server, source, Notifier::from_env()).with_default_log_target(default_target);
     daemon.log_listening();
+    daemon.announce_ready();
     daemon.run(rx)
 }
 
-/// `--check-config` also resolves the host, as `nginx -t` does.
-fn check_addresses(config: &Config) -> Result<(), String> {
-    net::resolve(&config.host, config.port)
-        .map(|_| ())
-        .map_err(|e| format!("key 'host': cannot resolve '{}': {e}", config.host))
+/// `--check-config`: validate (and resolve the host, as `nginx -t` does).
+fn check(loaded: Result<(Config, ConfigSource), echo_lab::config::ConfigError>) -> i32 {
+    match loaded {
+        Ok((config, source)) => match net::resolve(&config.host, config.port) {
+            Ok(_) => {
+                println!("OK ({})", source.describe());
+                0
+            }
+            Err(e) => {
+                eprintln!(
+                    "{}: key 'host': cannot resolve '{}': {e}",
+                    source.describe(),
+                    config.host
+                );
+                EX_CONFIG
+            }
+        },
+        Err(e) => {
+            eprintln!("{e}");
+            EX_CONFIG
+        }
+    }
+}
+
+/// The listening sockets: from socket activation, else our own from the
+/// fd store if they still match the config, else freshly bound.
+fn listeners(config: &Config, inherited: Inherited) -> Result<(Vec<TcpListener>, bool), String> {
+    if !inherited.activated.is_empty() {
+        return Ok((inherited.activated, true));
+    }
+    if !inherited.stored.is_empty() {
+        let wanted = net::resolve(&config.host, config.port).unwrap_or_default();
+        if config.port != 0 && activation::matches(&inherited.stored, &wanted) {
+            log::info!("reusing the listening socket kept by the service manager");
+            return Ok((inherited.stored, false));
+        }
+        log::info!("the stored listening socket does not match the config; binding anew");
+    }
+    net::bind_all(&config.host, config.port, config.backlog)
+        .map(|l| (l, false))
+        .map_err(|e| e.to_string())
+}
+
+fn control_access(config: &Config) -> Result<Access, String> {
+    let group = match &config.control_group {
+        Some(g) => {
+            Some(control::resolve_group(g).map_err(|e| format!("control_group '{g}': {e}"))?)
+        }
+        None => None,
+    };
+    // SAFETY: geteuid cannot fail.
+    let own_uid = unsafe { libc::geteuid() };
+    Ok(Access { own_uid, group })
 }

@@ -1,14 +1,27 @@
 //! `echo-labctl`: the control client of echo-lab — an echo session
-//! (`connect`), and load generation (`bench`).
+//! (`connect`), the daemon's control socket (`status`, `reload`, `stop`),
+//! load generation (`bench`) and shell completions.
+//!
+//! Exit codes: 0 ok, 1 the daemon said no (or the session ended badly),
+//! 64 bad usage or address, 69 the daemon cannot be reached.
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use echo_lab::config::{Config, DEFAULT_PATH};
+use echo_lab::control::{self, ClientError, Request, Response};
+use echo_lab::daemon::Status;
+use echo_lab::EX_UNAVAILABLE;
 
 #[derive(Parser)]
 #[command(name = "echo-labctl", version, about = "Talk to an echo-lab daemon", long_about = None)]
 struct Cli {
+    /// The daemon's control socket (default: control_socket from
+    /// /etc/echo-lab.toml, else /run/echo-lab/control.sock, else the
+    /// per-user path).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,8 +37,188 @@ enum Command {
         #[arg(long, default_value_t = 5.0, value_name = "SECS")]
         timeout: f64,
     },
+    /// Show the daemon's state: version, pid, uptime, addresses, counters,
+    /// last reload.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload the daemon's config and print what changed, or why not.
+    Reload,
+    /// Start the daemon's drain (like SIGTERM).
+    Stop {
+        /// Wait until the daemon has exited.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        timeout: u64,
+    },
     /// Load an echo server and report round trips per second and latency.
     Bench(echo_lab::bench::BenchArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Control socket path: --socket, else the config's, else the defaults.
+fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
+    explicit
+        .or_else(|| {
+            Config::load(Path::new(DEFAULT_PATH))
+                .ok()
+                .and_then(|c| c.control_socket)
+        })
+        .unwrap_or_else(control::client_default_path)
+}
+
+/// Sends a request; prints errors with a hint; returns the answer or the
+/// exit code.
+fn ask(path: &Path, req: Request) -> Result<Response, i32> {
+    match control::request(path, &req, Duration::from_secs(35)) {
+        Ok(r) => Ok(r),
+        Err(ClientError::Unreachable { path, source })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            eprintln!(
+                "echo-labctl: permission denied on {path}: only root, the daemon's user and members of control_group may control it"
+            );
+            Err(EX_UNAVAILABLE)
+        }
+        Err(e @ ClientError::Unreachable { .. }) => {
+            eprintln!("echo-labctl: {e} (is echo-lab running? try: systemctl status echo-lab; or pass --socket)");
+            Err(EX_UNAVAILABLE)
+        }
+        Err(e) => {
+            eprintln!("echo-labctl: {e}");
+            Err(1)
+        }
+    }
+}
+
+fn refused(r: &Response) -> i32 {
+    eprintln!("echo-labctl: {}", r.message.as_deref().unwrap_or("refused"));
+    1
+}
+
+fn print_status(s: &Status) {
+    let st = &s.stats;
+    println!("echo-lab {} (pid {})", s.version, s.pid);
+    println!(
+        "  uptime:        {}",
+        humantime::format_duration(Duration::from_secs(st.uptime_secs))
+    );
+    println!("  config:        {}", s.config);
+    let how = if s.socket_activated {
+        " (socket-activated)"
+    } else {
+        ""
+    };
+    println!(
+        "  listening on:  {}{how}",
+        if s.listen.is_empty() {
+            "-".to_string()
+        } else {
+            s.listen.join(", ")
+        }
+    );
+    println!(
+        "  state:         {}",
+        if s.draining { "draining" } else { "serving" }
+    );
+    println!("  pool size:     {}", st.pool_size);
+    println!(
+        "  connections:   {} active, {} total, {} refused",
+        st.active, st.total, st.refused
+    );
+    println!("  bytes echoed:  {}", st.bytes_echoed);
+    println!(
+        "  closes:        {} idle, {} disconnect",
+        st.idle_closes, st.disconnects
+    );
+    match &s.last_reload {
+        None => println!("  last reload:   never"),
+        Some(r) => {
+            let when = std::time::UNIX_EPOCH + Duration::from_secs(r.at_unix);
+            let what = match (&r.applied, &r.error) {
+                (Some(a), _) => format!("applied: {a}"),
+                (None, Some(e)) => format!("FAILED: {}", e.lines().collect::<Vec<_>>().join(" | ")),
+                _ => String::new(),
+            };
+            println!(
+                "  last reload:   {} {what}",
+                humantime::format_rfc3339_seconds(when)
+            );
+        }
+    }
+}
+
+fn control(socket: Option<PathBuf>, command: Command) -> i32 {
+    let path = socket_path(socket);
+    match command {
+        Command::Status { json } => match ask(&path, Request::Status) {
+            Ok(Response {
+                ok: true,
+                status: Some(s),
+                ..
+            }) => {
+                if json {
+                    match serde_json::to_string_pretty(&s) {
+                        Ok(j) => println!("{j}"),
+                        Err(e) => {
+                            eprintln!("echo-labctl: {e}");
+                            return 1;
+                        }
+                    }
+                } else {
+                    print_status(&s);
+                }
+                0
+            }
+            Ok(r) => refused(&r),
+            Err(code) => code,
+        },
+        Command::Reload => match ask(&path, Request::Reload) {
+            Ok(r) if r.ok => {
+                println!("{}", r.message.unwrap_or_default());
+                0
+            }
+            Ok(r) => refused(&r),
+            Err(code) => code,
+        },
+        Command::Stop { wait, timeout } => {
+            let pid = match ask(&path, Request::Status) {
+                Ok(Response {
+                    status: Some(s), ..
+                }) => s.pid,
+                Ok(r) => return refused(&r),
+                Err(code) => return code,
+            };
+            match ask(&path, Request::Stop) {
+                Ok(r) if r.ok => {}
+                Ok(r) => return refused(&r),
+                Err(code) => return code,
+            }
+            if !wait {
+                println!("echo-lab (pid {pid}) is draining");
+                return 0;
+            }
+            let deadline = Instant::now() + Duration::from_secs(timeout);
+            while Path::new(&format!("/proc/{pid}")).exists() {
+                if Instant::now() >= deadline {
+                    eprintln!("echo-labctl: echo-lab (pid {pid}) still running after {timeout}s");
+                    return 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            println!("echo-lab (pid {pid}) has exited");
+            0
+        }
+        _ => 64,
+    }
 }
 
 /// The address clients use by default: the daemon's configured one, with a
@@ -50,6 +243,18 @@ fn main() {
                 addr: addr.unwrap_or_else(default_addr),
                 timeout,
             })
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "echo-labctl",
+                &mut std::io::stdout(),
+            );
+            0
+        }
+        c @ (Command::Status { .. } | Command::Reload | Command::Stop { .. }) => {
+            control(cli.socket, c)
         }
         Command::Bench(args) => match echo_lab::bench::run(&args, &default_addr()) {
             Ok(code) => code,
