@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need, then runs them.
+#
+#   bash tests/run.sh            # everything
+#   bash tests/run.sh --quick    # formatting, lints and cargo test only
+#
+# Needs root for the set-up (apt-get) and for the systemd container tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+
+step() { printf '\n==== %s ====\n' "$*"; }
+
+# ---------------------------------------------------------------- set-up
+apt_pkgs=(mandoc man-db lintian debootstrap systemd-container python3 netcat-openbsd procps util-linux)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    step "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "warning: not root; cannot install ${missing[*]}" >&2
+  fi
+fi
+cargo_tool() { # cargo_tool BIN CRATE [VERSION]
+  command -v "$1" >/dev/null 2>&1 || { step "installing $2"; cargo install --locked "$2" ${3:+--version "$3"}; }
+}
+if [ $quick = 0 ]; then
+  cargo_tool cargo-deb cargo-deb
+  cargo_tool cargo-deny cargo-deny
+fi
+
+# ---------------------------------------------------------------- checks
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+step "cargo build --release"
+cargo build --release --locked
+step "cargo test"
+cargo test --locked 2>&1 | tee target/cargo-test.log
+[ $quick = 1 ] && exit 0
+
+if [ -d man ] && ls man/*.[0-9] >/dev/null 2>&1; then
+  step "mandoc -Tlint"
+  mandoc -Tlint -W warning man/*.[0-9]
+fi
+step "cargo deny check"
+cargo deny check advisories licenses bans sources
+if [ -x bench/compare.sh ] || [ -f bench/compare.sh ]; then
+  step "bench smoke"
+  bash bench/compare.sh --smoke
+fi
+if [ -f tests/systemd/run.sh ]; then
+  step "systemd tests (in a container)"
+  bash tests/systemd/run.sh
+fi
+step "summary"
+grep -E '^test result:' target/cargo-test.log | awk '{p+=$4; f+=$6} END {printf "cargo test: %d passed, %d failed\n", p, f}'
