@@ -178,6 +178,8 @@ impl Connection {
                 Ok(n) => {
                     report.bytes_in += n;
                     let chunk = &buf[..n];
+                    #[cfg(feature = "fault-injection")]
+                    crate::fault::check(chunk);
                     match self.detector.scan(chunk) {
                         Scan::Echo => {
                             if let Err(step) = self.send(chunk) {

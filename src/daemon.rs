@@ -251,6 +251,9 @@ impl Daemon {
                     }
                 }
             }
+            if self.drain_started.is_none() {
+                self.server.reap();
+            }
             self.notifier.watchdog_tick(self.server.heartbeats());
             self.refresh_status();
             if let Some(started) = self.drain_started {

@@ -31,6 +31,8 @@ pub mod config;
 pub mod connection;
 pub mod control;
 pub mod daemon;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod limits;
 pub mod listener;
 pub mod logging;

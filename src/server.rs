@@ -103,8 +103,8 @@ pub struct Server {
     /// The threads the workers run on.
     pool: ThreadPool,
     /// Each worker job says here when it has returned.
-    done_tx: Sender<()>,
-    done_rx: Receiver<()>,
+    done_tx: Sender<Arc<WorkerStats>>,
+    done_rx: Receiver<Arc<WorkerStats>>,
     /// Worker jobs started and not yet returned.
     running: usize,
     /// Counters shared with the accept loop.
@@ -185,15 +185,19 @@ impl Server {
         let mut handles = Vec::with_capacity(n);
         for (worker, handle) in made {
             let done = self.done_tx.clone();
+            let id = handle.stats.clone();
             self.pool.execute(move || {
-                // Says "returned" even if the loop panicked.
-                struct Done(Sender<()>);
+                // Says "returned" (naming the worker by its counters) even
+                // if the loop panicked.
+                struct Done(Sender<Arc<WorkerStats>>, Option<Arc<WorkerStats>>);
                 impl Drop for Done {
                     fn drop(&mut self) {
-                        let _ = self.0.send(());
+                        if let Some(id) = self.1.take() {
+                            let _ = self.0.send(id);
+                        }
                     }
                 }
-                let _done = Done(done);
+                let _done = Done(done, Some(id));
                 worker.run();
             });
             self.running += 1;
@@ -435,11 +439,41 @@ impl Server {
                 .done_rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             {
-                Ok(()) => self.running -= 1,
+                Ok(_) => self.running -= 1,
                 Err(_) => return false,
             }
         }
         true
+    }
+
+    /// Notices workers whose loop ended on its own (a panic outside the
+    /// per-connection guard, a failed poll) and replaces them, so the pool
+    /// stays at full size. Their connections are lost; everyone else's are
+    /// not. Called periodically by the supervisor.
+    pub fn reap(&mut self) {
+        while let Ok(id) = self.done_rx.try_recv() {
+            self.running -= 1;
+            if self.draining.is_some() {
+                continue;
+            }
+            let pos = self
+                .read_workers()
+                .iter()
+                .position(|w| Arc::ptr_eq(&w.stats, &id));
+            let Some(pos) = pos else {
+                continue; // retired on purpose
+            };
+            log::error!("worker {pos} stopped unexpectedly; starting a replacement");
+            self.retired.push(id);
+            match self.spawn_workers(1) {
+                Ok(mut fresh) => {
+                    if let Some(h) = fresh.pop() {
+                        self.write_workers()[pos] = h;
+                    }
+                }
+                Err(e) => log::error!("cannot start a replacement worker: {e}"),
+            }
+        }
     }
 
     /// Worker jobs still running.

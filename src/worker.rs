@@ -129,6 +129,19 @@ pub struct Worker {
     drain_deadline: Option<Instant>,
 }
 
+impl Drop for Worker {
+    /// Whatever way the loop ended (even a panic outside the per-connection
+    /// guard), the connections it still owns close here: keep the shared
+    /// count of open connections true.
+    fn drop(&mut self) {
+        let left = self.conns.len();
+        if left > 0 {
+            self.server.active.fetch_sub(left, Relaxed);
+            self.stats.connections.fetch_sub(left, Relaxed);
+        }
+    }
+}
+
 impl Worker {
     /// Creates a worker and its handle; run it with [`Worker::run`] on a
     /// pool thread.

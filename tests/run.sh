@@ -41,11 +41,11 @@ fi
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --all-features --locked -- -D warnings
 step "cargo build --release"
 cargo build --release --locked
 step "cargo test"
-cargo test --locked 2>&1 | tee target/cargo-test.log
+cargo test --locked --features fault-injection 2>&1 | tee target/cargo-test.log
 [ $quick = 1 ] && exit 0
 
 if [ -d man ] && ls man/*.[0-9] >/dev/null 2>&1; then
