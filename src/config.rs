@@ -724,3 +724,70 @@ mod tests {
         assert_eq!(Config::parse(&c.to_toml(), "p").unwrap(), c);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A real config to mutate: the shipped defaults, printed.
+    fn corpus() -> String {
+        format!(
+            "{}control_socket = \"/run/x.sock\"\n",
+            Config::default().to_toml()
+        )
+    }
+
+    fn check_located(text: &str, result: Result<Config, ConfigError>) -> Result<(), TestCaseError> {
+        if let Err(e) = result {
+            let diags = e.diagnostics();
+            prop_assert!(!diags.is_empty(), "error without a location: {e}");
+            let lines = text.split('\n').count();
+            for d in diags {
+                prop_assert!(
+                    d.line >= 1 && d.line <= lines.max(1),
+                    "line {} of {}",
+                    d.line,
+                    lines
+                );
+                prop_assert!(d.column >= 1);
+                prop_assert!(!d.message.is_empty());
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary text never panics the parser, and every rejection is
+        /// located in the file.
+        #[test]
+        fn arbitrary_text(text in "\\PC{0,200}") {
+            check_located(&text, Config::parse(&text, "f.toml"))?;
+        }
+
+        /// Random edits of a real config (a byte replaced, a span deleted,
+        /// text inserted) never panic, and rejections are located.
+        #[test]
+        fn mutated_config(pos in any::<usize>(), len in 0usize..8, insert in "[a-z_=\"\\[\\]. 0-9\n-]{0,10}") {
+            let base = corpus();
+            let mut bytes = base.into_bytes();
+            let at = pos % (bytes.len() + 1);
+            let end = (at + len).min(bytes.len());
+            bytes.splice(at..end, insert.bytes());
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            check_located(&text, Config::parse(&text, "f.toml"))?;
+        }
+
+        /// Any integer for any numeric key is accepted in range and refused
+        /// outside it with a location.
+        #[test]
+        fn numeric_ranges(key in prop::sample::select(vec!["port", "backlog", "pool_size", "max_connections", "max_pending_bytes", "idle_timeout", "drain_timeout"]),
+                          value in any::<i64>()) {
+            let text = format!("{key} = {value}\n");
+            let r = Config::parse(&text, "f.toml");
+            check_located(&text, r)?;
+        }
+    }
+}

@@ -231,3 +231,81 @@ mod tests {
         assert!(Notice::Busy(3).line().starts_with(NOTICE_PREFIX));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Splits `data` at the given cut points into chunks.
+    fn split(data: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut out = Vec::new();
+        let mut last = 0;
+        for c in cuts.into_iter().chain([data.len()]) {
+            if c > last {
+                out.push(data[last..c].to_vec());
+                last = c;
+            }
+        }
+        out
+    }
+
+    /// True if some line of `data` (or `data` itself) is the command.
+    fn has_command(data: &[u8]) -> bool {
+        data.split(|&b| b == b'\n').any(is_disconnect)
+    }
+
+    proptest! {
+        /// Data with no `disconnect` line and no chunk equal to it is all
+        /// echoed, however it is split.
+        #[test]
+        fn data_is_echoed(data in proptest::collection::vec(any::<u8>(), 0..2048),
+                          cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+            prop_assume!(!has_command(&data));
+            let mut d = Detector::default();
+            for chunk in split(&data, &cuts) {
+                prop_assert_eq!(d.scan(&chunk), Scan::Echo);
+            }
+        }
+
+        /// A `disconnect` line after arbitrary complete lines is found,
+        /// however the stream is split, and exactly the bytes before it in
+        /// its chunk are echoed.
+        #[test]
+        fn command_line_is_found(
+            lines in proptest::collection::vec("[a-z ]{0,12}", 0..6),
+            pre in "[ \t]{0,2}", post in "[ \t\r]{0,2}", upper in any::<bool>(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6)) {
+            let mut data = Vec::new();
+            for l in &lines {
+                prop_assume!(!is_disconnect(l.as_bytes()));
+                data.extend_from_slice(l.as_bytes());
+                data.push(b'\n');
+            }
+            let start = data.len();
+            let word = if upper { "DISCONNECT" } else { "disconnect" };
+            data.extend_from_slice(format!("{pre}{word}{post}\n").as_bytes());
+            let mut d = Detector::default();
+            let mut offset = 0;
+            let mut found = None;
+            for chunk in split(&data, &cuts) {
+                if let Scan::Disconnect { echo } = d.scan(&chunk) {
+                    found = Some((offset + echo, is_disconnect(&chunk), offset));
+                    break;
+                }
+                offset += chunk.len();
+            }
+            let (at, whole_chunk, chunk_start) = found.expect("disconnect not detected");
+            if whole_chunk {
+                // A read that is exactly the word ends the session at once.
+                prop_assert_eq!(at, chunk_start);
+            } else {
+                // Echo stops at the command line's start, or at the start of
+                // the read that completed it when the line began earlier.
+                prop_assert_eq!(at, start.max(chunk_start));
+            }
+        }
+    }
+}
