@@ -304,11 +304,14 @@ impl Worker {
             Step::Again => self.again.push(slot),
             Step::Wait => {}
         }
-        let lingering = self
+        // A closing connection (final notice queued or write side shut)
+        // gets the short lingering deadline instead of the idle one, so a
+        // client that never reads its goodbye cannot hold the slot.
+        let closing = self
             .conns
             .get(slot)
-            .is_some_and(|c| c.phase() == Phase::Lingering);
-        if lingering && !self.linger.contains(slot) {
+            .is_some_and(|c| c.phase() != Phase::Open);
+        if closing && !self.linger.contains(slot) {
             self.idle.remove(slot);
             self.linger.touch(slot, now);
         }
@@ -353,6 +356,8 @@ impl Worker {
         entry.insert(conn);
         self.stats.connections.fetch_add(1, Relaxed);
         self.idle.touch(slot, now);
+        // A connection moved from a retiring worker may already be closing.
+        self.after(slot, Step::Wait, now);
         if self.drain_deadline.is_some() {
             self.notify(slot, Notice::ShuttingDown, now);
         }
