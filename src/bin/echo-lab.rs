@@ -149,7 +149,12 @@ fn real_main() -> i32 {
         Daemon::new(server, source, Notifier::from_env()).with_default_log_target(default_target);
     daemon.log_listening();
     daemon.announce_ready();
-    daemon.run(rx)
+    let code = daemon.run(rx);
+    if let Some(p) = &args.pidfile {
+        // The pidfile says "running": it must not outlive the process.
+        let _ = std::fs::remove_file(p);
+    }
+    code
 }
 
 /// `--check-config`: validate (and resolve the host, as `nginx -t` does).
