@@ -226,6 +226,9 @@ impl Acceptor {
         let shared = self.workers.clone();
         let workers = shared.read().unwrap_or_else(|p| p.into_inner());
         if workers.is_empty() {
+            // Not yet (or no longer) anyone to serve: keep the connections
+            // queued and look again soon, as the edge will not fire again.
+            self.retry_at = Some(Instant::now() + RETRY);
             return;
         }
         let mut woken = vec![false; workers.len()];
@@ -236,7 +239,8 @@ impl Acceptor {
                 break;
             };
             match listener.accept() {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
+                    log::debug!("connection from {peer}");
                     if let Some(w) = self.dispatch(stream, &workers) {
                         woken[w] = true;
                     }
@@ -277,6 +281,10 @@ impl Acceptor {
         self.stats.accepted.fetch_add(1, Relaxed);
         if self.stats.active.load(Relaxed) >= self.max_connections {
             self.stats.refused.fetch_add(1, Relaxed);
+            log::debug!(
+                "refused a connection: max_connections ({}) reached",
+                self.max_connections
+            );
             let _ = Connection::send_last_words(&mut stream, Notice::Busy(self.max_connections));
             let _ = stream.shutdown(std::net::Shutdown::Write);
             return None;

@@ -142,8 +142,11 @@ impl Server {
         for l in &listeners {
             own.push(l.try_clone()?);
         }
+        // The accept loop gets its sockets only once the workers exist, so
+        // connections already queued on inherited sockets (socket
+        // activation) have somewhere to go at once.
         let acceptor = listener::spawn(
-            listeners,
+            Vec::new(),
             workers.clone(),
             stats.clone(),
             config.max_connections,
@@ -165,6 +168,7 @@ impl Server {
         };
         let handles = server.spawn_workers(server.config.pool_size)?;
         server.write_workers().extend(handles);
+        server.acceptor.send(AcceptCommand::SetListeners(listeners));
         Ok(server)
     }
 

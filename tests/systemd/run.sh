@@ -201,7 +201,9 @@ check "echo-labctl status reaches the daemon (/run/echo-lab/control.sock)" in_ct
 reload_idle() {
   set_conf idle_timeout 2 || return 1
   in_ct systemctl reload echo-lab || return 1
-  tcp expect 127.0.0.1 "$PORT" "[echo-lab] idle for"
+  tcp expect 127.0.0.1 "$PORT" "[echo-lab] idle for" || return 1
+  # Back to a long idle timeout for the checks that follow.
+  set_conf idle_timeout '"5m"' && in_ct systemctl reload echo-lab
 }
 check "systemctl reload applies idle_timeout = 2 (idle client gets '[echo-lab] idle for ...')" reload_idle
 
@@ -357,8 +359,14 @@ EOF
   wait_for "$WAIT" test -s "$pidfile" || { echo "no pidfile"; return 1; }
   host_daemon_pid=$(cat "$pidfile")
   kill -0 "$host_daemon_pid" || return 1
-  # detached: its own session, not our child
-  [ "$(ps -o sid= -p "$host_daemon_pid" | tr -d ' ')" = "$host_daemon_pid" ] || { echo "not a session leader"; return 1; }
+  # detached: a new session (the classic double fork leaves the daemon a
+  # non-leader member of it, so it can never regain a terminal), no
+  # controlling terminal, not in our session
+  local sid tty
+  sid=$(ps -o sid= -p "$host_daemon_pid" | tr -d ' ')
+  tty=$(ps -o tty= -p "$host_daemon_pid" | tr -d ' ')
+  [ "$sid" != "$(ps -o sid= -p $$ | tr -d ' ')" ] || { echo "still in the caller's session"; return 1; }
+  [ "$tty" = "?" ] || { echo "has a controlling terminal: $tty"; return 1; }
   wait_for "$WAIT" tcp echo 127.0.0.1 "$PORT_HOST" || return 1
   kill -TERM "$host_daemon_pid"
   wait_for "$WAIT" sh -c "! kill -0 $host_daemon_pid" || { echo "still running after SIGTERM"; return 1; }
