@@ -88,7 +88,7 @@ def cmd_drain(host, port, argv):
             print(f"command {argv} exited {rc}", file=sys.stderr)
             return 1
         deadline = time.monotonic() + TIMEOUT
-        data = read_until(s, lambda d: b"[echo-lab] shutting down\n" in d, deadline)
+        data = read_until(s, lambda d: b"[echo-lab] shutting down\r\n" in d, deadline)
         print(data.decode(errors="replace").strip().splitlines()[-1])
         round_trip(s, b"still echoing while draining\n", deadline)
     return 0
