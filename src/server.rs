@@ -380,6 +380,10 @@ impl Server {
             let mut w = self.write_workers();
             w.split_off(n)
         };
+        // Lower the pool's size first: a pool thread exits when its job
+        // returns while the pool is over size, but one that went back to
+        // waiting for a job would stay.
+        self.pool.set_num_threads(n);
         let (tx, rx) = std::sync::mpsc::channel();
         for w in &leaving {
             w.send(Command::Retire(tx.clone()));
@@ -407,7 +411,6 @@ impl Server {
             }
         }
         self.retired.extend(leaving.iter().map(|w| w.stats.clone()));
-        self.pool.set_num_threads(n);
         log::info!("pool shrunk to {n} workers; {count} connection(s) moved");
     }
 
