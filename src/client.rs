@@ -261,9 +261,10 @@ fn read_loop(mut stream: TcpStream, state: State, interactive: Option<Option<lib
             s.end = Some(end.clone());
             drop(s);
             state.1.notify_all();
-            if let (Some(saved), false) = (interactive, waiting) {
-                // The user is at the prompt: end the session now.
-                if let Some(t) = saved {
+            if !waiting {
+                // The main thread is at the prompt or reading stdin, not
+                // waiting for us: end the session now.
+                if let Some(Some(t)) = interactive {
                     restore_tty(&t);
                 }
                 if end == End::Eof {
@@ -334,7 +335,12 @@ fn piped_loop(mut stream: TcpStream, state: &State, timeout: Duration) -> i32 {
     loop {
         line.clear();
         match input.read_until(b'\n', &mut line) {
-            Ok(0) => break,
+            Ok(0) => {
+                if let Some(end) = &lock(state).end {
+                    return end.code();
+                }
+                break;
+            }
             Ok(_) => {
                 if let Some(code) = send_and_wait(&mut stream, state, &line, timeout) {
                     return code;
