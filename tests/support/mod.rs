@@ -219,7 +219,13 @@ impl Daemon {
     pub fn signal(&self, sig: libc::c_int) {
         // SAFETY: kill(2) with our own child's pid.
         let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}): {}", self.pid(), io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "kill({}, {sig}): {}",
+            self.pid(),
+            io::Error::last_os_error()
+        );
     }
 
     /// Waits until the daemon exits; `None` if it is still running after
