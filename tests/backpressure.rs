@@ -20,7 +20,8 @@ const FLOOD: usize = 64 << 20;
 /// buffer growth (a Vec may hold twice what it was asked for), page
 /// granularity. Measured on the 2-core dev box with the debug build: peak
 /// growth 68-72 KiB over the baseline, while the flooder got 8.1-8.3 MiB
-/// into the kernel's socket buffers before it stalled. (With the cap
+/// into the kernel's socket buffers before it stalled; the same with two
+/// CPU-bound busy loops running beside the suite. (With the cap
 /// raised to 64 MiB the same run grows by about 60 MiB: the bound does
 /// tell a server that keeps reading.)
 const SLACK_KIB: u64 = 16 * 1024;
