@@ -1,0 +1,448 @@
+//! Shared helpers for the integration tests: the real `echo-lab` binary on
+//! an ephemeral loopback port, clients whose every read and write is
+//! bounded, and waits that poll a condition under a deadline.
+//!
+//! In the style of tiny-http's test support: a test says
+//! `let d = Daemon::start("pool_size = 2")`, talks to `d.addr()`, and the
+//! daemon is killed when `d` goes out of scope. Its stderr is collected the
+//! whole time and printed if the test fails, so a failure shows what the
+//! daemon said.
+//!
+//! Nothing here sleeps to wait for readiness: the daemon is ready when it
+//! logs its `listening on` line, and every other wait is a loop over a
+//! condition with a deadline. The deadlines are generous (the suite must
+//! pass on a loaded 2-core machine); they only bound how long a bug takes
+//! to fail.
+
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The daemon binary under test.
+pub const ECHO_LAB: &str = env!("CARGO_BIN_EXE_echo-lab");
+/// The client binary under test.
+pub const ECHO_LABCTL: &str = env!("CARGO_BIN_EXE_echo-labctl");
+
+/// Bound on one read or write, and on anything that should take
+/// milliseconds; only a bug gets near it.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on the daemon logging its `listening on` line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The notices, as sent (see `src/protocol.rs`).
+pub const GOODBYE: &[u8] = b"[echo-lab] goodbye\r\n";
+pub const SHUTTING_DOWN: &[u8] = b"[echo-lab] shutting down\r\n";
+
+pub fn idle_notice(secs: u64) -> Vec<u8> {
+    format!("[echo-lab] idle for {secs}s, closing\r\n").into_bytes()
+}
+
+pub fn busy_notice(max: usize) -> Vec<u8> {
+    format!("[echo-lab] busy: {max} connections already open, try again later\r\n").into_bytes()
+}
+
+/// Log lines as the test has received them, and the channel they come on.
+struct LogState {
+    rx: Receiver<String>,
+    seen: Vec<String>,
+}
+
+/// A running `echo-lab`; killed on drop.
+pub struct Daemon {
+    child: Child,
+    addrs: Vec<SocketAddr>,
+    /// Every stderr line so far (the reader thread appends), for the dump
+    /// on failure.
+    log: Arc<Mutex<Vec<String>>>,
+    state: Mutex<LogState>,
+    reader: Option<JoinHandle<()>>,
+    exited: Option<ExitStatus>,
+    /// Keeps the config file alive as long as the daemon.
+    _config: tempfile::NamedTempFile,
+}
+
+/// Writes `text` to a fresh temporary `.toml` file.
+pub fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new()
+        .prefix("echo-lab-test-")
+        .suffix(".toml")
+        .tempfile()
+        .expect("create temp config");
+    f.write_all(text.as_bytes()).expect("write temp config");
+    f.flush().expect("flush temp config");
+    f
+}
+
+impl Daemon {
+    /// Starts the daemon on 127.0.0.1 with an ephemeral port; `config_toml`
+    /// holds the other settings (it must not set `host` or `port`).
+    pub fn start(config_toml: &str) -> Daemon {
+        Daemon::start_raw(&format!("host = \"127.0.0.1\"\nport = 0\n{config_toml}"))
+    }
+
+    /// Starts the daemon with exactly this config text.
+    pub fn start_raw(config_toml: &str) -> Daemon {
+        let config = config_file(config_toml);
+        let mut child = Command::new(ECHO_LAB)
+            .arg("--config")
+            .arg(config.path())
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn echo-lab");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let reader = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stderr);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match r.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                            log.lock().unwrap().push(line.clone());
+                            let _ = tx.send(line);
+                        }
+                    }
+                }
+            })
+        };
+        let mut daemon = Daemon {
+            child,
+            addrs: Vec::new(),
+            log,
+            state: Mutex::new(LogState {
+                rx,
+                seen: Vec::new(),
+            }),
+            reader: Some(reader),
+            exited: None,
+            _config: config,
+        };
+        let line = daemon.wait_for_log("listening on ", START_TIMEOUT);
+        daemon.addrs = parse_listening(&line);
+        daemon
+    }
+
+    /// The first address the daemon listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Every address from the `listening on` line.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The config file the daemon was started with.
+    pub fn config_path(&self) -> &Path {
+        self._config.path()
+    }
+
+    fn status_field(&self, field: &str) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        text.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {path}"))
+    }
+
+    /// Resident set size, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.status_field("VmRSS:")
+    }
+
+    pub fn thread_count(&self) -> u64 {
+        self.status_field("Threads:")
+    }
+
+    pub fn fd_count(&self) -> usize {
+        let path = format!("/proc/{}/fd", self.pid());
+        std::fs::read_dir(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .count()
+    }
+
+    /// Waits for a stderr line containing `needle` (it may have been logged
+    /// already) and returns it; panics after `timeout` or if the daemon
+    /// closes its stderr first.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let mut st = self.state.lock().unwrap();
+        if let Some(line) = st.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match st.rx.recv_timeout(left) {
+                Ok(line) => {
+                    st.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("echo-lab logged no line containing {needle:?} within {timeout:?}")
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("echo-lab closed stderr (exited?) before logging {needle:?}")
+                }
+            }
+        }
+    }
+
+    /// Every stderr line so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Sends `sig` to the daemon.
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) with our own child's pid.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({}, {sig}): {}",
+            self.pid(),
+            io::Error::last_os_error()
+        );
+    }
+
+    /// Waits until the daemon exits; `None` if it is still running after
+    /// `timeout`.
+    pub fn try_wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = wait_child(&mut self.child, timeout);
+        }
+        self.exited
+    }
+
+    /// Waits until the daemon exits; panics if it is still running after
+    /// `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        self.try_wait_exit(timeout)
+            .unwrap_or_else(|| panic!("echo-lab still running {timeout:?} later"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // The daemon is gone, so its stderr reaches end of file.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- echo-lab (pid {}) stderr ----\n{}\n---- end of echo-lab stderr ----",
+                self.child.id(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// The addresses of `... INFO  listening on A, B (pool ...)`.
+fn parse_listening(line: &str) -> Vec<SocketAddr> {
+    let rest = &line[line.find("listening on ").expect("listening line") + 13..];
+    let list = rest.split(" (").next().unwrap_or(rest);
+    let addrs: Vec<SocketAddr> = list
+        .split(", ")
+        .map(|a| {
+            a.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("bad address {a:?} in {line:?}: {e}"))
+        })
+        .collect();
+    assert!(!addrs.is_empty(), "no address in {line:?}");
+    addrs
+}
+
+/// Polls `child` until it exits or `timeout` passes.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `cond` every few milliseconds until it holds; panics after
+/// `timeout` naming `what`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Connects with read and write timeouts of [`IO_TIMEOUT`] and no Nagle
+/// delay (tests write small messages and wait for them).
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Reads exactly `n` bytes.
+pub fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    let mut got = 0;
+    while got < n {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => panic!(
+                "EOF after {got} of {n} bytes: {:?}",
+                String::from_utf8_lossy(&buf[..got])
+            ),
+            Ok(k) => got += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!(
+                "read failed after {got} of {n} bytes ({e}): {:?}",
+                String::from_utf8_lossy(&buf[..got])
+            ),
+        }
+    }
+    buf
+}
+
+/// Reads until the server closes; panics on a timeout or reset, showing
+/// what arrived.
+pub fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(k) => out.extend_from_slice(&buf[..k]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!(
+                "no EOF ({e}); received so far: {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+}
+
+/// Sends `data` and asserts it comes back exactly.
+pub fn round_trip(s: &mut TcpStream, data: &[u8]) {
+    s.write_all(data).expect("write");
+    let back = read_n(s, data.len());
+    assert_eq!(
+        String::from_utf8_lossy(&back),
+        String::from_utf8_lossy(data),
+        "echo differs"
+    );
+    assert_eq!(back, data, "echo differs");
+}
+
+/// Asserts that `got` equals `want`, showing both as text.
+#[track_caller]
+pub fn assert_bytes(got: &[u8], want: &[u8]) {
+    assert_eq!(
+        String::from_utf8_lossy(got),
+        String::from_utf8_lossy(want),
+        "bytes differ"
+    );
+    assert_eq!(got, want, "bytes differ");
+}
+
+/// Runs `cmd` with `stdin` as its input, bounded by `timeout` (killed and
+/// a panic after it).
+pub fn run_with_input(cmd: &mut Command, stdin: &[u8], timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    // A child that exits early closes its end; the write error is fine.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    let status = match wait_child(&mut child, timeout) {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} still running after {timeout:?}; stdout {:?}, stderr {:?}",
+                String::from_utf8_lossy(&out.join().unwrap()),
+                String::from_utf8_lossy(&err.join().unwrap())
+            );
+        }
+    };
+    let _ = writer.join();
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Reads a pipe to its end on a thread.
+pub fn collect(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        v
+    })
+}
+
+/// Deterministic pseudo-random bytes (xorshift) for bulk echo.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// True if `data` holds the command word in any case (bulk test data must
+/// not, or the server would rightly end the session).
+pub fn contains_disconnect_word(data: &[u8]) -> bool {
+    data.windows(10)
+        .any(|w| w.eq_ignore_ascii_case(b"disconnect"))
+}
