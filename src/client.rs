@@ -139,8 +139,8 @@ impl End {
 struct Shared {
     demux: Demux,
     end: Option<End>,
-    /// The main thread waits for an echo (a notice that ends the session is
-    /// then handled by it, not by the reader).
+    /// The main thread waits for an echo, or is ending the session itself
+    /// (an end of session is then handled by it, not by the reader).
     waiting: bool,
 }
 
@@ -336,9 +336,13 @@ fn piped_loop(mut stream: TcpStream, state: &State, timeout: Duration) -> i32 {
         line.clear();
         match input.read_until(b'\n', &mut line) {
             Ok(0) => {
-                if let Some(end) = &lock(state).end {
+                let mut s = lock(state);
+                if let Some(end) = &s.end {
                     return end.code();
                 }
+                // From here on the main thread ends the session; closing
+                // the socket must not look like the server leaving.
+                s.waiting = true;
                 break;
             }
             Ok(_) => {

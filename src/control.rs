@@ -392,11 +392,17 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
         .map_err(unreachable)?;
     let mut line = serde_json::to_string(req).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(unreachable)?;
+    // A refused caller may find the socket closed before its request is
+    // written; the refusal is then waiting to be read, so read regardless.
+    let sent = stream.write_all(line.as_bytes());
     let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+    let read = BufReader::new(&stream).read_line(&mut answer);
+    if answer.trim().is_empty() {
+        if let Err(e) = sent {
+            return Err(unreachable(e));
+        }
+    }
+    read.map_err(|e| ClientError::BadAnswer(e.to_string()))?;
     if answer.trim().is_empty() {
         return Err(ClientError::BadAnswer(
             "the daemon closed without answering".into(),

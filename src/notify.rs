@@ -8,11 +8,12 @@
 //! done (applied or not — the STATUS says which); `STOPPING=1` at the start
 //! of the drain.
 //!
-//! The watchdog is only fed while the daemon really works: at each period
-//! (half of `WATCHDOG_USEC`) the accept loop's and every worker's heartbeat
-//! counter must have moved since the previous ping. A wedged worker stops
-//! the pings, and systemd restarts the service — the point of a watchdog,
-//! which a timer thread pinging blindly would defeat.
+//! The watchdog is only fed while the daemon really works: every event
+//! loop (the accept loop and each worker) bumps a heartbeat counter at
+//! least every 500 ms, and the ping (every half of `WATCHDOG_USEC`) is
+//! withheld while any counter has stood still for 2 s. A wedged worker
+//! thus stops the pings and systemd restarts the service — the point of a
+//! watchdog, which a timer thread pinging blindly would defeat.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
@@ -31,12 +32,18 @@ pub struct Notifier {
 }
 
 struct Watchdog {
+    /// Ping period: half of `WATCHDOG_USEC`.
     period: Duration,
     last_ping: Instant,
-    last_beats: Vec<u64>,
-    /// The last check found no progress (logged once per stall).
+    /// Each heartbeat's last value and when it last changed.
+    seen: Vec<(u64, Instant)>,
+    /// The last check found a stall (logged once per stall).
     stalled: bool,
 }
+
+/// A heartbeat that has not moved for this long means a wedged thread.
+/// Every loop turns at least every 500 ms, so this leaves a wide margin.
+const STALL_AFTER: Duration = Duration::from_secs(2);
 
 impl Notifier {
     /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC` from the environment.
@@ -45,7 +52,7 @@ impl Notifier {
         let watchdog = sd_notify::watchdog_enabled().map(|usec| Watchdog {
             period: (usec / 2).max(Duration::from_millis(100)),
             last_ping: Instant::now(),
-            last_beats: Vec::new(),
+            seen: Vec::new(),
             stalled: false,
         });
         Notifier { enabled, watchdog }
@@ -107,28 +114,42 @@ impl Notifier {
         }
     }
 
-    /// Pings the watchdog if its period elapsed and every heartbeat moved.
+    /// Pings the watchdog when its period elapsed, unless a heartbeat (the
+    /// accept loop's or a worker's) has not moved for [`STALL_AFTER`].
     pub fn watchdog_tick(&mut self, beats: Vec<u64>) {
         let Some(w) = self.watchdog.as_mut() else {
             return;
         };
-        if w.last_ping.elapsed() < w.period {
+        let now = Instant::now();
+        if w.seen.len() != beats.len() {
+            // The pool changed size: start watching afresh.
+            w.seen = beats.iter().map(|&b| (b, now)).collect();
+        }
+        for (seen, &beat) in w.seen.iter_mut().zip(&beats) {
+            if seen.0 != beat {
+                *seen = (beat, now);
+            }
+        }
+        let stalled = w
+            .seen
+            .iter()
+            .any(|(_, t)| now.duration_since(*t) > STALL_AFTER);
+        if stalled {
+            if !w.stalled {
+                log::error!(
+                    "a worker or the accept loop made no progress for {}s; withholding the watchdog ping",
+                    STALL_AFTER.as_secs()
+                );
+            }
+            w.stalled = true;
             return;
         }
-        let progressed = w.last_beats.len() != beats.len()
-            || w.last_beats.iter().zip(&beats).all(|(old, new)| new != old);
-        if progressed {
-            w.last_ping = Instant::now();
-            w.last_beats = beats;
-            w.stalled = false;
+        w.stalled = false;
+        if now.duration_since(w.last_ping) >= w.period {
+            w.last_ping = now;
             if self.enabled {
                 let _ = sd_notify::notify(&[NotifyState::Watchdog]);
             }
-        } else if !w.stalled {
-            w.stalled = true;
-            log::error!(
-                "a worker or the accept loop made no progress; withholding the watchdog ping"
-            );
         }
     }
 }

@@ -59,16 +59,18 @@ fn real_main() -> i32 {
             return EX_CONFIG;
         }
     };
-    if args.print_config {
-        print!("{}", config.to_toml());
-        return 0;
-    }
-    logging::init(config.log.level.filter());
     let default_target = if args.daemon {
         LogTarget::Syslog
     } else {
         LogTarget::Stderr
     };
+    if args.print_config {
+        let mut effective = config;
+        effective.log.target = effective.log.target.or(Some(default_target));
+        print!("{}", effective.to_toml());
+        return 0;
+    }
+    logging::init(config.log.level.filter());
     // SAFETY: no other thread exists yet.
     let inherited = unsafe { activation::take() };
     let (listeners, activated) = match listeners(&config, inherited) {

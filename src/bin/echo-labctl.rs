@@ -156,6 +156,17 @@ fn print_status(s: &Status) {
     }
 }
 
+/// True while `pid` runs (a zombie waiting for its parent counts as gone).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
 fn control(socket: Option<PathBuf>, command: Command) -> i32 {
     let path = socket_path(socket);
     match command {
@@ -207,7 +218,7 @@ fn control(socket: Option<PathBuf>, command: Command) -> i32 {
                 return 0;
             }
             let deadline = Instant::now() + Duration::from_secs(timeout);
-            while Path::new(&format!("/proc/{pid}")).exists() {
+            while process_alive(pid) {
                 if Instant::now() >= deadline {
                     eprintln!("echo-labctl: echo-lab (pid {pid}) still running after {timeout}s");
                     return 1;

@@ -66,6 +66,9 @@ pub struct Daemon {
     exited: Option<ExitStatus>,
     /// Keeps the config file alive as long as the daemon.
     _config: tempfile::NamedTempFile,
+    /// Holds the daemon's control socket (one per test daemon, so tests
+    /// running in parallel never share one).
+    control_dir: tempfile::TempDir,
 }
 
 /// Writes `text` to a fresh temporary `.toml` file.
@@ -87,12 +90,34 @@ impl Daemon {
         Daemon::start_raw(&format!("host = \"127.0.0.1\"\nport = 0\n{config_toml}"))
     }
 
-    /// Starts the daemon with exactly this config text.
+    /// Like [`Daemon::start`], with extra environment variables (e.g.
+    /// `NOTIFY_SOCKET`).
+    pub fn start_env(config_toml: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn(
+            &format!("host = \"127.0.0.1\"\nport = 0\n{config_toml}"),
+            env,
+        )
+    }
+
+    /// Starts the daemon with exactly this config text (plus a private
+    /// control socket unless the text names one).
     pub fn start_raw(config_toml: &str) -> Daemon {
-        let config = config_file(config_toml);
+        Daemon::spawn(config_toml, &[])
+    }
+
+    fn spawn(config_toml: &str, env: &[(&str, &str)]) -> Daemon {
+        let control_dir = tempfile::tempdir().expect("control socket dir");
+        let control = control_dir.path().join("control.sock");
+        let mut text = config_toml.to_string();
+        if !text.contains("control_socket") {
+            // Top-level keys must come before any table.
+            text = format!("control_socket = {:?}\n{text}", control.to_str().unwrap());
+        }
+        let config = config_file(&text);
         let mut child = Command::new(ECHO_LAB)
             .arg("--config")
             .arg(config.path())
+            .envs(env.iter().copied())
             .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -131,6 +156,7 @@ impl Daemon {
             reader: Some(reader),
             exited: None,
             _config: config,
+            control_dir,
         };
         let line = daemon.wait_for_log("listening on ", START_TIMEOUT);
         daemon.addrs = parse_listening(&line);
@@ -149,6 +175,11 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The daemon's private control socket.
+    pub fn control_path(&self) -> std::path::PathBuf {
+        self.control_dir.path().join("control.sock")
     }
 
     /// The config file the daemon was started with.
@@ -445,4 +476,19 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 pub fn contains_disconnect_word(data: &[u8]) -> bool {
     data.windows(10)
         .any(|w| w.eq_ignore_ascii_case(b"disconnect"))
+}
+
+/// Runs `echo-labctl --socket <the daemon's control socket> ARGS...`,
+/// bounded by [`IO_TIMEOUT`] and more.
+pub fn ctl(d: &Daemon, args: &[&str]) -> Output {
+    let mut cmd = Command::new(ECHO_LABCTL);
+    cmd.arg("--socket").arg(d.control_path()).args(args);
+    run_with_input(&mut cmd, b"", IO_TIMEOUT * 4)
+}
+
+/// `echo-labctl status --json`, parsed.
+pub fn ctl_status(d: &Daemon) -> serde_json::Value {
+    let out = ctl(d, &["status", "--json"]);
+    assert!(out.status.success(), "echo-labctl status failed: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
 }
