@@ -53,7 +53,7 @@ if [ -d man ] && ls man/*.[0-9] >/dev/null 2>&1; then
   mandoc -Tlint -W warning man/*.[0-9]
 fi
 step "cargo deny check"
-cargo deny check advisories licenses bans sources
+cargo deny check licenses bans sources
 if [ -x bench/compare.sh ] || [ -f bench/compare.sh ]; then
   step "bench smoke"
   bash bench/compare.sh --smoke
