@@ -119,3 +119,28 @@ fn sigint_drains_like_sigterm() {
     let status = d.wait_exit(EXIT_BOUND);
     assert_eq!(status.code(), Some(0), "{status}");
 }
+
+/// With thousands of clients that never leave, the time from SIGTERM to
+/// exit is still drain_timeout plus a small margin, and every client is
+/// told and then closed.
+#[test]
+fn thousands_of_clients_drain_within_the_bound() {
+    const CLIENTS: usize = 2000;
+    let mut d = Daemon::start("pool_size = 2\nmax_connections = 5000\ndrain_timeout = 1\n");
+    let base_fds = d.fd_count();
+    let mut clients: Vec<TcpStream> = (0..CLIENTS).map(|_| connect(d.addr())).collect();
+    wait_until(IO_TIMEOUT, "every client accepted", || {
+        d.fd_count() >= base_fds + CLIENTS
+    });
+    let started = Instant::now();
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(15));
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    // drain_timeout = 1 s; the margin covers a loaded machine.
+    assert!(took < Duration::from_secs(8), "exit took {took:?}");
+    for c in clients.iter_mut() {
+        assert_bytes(&read_to_eof(c), SHUTTING_DOWN);
+    }
+    eprintln!("{CLIENTS} clients: SIGTERM to exit in {took:?} (drain_timeout 1s)");
+}
