@@ -257,10 +257,9 @@ for round in $(seq "$rounds"); do
 done
 
 context="Measured $(date -u +%Y-%m-%d) on $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), Linux $(uname -r); $rounds rounds, ${duration} s per ping-pong point after ${warmup} s warmup, servers on $workers workers, client and servers on the same machine over loopback. Command: \`$invocation\`."
-if [ -f "$out/PERFORMANCE.md" ] || [ "$out" = "$root/docs" ]; then
-    :
-else
-    cp "$root/docs/PERFORMANCE.md" "$out/PERFORMANCE.md" 2>/dev/null || true
+# Elsewhere than docs/, start from the committed document so the prose is kept.
+if [ "$(cd "$out" && pwd)" != "$root/docs" ]; then
+    cp "$root/docs/PERFORMANCE.md" "$out/PERFORMANCE.md"
 fi
 cp "$results" "$out/perf-results.jsonl"
 "$report" "$results" "$out/PERFORMANCE.md" "$out/perf.svg" "$context"
