@@ -1,0 +1,208 @@
+//! The result of a run, as people read it and as scripts parse it.
+//!
+//! One [`Report`] is built from the merged [`Tally`] and printed either as a
+//! short block of text or, with `--json`, as a single JSON object on one
+//! line, so that `compare.sh` and CI can collect runs with nothing more than
+//! a line-oriented file. Latencies are reported in microseconds; the field
+//! names are part of the interface that scripts rely on.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::tally::{Errors, Tally};
+
+/// Round-trip latency summary, in microseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    pub min: f64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let us = |ns: u64| ns as f64 / 1_000.0;
+        Latency {
+            min: us(h.min()),
+            mean: h.mean() / 1_000.0,
+            p50: us(h.value_at_quantile(0.50)),
+            p90: us(h.value_at_quantile(0.90)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+        }
+    }
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `"ping-pong"` or `"hold"`.
+    pub mode: &'static str,
+    pub addr: String,
+    pub connections: usize,
+    /// Load threads used (1 for the single-connection blocking loop).
+    pub threads: usize,
+    /// Bytes per message.
+    pub size: usize,
+    pub warmup_secs: f64,
+    /// Measured window as asked for (`--duration`), if time-bounded.
+    pub duration_secs: Option<f64>,
+    /// Measured round trips asked for (`--requests`), if count-bounded.
+    pub requests: Option<u64>,
+    /// Idle time between connecting and the round trip (hold mode).
+    pub hold_secs: Option<f64>,
+    /// Wall time the measured round trips took: from the end of the warmup
+    /// to the last echo (ping-pong), or from "go" to the last echo (hold).
+    pub elapsed_secs: f64,
+    /// Verified round trips in the measured window.
+    pub round_trips: u64,
+    pub round_trips_per_sec: f64,
+    pub latency_us: Latency,
+    /// Connections established.
+    pub connected: u64,
+    /// From the start until the last connection was established.
+    pub connect_ms: Option<f64>,
+    /// Hold mode: from "go" until the last connection had its echo.
+    pub all_echoed_ms: Option<f64>,
+    pub errors: Errors,
+    /// CPU (user + system) the generator used over the whole run.
+    pub client_cpu_secs: f64,
+    /// Generator CPU per measured round trip, in microseconds (includes
+    /// warmup and connection setup, so it is an upper bound).
+    pub client_cpu_us_per_round_trip: Option<f64>,
+    /// No failures and at least one verified round trip (ping-pong), or
+    /// every connection echoed (hold). Decides the exit status.
+    pub ok: bool,
+}
+
+/// Inputs to [`Report::new`] besides the tally.
+pub(crate) struct Setup {
+    pub mode: &'static str,
+    pub addr: String,
+    pub connections: usize,
+    pub threads: usize,
+    pub size: usize,
+    pub warmup: Duration,
+    pub duration: Option<Duration>,
+    pub requests: Option<u64>,
+    pub hold: Option<Duration>,
+}
+
+impl Report {
+    pub(crate) fn new(
+        setup: Setup,
+        tally: &Tally,
+        elapsed: Duration,
+        connect: Option<Duration>,
+        all_echoed: Option<Duration>,
+        cpu: Duration,
+    ) -> Self {
+        let secs = elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            tally.round_trips as f64 / secs
+        } else {
+            0.0
+        };
+        let ok = tally.errors.total == 0
+            && tally.round_trips > 0
+            && (setup.mode != "hold" || tally.round_trips == setup.connections as u64);
+        Report {
+            mode: setup.mode,
+            addr: setup.addr,
+            connections: setup.connections,
+            threads: setup.threads,
+            size: setup.size,
+            warmup_secs: setup.warmup.as_secs_f64(),
+            duration_secs: setup.duration.map(|d| d.as_secs_f64()),
+            requests: setup.requests,
+            hold_secs: setup.hold.map(|d| d.as_secs_f64()),
+            elapsed_secs: secs,
+            round_trips: tally.round_trips,
+            round_trips_per_sec: rate,
+            latency_us: Latency::of(&tally.latency),
+            connected: tally.connected,
+            connect_ms: connect.map(ms),
+            all_echoed_ms: all_echoed.map(ms),
+            errors: tally.errors,
+            client_cpu_secs: cpu.as_secs_f64(),
+            client_cpu_us_per_round_trip: (tally.round_trips > 0)
+                .then(|| cpu.as_secs_f64() * 1e6 / tally.round_trips as f64),
+            ok,
+        }
+    }
+
+    /// The report as a few lines of text for a terminal.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = match self.hold_secs {
+            Some(hold) => writeln!(
+                out,
+                "hold against {}: {} connections held {:.1} s, then one {}-byte round trip each ({} threads)",
+                self.addr, self.connections, hold, self.size, self.threads
+            ),
+            None => writeln!(
+                out,
+                "ping-pong against {}: {} connections, {}-byte messages, {} threads",
+                self.addr, self.connections, self.size, self.threads
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "  connected     {} of {}{}",
+            self.connected,
+            self.connections,
+            self.connect_ms
+                .map(|t| format!(" in {t:.1} ms"))
+                .unwrap_or_default()
+        );
+        if let Some(t) = self.all_echoed_ms {
+            let _ = writeln!(out, "  all echoed    {} in {t:.1} ms", self.round_trips);
+        } else {
+            let _ = writeln!(
+                out,
+                "  round trips   {} in {:.2} s = {:.0}/s",
+                self.round_trips, self.elapsed_secs, self.round_trips_per_sec
+            );
+        }
+        let l = &self.latency_us;
+        let _ = writeln!(
+            out,
+            "  latency (us)  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        );
+        let e = &self.errors;
+        let _ = if e.total == 0 {
+            writeln!(out, "  errors        none")
+        } else {
+            writeln!(
+                out,
+                "  errors        {} (connect {}, reset {}, closed {}, mismatch {}, timeout {})",
+                e.total, e.connect, e.reset, e.closed, e.mismatch, e.timeout
+            )
+        };
+        let _ = writeln!(
+            out,
+            "  client CPU    {:.2} s{}",
+            self.client_cpu_secs,
+            self.client_cpu_us_per_round_trip
+                .map(|u| format!(" ({u:.2} us per round trip)"))
+                .unwrap_or_default()
+        );
+        out
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1_000.0
+}
