@@ -2,10 +2,12 @@
 //! server must give a clean run with the documented JSON fields, and servers
 //! that corrupt or swallow echoes must make the run fail.
 //!
-//! The servers here are plain thread-per-connection echoes living in the
-//! test process; their listener is bound before the test starts the client,
-//! so no readiness wait is needed. Every client run is bounded by a
-//! deadline after which it is killed.
+//! The correct server is the real daemon; the broken ones (corrupting,
+//! swallowing) are small thread-per-connection servers living in the test
+//! process, bound before the client starts. Every client run is bounded by
+//! a deadline after which it is killed.
+
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,7 +20,6 @@ use serde_json::Value;
 /// What a test server does with the bytes it reads.
 #[derive(Clone, Copy)]
 enum Behaviour {
-    Echo,
     /// Echo with the first byte of every read inverted.
     Corrupt,
     /// Read and never answer.
@@ -47,7 +48,6 @@ fn serve(mut stream: TcpStream, behaviour: Behaviour) {
             Ok(n) => n,
         };
         match behaviour {
-            Behaviour::Echo => {}
             Behaviour::Corrupt => buf[0] = !buf[0],
             Behaviour::Swallow => continue,
         }
@@ -109,7 +109,8 @@ fn f64_field(v: &Value, path: &str) -> f64 {
 
 #[test]
 fn ping_pong_reports_round_trips_latency_and_no_errors() {
-    let addr = server(Behaviour::Echo).to_string();
+    let daemon = support::Daemon::start("pool_size = 2\n");
+    let addr = daemon.addr().to_string();
     let (code, out) = bench(
         &[&addr, "--duration", "1", "--connections", "4", "--json"],
         Duration::from_secs(30),
@@ -133,7 +134,8 @@ fn ping_pong_reports_round_trips_latency_and_no_errors() {
 
 #[test]
 fn one_connection_uses_the_blocking_loop_and_can_stop_after_n_requests() {
-    let addr = server(Behaviour::Echo).to_string();
+    let daemon = support::Daemon::start("pool_size = 2\n");
+    let addr = daemon.addr().to_string();
     let (code, out) = bench(
         &[&addr, "--requests", "500", "--json"],
         Duration::from_secs(30),
@@ -147,7 +149,8 @@ fn one_connection_uses_the_blocking_loop_and_can_stop_after_n_requests() {
 
 #[test]
 fn hold_connects_all_and_every_connection_echoes_once() {
-    let addr = server(Behaviour::Echo).to_string();
+    let daemon = support::Daemon::start("pool_size = 2\n");
+    let addr = daemon.addr().to_string();
     let (code, out) = bench(
         &[
             &addr,
