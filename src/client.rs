@@ -239,6 +239,10 @@ fn read_loop(mut stream: TcpStream, state: State, interactive: Option<Option<lib
                             let _ = out.flush();
                         }
                         Item::Notice(text) => {
+                            if interactive.is_some() && !s.waiting {
+                                // The prompt is on screen: start a new line.
+                                eprintln!();
+                            }
                             eprintln!("{NOTICE_PREFIX}{text}");
                             if text == "goodbye" {
                                 end = Some(End::Goodbye);
