@@ -46,6 +46,26 @@ const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Scratch buffer for reads, shared by all connections of a worker.
 const READ_BUF: usize = 64 * 1024;
 
+/// What the poller said about a connection.
+#[derive(Debug, Clone, Copy)]
+struct Readiness {
+    /// Input (or end of input, or an error) may be waiting.
+    readable: bool,
+    /// Output space (or an error) may be available.
+    writable: bool,
+    /// The peer closed its side: read on to see the end of stream.
+    read_closed: bool,
+}
+
+impl Readiness {
+    /// A connection that used up its read budget and is served again.
+    const AGAIN: Readiness = Readiness {
+        readable: true,
+        writable: false,
+        read_closed: false,
+    };
+}
+
 /// The settings a worker applies to its connections; replaced whole on
 /// reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,18 +209,15 @@ impl Worker {
                 if event.token() == WAKER {
                     continue;
                 }
-                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-                let writable = event.is_writable() || event.is_write_closed() || event.is_error();
-                self.serve(
-                    event.token().0,
-                    readable,
-                    writable,
-                    event.is_read_closed(),
-                    now,
-                );
+                let ready = Readiness {
+                    readable: event.is_readable() || event.is_read_closed() || event.is_error(),
+                    writable: event.is_writable() || event.is_write_closed() || event.is_error(),
+                    read_closed: event.is_read_closed(),
+                };
+                self.serve(event.token().0, ready, now);
             }
             for slot in again.drain(..) {
-                self.serve(slot, true, false, false, now);
+                self.serve(slot, Readiness::AGAIN, now);
             }
             if !self.read_commands(now) {
                 return;
@@ -243,20 +260,11 @@ impl Worker {
     }
 
     /// Handles readiness of one connection, isolating panics to it.
-    fn serve(
-        &mut self,
-        slot: usize,
-        readable: bool,
-        writable: bool,
-        read_closed: bool,
-        now: Instant,
-    ) {
+    fn serve(&mut self, slot: usize, ready: Readiness, now: Instant) {
         if !self.conns.contains(slot) {
             return;
         }
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            self.serve_inner(slot, readable, writable, read_closed, now)
-        }));
+        let result = catch_unwind(AssertUnwindSafe(|| self.serve_inner(slot, ready, now)));
         if result.is_err() {
             self.stats.panics.fetch_add(1, Relaxed);
             log::error!("panic while serving a connection; closed it, others unaffected");
@@ -264,14 +272,12 @@ impl Worker {
         }
     }
 
-    fn serve_inner(
-        &mut self,
-        slot: usize,
-        readable: bool,
-        writable: bool,
-        read_closed: bool,
-        now: Instant,
-    ) {
+    fn serve_inner(&mut self, slot: usize, ready: Readiness, now: Instant) {
+        let Readiness {
+            readable,
+            writable,
+            read_closed,
+        } = ready;
         let cap = self.settings.max_pending_bytes;
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
