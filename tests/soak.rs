@@ -133,7 +133,7 @@ fn client_thread(
             .map(|i| message(t, i, n + i as u64))
             .collect();
         n += PER_THREAD as u64;
-        let mut broken = vec![false; PER_THREAD];
+        let mut broken = [false; PER_THREAD];
         for (i, c) in clients.iter_mut().enumerate() {
             if let Err(e) = c.stream.write_all(&msgs[i]) {
                 fail(format!("thread {t} socket {i}: write: {e}"), &tally);
