@@ -492,3 +492,175 @@ pub fn ctl_status(d: &Daemon) -> serde_json::Value {
     assert!(out.status.success(), "echo-labctl status failed: {out:?}");
     serde_json::from_slice(&out.stdout).expect("status --json is JSON")
 }
+
+// ------------------------------------------------------------------------
+// Helpers for the reliability suite (see docs/RELIABILITY.md).
+
+impl Daemon {
+    /// CPU time the daemon has used so far (user + system, all threads),
+    /// from /proc/PID/stat.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time_of(self.pid())
+    }
+
+    /// Sets the daemon's RLIMIT_NOFILE (soft and hard) while it runs, as
+    /// `prlimit --pid PID --nofile=N:N` does. Descriptors already open stay
+    /// open; new ones fail with EMFILE once `n` are in use. (The daemon
+    /// raises its soft limit to the hard one at start, so a limit set
+    /// before exec would have to lower both anyway.)
+    pub fn set_nofile(&self, n: u64) {
+        let lim = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n,
+        };
+        // SAFETY: prlimit(2) on our own child; only reads `lim`.
+        let rc = unsafe {
+            libc::prlimit(
+                self.pid() as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                &lim,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "prlimit({}, NOFILE, {n}): {}",
+            self.pid(),
+            io::Error::last_os_error()
+        );
+    }
+
+    /// Log lines so far that contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// `stats.<field>` from `echo-labctl status --json`.
+    pub fn stat(&self, field: &str) -> u64 {
+        let s = ctl_status(self);
+        s["stats"][field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no stats.{field} in {s}"))
+    }
+}
+
+/// utime + stime of process `pid`, from /proc/PID/stat.
+pub fn cpu_time_of(pid: u32) -> Duration {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    // The command name (field 2) may hold spaces: fields are counted from
+    // after its closing parenthesis, where field 3 (state) starts.
+    let rest = &text[text.rfind(')').expect("comm in stat") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
+/// Makes `close` of this socket send a RST instead of a FIN (SO_LINGER
+/// with a zero timeout).
+pub fn set_linger_zero(s: &TcpStream) {
+    socket2::SockRef::from(s)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER 0");
+}
+
+/// Latency samples and their percentiles, for the figures the
+/// reliability tests print (the doc records them; tests assert only
+/// generous bounds).
+#[derive(Debug, Default, Clone)]
+pub struct Latencies(pub Vec<Duration>);
+
+impl Latencies {
+    pub fn push(&mut self, d: Duration) {
+        self.0.push(d);
+    }
+
+    pub fn extend(&mut self, other: Latencies) {
+        self.0.extend(other.0);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The `p`th percentile (0..=100), nearest rank; zero when empty.
+    pub fn percentile(&self, p: f64) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut v = self.0.clone();
+        v.sort();
+        let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+        v[rank.clamp(1, v.len()) - 1]
+    }
+
+    /// "n=500 p50=0.21ms p99=1.35ms max=2.01ms"
+    pub fn summary(&self) -> String {
+        format!(
+            "n={} p50={:.2}ms p99={:.2}ms max={:.2}ms",
+            self.len(),
+            ms(self.percentile(50.0)),
+            ms(self.percentile(99.0)),
+            ms(self.percentile(100.0))
+        )
+    }
+}
+
+/// A duration in milliseconds, for figures.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Sends `data`, reads its echo, checks it; the error says what went wrong
+/// instead of panicking (for tests that count failures).
+pub fn try_round_trip(s: &mut TcpStream, data: &[u8]) -> Result<Duration, String> {
+    let t = Instant::now();
+    s.write_all(data).map_err(|e| format!("write: {e}"))?;
+    let mut back = vec![0; data.len()];
+    let mut got = 0;
+    while got < back.len() {
+        match s.read(&mut back[got..]) {
+            Ok(0) => return Err(format!("EOF after {got} of {} bytes", data.len())),
+            Ok(k) => got += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read after {got} of {} bytes: {e}", data.len())),
+        }
+    }
+    if back != data {
+        return Err(format!(
+            "echo differs: sent {:?}, got {:?}",
+            String::from_utf8_lossy(data),
+            String::from_utf8_lossy(&back)
+        ));
+    }
+    Ok(t.elapsed())
+}
+
+impl Daemon {
+    /// True if the daemon's thread named `name` is blocked in system call
+    /// `nr` now (from /proc/PID/task/TID/syscall; e.g. `libc::SYS_accept4`).
+    pub fn thread_in_syscall(&self, name: &str, nr: libc::c_long) -> bool {
+        let dir = format!("/proc/{}/task", self.pid());
+        let Ok(tasks) = std::fs::read_dir(&dir) else {
+            return false;
+        };
+        tasks.flatten().any(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let call = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+            comm.trim() == name
+                && call
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<libc::c_long>().ok())
+                    == Some(nr)
+        })
+    }
+}

@@ -1,0 +1,148 @@
+//! File descriptors exhausted: with RLIMIT_NOFILE at 64 (soft = hard, set
+//! on the running daemon as `prlimit --pid PID --nofile=64:64` would) and
+//! more clients than fit, accept fails with EMFILE. The daemon must back
+//! off instead of spinning (its CPU time over two seconds stays small),
+//! log the failure once per interval rather than once per attempt, and
+//! recover when clients leave: the connections that waited in the kernel's
+//! queue are then accepted and served.
+
+mod support;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const NOFILE: u64 = 64;
+/// More than fit under [`NOFILE`] (about 48 after the daemon's own).
+const CLIENTS: usize = 80;
+/// Closed first to make room: the rest must then all be served.
+const LEAVE: usize = 40;
+/// How long the CPU time is measured while exhausted.
+const WINDOW: Duration = Duration::from_secs(2);
+/// Generous bound on the daemon's CPU use while exhausted, as a share of
+/// one core (a spinning accept loop uses ~100%).
+const CPU_BOUND: f64 = 0.25;
+
+fn hello(i: usize) -> Vec<u8> {
+    format!("hello from client {i:03}\n").into_bytes()
+}
+
+/// Starts a daemon, caps its descriptors, and opens [`CLIENTS`] clients
+/// that each send one line; returns when the daemon has logged the
+/// accept failure.
+fn exhausted() -> (Daemon, usize, Vec<TcpStream>) {
+    let d = Daemon::start("pool_size = 2\n");
+    round_trip(&mut connect(d.addr()), b"warm\n");
+    wait_until(IO_TIMEOUT, "the warm-up connection closed", || {
+        d.stat("active") == 0
+    });
+    // The control thread is back in accept(2), which reserved its next
+    // descriptor on entry (see the status test below).
+    wait_until(IO_TIMEOUT, "the control thread to wait in accept", || {
+        d.thread_in_syscall("control", libc::SYS_accept4)
+    });
+    let base = d.fd_count();
+    d.set_nofile(NOFILE);
+    let clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|i| {
+            // The handshake completes in the kernel whether or not the
+            // daemon can accept.
+            let mut s = connect(d.addr());
+            s.write_all(&hello(i)).unwrap();
+            s
+        })
+        .collect();
+    d.wait_for_log("accept failed", IO_TIMEOUT);
+    wait_until(IO_TIMEOUT, "the daemon to use all its descriptors", || {
+        d.fd_count() as u64 == NOFILE
+    });
+    (d, base, clients)
+}
+
+#[test]
+fn accept_backs_off_logs_once_and_recovers() {
+    let (d, base, clients) = exhausted();
+    let first_log = Instant::now();
+
+    let cpu0 = d.cpu_time();
+    let t0 = Instant::now();
+    std::thread::sleep(WINDOW);
+    let cpu = d.cpu_time() - cpu0;
+    let wall = t0.elapsed();
+    let share = cpu.as_secs_f64() / wall.as_secs_f64();
+    let logged = d.log_count("accept failed");
+    eprintln!(
+        "fd exhaustion: RLIMIT_NOFILE {NOFILE}, {CLIENTS} clients, {} descriptors in use; daemon CPU {:.0} ms in {:.2} s ({:.1}% of one core); 'accept failed' logged {logged} time(s) in {:.1} s",
+        d.fd_count(),
+        ms(cpu),
+        wall.as_secs_f64(),
+        share * 100.0,
+        first_log.elapsed().as_secs_f64()
+    );
+    assert!(
+        share < CPU_BOUND,
+        "the daemon used {:.0}% of a core while out of descriptors",
+        share * 100.0
+    );
+    // The log interval is 10 s; this window is shorter.
+    assert_eq!(
+        logged,
+        1,
+        "'accept failed' logged per attempt:\n{}",
+        d.log_text()
+    );
+    let line = d.wait_for_log("accept failed", IO_TIMEOUT);
+    assert!(line.contains("Too many open files"), "{line}");
+
+    // Clients leave; the ones queued in the kernel are accepted and
+    // served, and the session of every one of them goes on.
+    let mut clients: Vec<(usize, TcpStream)> = clients.into_iter().enumerate().collect();
+    let rest = clients.split_off(LEAVE);
+    drop(clients);
+    let recovered = Instant::now();
+    let mut rest: Vec<(usize, TcpStream)> = rest;
+    for (i, s) in rest.iter_mut() {
+        assert_bytes(&read_n(s, hello(*i).len()), &hello(*i));
+        round_trip(s, format!("client {i} after recovery\n").as_bytes());
+    }
+    eprintln!(
+        "fd exhaustion: {} queued clients served {:.2} s after {LEAVE} left",
+        rest.len(),
+        recovered.elapsed().as_secs_f64()
+    );
+    drop(rest);
+    wait_until(IO_TIMEOUT, "descriptors back to the baseline", || {
+        d.fd_count() == base
+    });
+    let mut c = connect(d.addr());
+    round_trip(&mut c, b"served after recovery\n");
+}
+
+/// `echo-labctl status` still answers while the daemon is out of
+/// descriptors (the control thread waits in accept(2) with its descriptor
+/// already reserved, so the request is accepted), and nothing about the
+/// control socket floods the log.
+#[test]
+fn status_answers_while_out_of_descriptors() {
+    let (d, base, clients) = exhausted();
+    let t0 = Instant::now();
+    let s = ctl_status(&d);
+    let answered = t0.elapsed();
+    // Every descriptor above the idle daemon's is a client being served.
+    assert_eq!(
+        s["stats"]["active"].as_u64(),
+        Some((d.fd_count() - base) as u64)
+    );
+    std::thread::sleep(WINDOW);
+    let logged = d.log_count("control socket accept");
+    eprintln!(
+        "fd exhaustion: status answered in {:.0} ms while exhausted (active {}); control socket log lines after it: {logged}",
+        ms(answered),
+        s["stats"]["active"]
+    );
+    assert_eq!(logged, 0, "{}", d.log_text());
+    assert_eq!(d.log_count("accept failed"), 1, "{}", d.log_text());
+    drop(clients);
+}
