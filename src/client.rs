@@ -226,58 +226,60 @@ pub fn run(opts: &Options) -> i32 {
 fn read_loop(mut stream: TcpStream, state: State, interactive: Option<Option<libc::termios>>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let end = match stream.read(&mut buf) {
-            Ok(0) => Some(End::Eof),
-            Ok(n) => {
-                let mut s = lock(&state);
-                let mut end = None;
-                for item in s.demux.feed(&buf[..n]) {
-                    match item {
-                        Item::Echo(b) | Item::Other(b) => {
-                            let mut out = io::stdout().lock();
-                            let _ = out.write_all(&b);
-                            let _ = out.flush();
-                        }
-                        Item::Notice(text) => {
-                            if interactive.is_some() && !s.waiting {
-                                // The prompt is on screen: start a new line.
-                                eprintln!();
-                            }
-                            eprintln!("{NOTICE_PREFIX}{text}");
-                            if text == "goodbye" {
-                                end = Some(End::Goodbye);
-                            } else if text != "shutting down" {
-                                end = Some(End::Closed(text));
-                            }
-                        }
+        let (n, failed) = match stream.read(&mut buf) {
+            Ok(n) => (n, None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => (0, Some(End::Error(e.to_string()))),
+        };
+        // Output and the end of the session are recorded under one lock, so
+        // the main thread never sees a closing notice without its end.
+        let mut s = lock(&state);
+        let mut end = failed;
+        if n == 0 && end.is_none() {
+            end = Some(End::Eof);
+        }
+        for item in s.demux.feed(&buf[..n]) {
+            match item {
+                Item::Echo(b) | Item::Other(b) => {
+                    let mut out = io::stdout().lock();
+                    let _ = out.write_all(&b);
+                    let _ = out.flush();
+                }
+                Item::Notice(text) => {
+                    if interactive.is_some() && !s.waiting {
+                        // The prompt is on screen: start a new line.
+                        eprintln!();
+                    }
+                    eprintln!("{NOTICE_PREFIX}{text}");
+                    if text == "goodbye" {
+                        end = Some(End::Goodbye);
+                    } else if text != "shutting down" {
+                        end = Some(End::Closed(text));
                     }
                 }
-                drop(s);
-                state.1.notify_all();
-                end
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
-            Err(e) => Some(End::Error(e.to_string())),
-        };
-        if let Some(end) = end {
-            let mut s = lock(&state);
-            let waiting = s.waiting;
-            s.end = Some(end.clone());
-            drop(s);
-            state.1.notify_all();
-            if !waiting {
-                // The main thread is at the prompt or reading stdin, not
-                // waiting for us: end the session now.
-                if let Some(Some(t)) = interactive {
-                    restore_tty(&t);
-                }
-                if end == End::Eof {
-                    eprintln!("echo-labctl: connection closed by the server");
-                }
-                std::process::exit(end.code());
-            }
-            return;
         }
+        if let Some(e) = &end {
+            s.end = Some(e.clone());
+        }
+        let waiting = s.waiting;
+        drop(s);
+        state.1.notify_all();
+        let Some(end) = end else {
+            continue;
+        };
+        if !waiting {
+            // The main thread is at the prompt or reading stdin, not
+            // waiting for us: end the session now.
+            if let Some(Some(t)) = interactive {
+                restore_tty(&t);
+            }
+            if end == End::Eof {
+                eprintln!("echo-labctl: connection closed by the server");
+            }
+            std::process::exit(end.code());
+        }
+        return;
     }
 }
 

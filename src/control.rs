@@ -6,9 +6,10 @@
 //! mode (and group, with `control_group`), and for every connection by the
 //! peer's credentials from `SO_PEERCRED` — root, the daemon's own user, and
 //! members of `control_group` are served; anyone else gets a clear refusal.
-//! The listener thread serves one connection at a time with short timeouts
-//! and a size cap on requests, so a malformed, oversized or stalled request
-//! costs an error answer, never a crash or a hang of the daemon. Requests
+//! Each connection is served on its own short-lived thread (at most 256 at
+//! once; more are told "busy" at once) with short timeouts and a size cap
+//! on requests, so a malformed, oversized or stalled request costs an error
+//! answer, never a crash, a hang, or an operator locked out. Requests
 //! are handed to the supervisor as [`Event`]s, so a reload asked here is the
 //! same as a SIGHUP — except that the caller learns the outcome.
 
@@ -17,7 +18,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +29,14 @@ use crate::daemon::{Event, Status};
 
 /// Largest request accepted, in bytes.
 pub const MAX_REQUEST: usize = 4096;
+
+/// Control connections served at once. Only allowed users get this far
+/// (file mode), and a stalled one holds a small thread for at most
+/// [`IO_TIMEOUT`]; beyond the cap a peer is told "busy" at once.
+const MAX_CLIENTS: usize = 256;
+
+/// Stack of a control connection's thread: it parses one short line.
+const CLIENT_STACK: usize = 128 * 1024;
 
 /// How long a peer may take to send its request or read the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -260,9 +271,10 @@ pub fn spawn(path: &Path, access: Access, events: Sender<Event>) -> io::Result<C
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
+            let busy = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming() {
                 match stream {
-                    Ok(s) => serve(s, &access, &events),
+                    Ok(s) => dispatch(s, access, &events, &busy),
                     Err(e) => {
                         log::warn!("control socket accept: {e}");
                         std::thread::sleep(Duration::from_millis(100));
@@ -275,7 +287,47 @@ pub fn spawn(path: &Path, access: Access, events: Sender<Event>) -> io::Result<C
     })
 }
 
-fn serve(mut stream: UnixStream, access: &Access, events: &Sender<Event>) {
+/// Serves each control connection on its own short-lived thread, so a
+/// peer that stalls (up to [`IO_TIMEOUT`]) delays nobody else; at most
+/// [`MAX_CLIENTS`] at once, beyond which a peer is answered "busy" at once.
+fn dispatch(stream: UnixStream, access: Access, events: &Sender<Event>, busy: &Arc<AtomicUsize>) {
+    if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+        busy.fetch_sub(1, Ordering::AcqRel);
+        reply(stream, &Response::error("busy: too many control connections; try again"));
+        return;
+    }
+    let events = events.clone();
+    let guard = Busy(busy.clone());
+    let spawned = std::thread::Builder::new()
+        .name("control-conn".into())
+        .stack_size(CLIENT_STACK)
+        .spawn(move || {
+            let _guard = guard;
+            serve(stream, &access, &events);
+        });
+    if let Err(e) = spawned {
+        log::warn!("control socket: cannot start a thread: {e}");
+    }
+}
+
+/// Counts a control connection in service until dropped.
+struct Busy(Arc<AtomicUsize>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn reply(mut stream: UnixStream, response: &Response) {
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    if let Ok(mut line) = serde_json::to_string(response) {
+        line.push('\n');
+        let _ = stream.write_all(line.as_bytes());
+    }
+}
+
+fn serve(stream: UnixStream, access: &Access, events: &Sender<Event>) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let response = match peer_of(&stream) {
@@ -294,10 +346,7 @@ fn serve(mut stream: UnixStream, access: &Access, events: &Sender<Event>) {
         }
         Err(e) => Response::error(format!("cannot identify the caller: {e}")),
     };
-    if let Ok(mut line) = serde_json::to_string(&response) {
-        line.push('\n');
-        let _ = stream.write_all(line.as_bytes());
-    }
+    reply(stream, &response);
 }
 
 fn answer(stream: &UnixStream, events: &Sender<Event>) -> Response {
