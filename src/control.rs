@@ -38,6 +38,9 @@ const MAX_CLIENTS: usize = 256;
 /// Stack of a control connection's thread: it parses one short line.
 const CLIENT_STACK: usize = 128 * 1024;
 
+/// At most one accept-error log line per this interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How long a peer may take to send its request or read the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -270,21 +273,48 @@ pub fn spawn(path: &Path, access: Access, events: Sender<Event>) -> io::Result<C
     }
     std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || {
-            let busy = Arc::new(AtomicUsize::new(0));
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(s) => dispatch(s, access, &events, &busy),
-                    Err(e) => {
-                        log::warn!("control socket accept: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
-        })?;
+        .spawn(move || accept_loop(listener, access, events))?;
     Ok(ControlServer {
         path: path.to_path_buf(),
     })
+}
+
+/// Accepts control connections forever.
+///
+/// An operator must be able to ask a daemon that has run out of file
+/// descriptors what is going on, so one descriptor is held in reserve (an
+/// open /dev/null): when accept fails with EMFILE/ENFILE the reserve is
+/// released and the accept retried at once, and the reserve is taken back
+/// when a descriptor is free again. Accept errors are logged at most once
+/// per interval.
+fn accept_loop(listener: UnixListener, access: Access, events: Sender<Event>) {
+    let busy = Arc::new(AtomicUsize::new(0));
+    let mut reserve = std::fs::File::open("/dev/null").ok();
+    let mut last_logged: Option<std::time::Instant> = None;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                dispatch(stream, access, &events, &busy);
+                if reserve.is_none() {
+                    reserve = std::fs::File::open("/dev/null").ok();
+                }
+            }
+            Err(e) => {
+                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if out_of_fds && reserve.take().is_some() {
+                    continue;
+                }
+                if last_logged.is_none_or(|t| t.elapsed() >= LOG_INTERVAL) {
+                    log::warn!("control socket accept: {e}");
+                    last_logged = Some(std::time::Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                if reserve.is_none() {
+                    reserve = std::fs::File::open("/dev/null").ok();
+                }
+            }
+        }
+    }
 }
 
 /// Serves each control connection on its own short-lived thread, so a
@@ -293,7 +323,10 @@ pub fn spawn(path: &Path, access: Access, events: Sender<Event>) -> io::Result<C
 fn dispatch(stream: UnixStream, access: Access, events: &Sender<Event>, busy: &Arc<AtomicUsize>) {
     if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
         busy.fetch_sub(1, Ordering::AcqRel);
-        reply(stream, &Response::error("busy: too many control connections; try again"));
+        reply(
+            stream,
+            &Response::error("busy: too many control connections; try again"),
+        );
         return;
     }
     let events = events.clone();

@@ -130,10 +130,14 @@ fn status_answers_while_out_of_descriptors() {
     let t0 = Instant::now();
     let s = ctl_status(&d);
     let answered = t0.elapsed();
-    // Every descriptor above the idle daemon's is a client being served.
-    assert_eq!(
-        s["stats"]["active"].as_u64(),
-        Some((d.fd_count() - base) as u64)
+    // Every descriptor above the idle daemon's is a client being served —
+    // plus possibly one: the control socket keeps a descriptor in reserve
+    // for exactly this case, and once it let go of it a client may hold it.
+    let active = s["stats"]["active"].as_u64().unwrap();
+    let above = (d.fd_count() - base) as u64;
+    assert!(
+        active == above || active == above + 1,
+        "active {active}, descriptors above the baseline {above}"
     );
     std::thread::sleep(WINDOW);
     let logged = d.log_count("control socket accept");
