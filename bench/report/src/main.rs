@@ -166,6 +166,13 @@ fn tabulate(lines: &[Value]) -> (Vec<Row>, Vec<Row>, Vec<(String, Vec<(String, f
                 rows.push(row(
                     lines,
                     &point,
+                    format!("{label}: p50 latency (µs)"),
+                    Better::Lower,
+                    |l| num(l, "/bench/latency_us/p50"),
+                ));
+                rows.push(row(
+                    lines,
+                    &point,
                     format!("{label}: p99 latency (µs)"),
                     Better::Lower,
                     |l| num(l, "/bench/latency_us/p99"),
