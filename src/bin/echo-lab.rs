@@ -82,7 +82,8 @@ fn real_main() -> i32 {
     };
     if args.daemon {
         // Fork while single-threaded; bind errors were reported above, on
-        // the terminal.
+        // the terminal. daemonix, not daemonize: see Cargo.toml
+        // (RUSTSEC-2025-0069).
         let mut d = daemonix::Daemonize::new()
             .working_directory("/")
             .umask(0o022);
