@@ -70,4 +70,4 @@ if [ -f tests/systemd/run.sh ]; then
   bash tests/systemd/run.sh
 fi
 step "summary"
-grep -E '^test result:' target/cargo-test.log | awk '{p+=$4; f+=$6} END {printf "cargo test: %d passed, %d failed\n", p, f}'
+grep -E '^test result:' target/cargo-test.log | awk '{p+=$4; f+=$6} END {printf "cargo-test: %d passed, %d failed\n", p, f}'
