@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,45 +28,12 @@ const SLACK_KIB: u64 = 16 * 1024;
 /// The flooder counts as stalled after this long without progress.
 const STALL: Duration = Duration::from_secs(2);
 
-/// The flood's bytes: a 64 KiB pseudo-random block repeated.
-fn block() -> Vec<u8> {
-    let b = pseudo_random(64 * 1024, 0xb10c);
-    // Checked across the wrap-around too.
-    assert!(!contains_disconnect_word(&[&b[..], &b[..]].concat()));
-    b
-}
-
 /// Writes up to [`FLOOD`] bytes without ever reading; returns how many
 /// went out before the writes stalled for [`STALL`].
 fn flood(mut s: TcpStream, done: Arc<AtomicBool>) -> (usize, bool) {
-    let block = block();
-    // Short write timeouts: the server stops reading, so a blocking write
-    // would block for good.
-    s.set_write_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let mut sent = 0;
-    let mut progress = Instant::now();
-    let mut stalled = false;
-    while sent < FLOOD {
-        let off = sent % block.len();
-        match s.write(&block[off..]) {
-            Ok(0) => panic!("write returned 0 after {sent} bytes"),
-            Ok(n) => {
-                sent += n;
-                progress = Instant::now();
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                if progress.elapsed() >= STALL {
-                    stalled = true;
-                    break;
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("flood write failed after {sent} bytes: {e}"),
-        }
-    }
+    let result = write_until_stalled(&mut s, FLOOD, STALL);
     done.store(true, Ordering::SeqCst);
-    (sent, stalled)
+    result
 }
 
 #[test]
@@ -127,7 +94,7 @@ fn a_client_that_never_reads_costs_at_most_the_cap() {
 
     // Once the client reads, everything it sent comes back, in order, and
     // the session goes on.
-    let block = block();
+    let block = flood_block();
     let mut reader = reader;
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0;

@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::io::ErrorKind;
-use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,41 +27,12 @@ const TRIPS: usize = 500;
 /// The bound the issue names: generous, only a stalled victim fails it.
 const P99_BOUND: Duration = Duration::from_millis(200);
 
-/// The hog's bytes: a pseudo-random 64 KiB block, repeated.
-fn block() -> Vec<u8> {
-    let b = pseudo_random(64 * 1024, 0x4066);
-    assert!(!contains_disconnect_word(&[&b[..], &b[..]].concat()));
-    b
-}
-
-/// Writes up to [`HOG`] bytes without reading; returns the socket, the
-/// bytes written and whether the writes stalled (rather than all of it
-/// going out).
+/// Writes up to [`HOG`] bytes without reading; returns the socket (its
+/// unread echo stays until the test closes it), the bytes written and
+/// whether the writes stalled.
 fn hog(mut s: TcpStream, done: Arc<AtomicBool>) -> (TcpStream, usize, bool) {
-    let block = block();
-    s.set_write_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let (mut sent, mut progress, mut stalled) = (0, Instant::now(), false);
-    while sent < HOG {
-        let off = sent % block.len();
-        match s.write(&block[off..]) {
-            Ok(0) => panic!("write returned 0 after {sent} bytes"),
-            Ok(n) => {
-                sent += n;
-                progress = Instant::now();
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                if progress.elapsed() >= STALL {
-                    stalled = true;
-                    break;
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("hog write failed after {sent} bytes: {e}"),
-        }
-    }
+    let (sent, stalled) = write_until_stalled(&mut s, HOG, STALL);
     done.store(true, Ordering::SeqCst);
-    // The socket (and its unread echo) stays open until the test closes it.
     (s, sent, stalled)
 }
 

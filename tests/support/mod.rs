@@ -664,3 +664,44 @@ impl Daemon {
         })
     }
 }
+
+/// The 64 KiB block [`write_until_stalled`] repeats: pseudo-random, free
+/// of the `disconnect` word even across its wrap-around.
+pub fn flood_block() -> Vec<u8> {
+    let block = pseudo_random(64 * 1024, 0xb10c);
+    assert!(!contains_disconnect_word(
+        &[&block[..], &block[..]].concat()
+    ));
+    block
+}
+
+/// Writes up to `total` bytes (the [`flood_block`], repeated) to `s`
+/// without ever reading, until the writes make no progress for `stall`
+/// (the server stopped reading: backpressure); returns the bytes written
+/// and whether the writes stalled (rather than all of it going out).
+pub fn write_until_stalled(s: &mut TcpStream, total: usize, stall: Duration) -> (usize, bool) {
+    let block = flood_block();
+    // Short write timeouts: once the server stops reading, a blocking
+    // write would block for good.
+    s.set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (mut sent, mut progress) = (0, Instant::now());
+    while sent < total {
+        let off = sent % block.len();
+        match s.write(&block[off..]) {
+            Ok(0) => panic!("write returned 0 after {sent} bytes"),
+            Ok(n) => {
+                sent += n;
+                progress = Instant::now();
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if progress.elapsed() >= stall {
+                    return (sent, true);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("write failed after {sent} bytes: {e}"),
+        }
+    }
+    (sent, false)
+}
