@@ -271,9 +271,12 @@ pub fn spawn(path: &Path, access: Access, events: Sender<Event>) -> io::Result<C
             return Err(io::Error::last_os_error());
         }
     }
+    // Opened before the thread starts, so the daemon's descriptor count is
+    // settled once `spawn` returns.
+    let reserve = std::fs::File::open("/dev/null").ok();
     std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || accept_loop(listener, access, events))?;
+        .spawn(move || accept_loop(listener, access, events, reserve))?;
     Ok(ControlServer {
         path: path.to_path_buf(),
     })
@@ -287,9 +290,13 @@ pub fn spawn(path: &Path, access: Access, events: Sender<Event>) -> io::Result<C
 /// released and the accept retried at once, and the reserve is taken back
 /// when a descriptor is free again. Accept errors are logged at most once
 /// per interval.
-fn accept_loop(listener: UnixListener, access: Access, events: Sender<Event>) {
+fn accept_loop(
+    listener: UnixListener,
+    access: Access,
+    events: Sender<Event>,
+    mut reserve: Option<std::fs::File>,
+) {
     let busy = Arc::new(AtomicUsize::new(0));
-    let mut reserve = std::fs::File::open("/dev/null").ok();
     let mut last_logged: Option<std::time::Instant> = None;
     loop {
         match listener.accept() {
