@@ -14,7 +14,7 @@ quick=0
 step() { printf '\n==== %s ====\n' "$*"; }
 
 # ---------------------------------------------------------------- set-up
-apt_pkgs=(mandoc man-db lintian debootstrap systemd-container python3 netcat-openbsd procps util-linux)
+apt_pkgs=(mandoc man-db lintian debootstrap systemd-container python3 netcat-openbsd procps util-linux iproute2)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
