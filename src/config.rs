@@ -479,24 +479,19 @@ impl RawFile {
                 c.host = s.trim_start_matches('[').trim_end_matches(']').to_string();
             }
         }
-        if let Some(x) = v.int(self.port, "port", PORT_RANGE, "") {
+        if let Some(x) = v.int(self.port, "port", PORT_RANGE) {
             c.port = x as u16;
         }
-        if let Some(x) = v.int(self.backlog, "backlog", BACKLOG_RANGE, "") {
+        if let Some(x) = v.int(self.backlog, "backlog", BACKLOG_RANGE) {
             c.backlog = x as u32;
         }
-        if let Some(x) = v.int(self.pool_size, "pool_size", POOL_RANGE, "") {
+        if let Some(x) = v.int(self.pool_size, "pool_size", POOL_RANGE) {
             c.pool_size = x as usize;
         }
-        if let Some(x) = v.int(self.max_connections, "max_connections", MAX_CONN_RANGE, "") {
+        if let Some(x) = v.int(self.max_connections, "max_connections", MAX_CONN_RANGE) {
             c.max_connections = x as usize;
         }
-        if let Some(x) = v.int(
-            self.max_pending_bytes,
-            "max_pending_bytes",
-            PENDING_RANGE,
-            "",
-        ) {
+        if let Some(x) = v.int(self.max_pending_bytes, "max_pending_bytes", PENDING_RANGE) {
             c.max_pending_bytes = x as usize;
         }
         if let Some(d) = v.duration(
@@ -561,27 +556,16 @@ impl Validator<'_, '_> {
         self.diags.push(d);
     }
 
-    fn int(
-        &mut self,
-        value: Option<Spanned<i64>>,
-        key: &str,
-        (lo, hi): (i64, i64),
-        note: &str,
-    ) -> Option<i64> {
+    fn int(&mut self, value: Option<Spanned<i64>>, key: &str, (lo, hi): (i64, i64)) -> Option<i64> {
         let value = value?;
         let x = *value.get_ref();
         if (lo..=hi).contains(&x) {
             Some(x)
         } else {
-            let note = if note.is_empty() {
-                String::new()
-            } else {
-                format!(" ({note})")
-            };
             self.fail(
                 &value,
                 key,
-                format!("{x} is out of range; allowed: {lo} to {hi}{note}"),
+                format!("{x} is out of range; allowed: {lo} to {hi}"),
             );
             None
         }
