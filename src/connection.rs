@@ -143,11 +143,6 @@ impl Connection {
         self.phase
     }
 
-    /// Bytes waiting to be written to the client.
-    pub fn pending_len(&self) -> usize {
-        self.pending.len()
-    }
-
     /// Reads and echoes what the client sent, within the read budget.
     /// `buf` is the worker's scratch buffer; `cap` the pending-bytes cap.
     pub fn on_readable(

@@ -58,11 +58,6 @@ impl Notifier {
         Notifier { enabled, watchdog }
     }
 
-    /// True when a service manager listens.
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
     fn send(&self, states: &[NotifyState<'_>]) {
         if self.enabled {
             if let Err(e) = sd_notify::notify(states) {

@@ -482,11 +482,6 @@ impl Server {
             }
         }
     }
-
-    /// Worker jobs still running.
-    pub fn running_workers(&self) -> usize {
-        self.running
-    }
 }
 
 impl Drop for Server {

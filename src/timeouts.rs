@@ -138,12 +138,6 @@ impl TimeoutQueue {
             None
         }
     }
-
-    /// Time since `slot` was last touched.
-    pub fn idle_for(&self, slot: usize, now: Instant) -> Option<Duration> {
-        let link = self.links.get(slot).filter(|l| l.linked)?;
-        Some(now.saturating_duration_since(link.stamp))
-    }
 }
 
 #[cfg(test)]
