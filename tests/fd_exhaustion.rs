@@ -1,6 +1,9 @@
-//! File descriptors exhausted: with RLIMIT_NOFILE at 64 (soft = hard, set
-//! on the running daemon as `prlimit --pid PID --nofile=64:64` would) and
-//! more clients than fit, accept fails with EMFILE. The daemon must back
+//! File descriptors exhausted: with RLIMIT_NOFILE set on the running
+//! daemon (soft = hard, as `prlimit --pid PID --nofile=N:N` would) to leave
+//! room for [`ROOM`] more descriptors, and more clients than fit, accept
+//! fails with EMFILE. The limit is computed from the descriptors the daemon
+//! actually holds, since it may have inherited some from whatever started
+//! the tests. The daemon must back
 //! off instead of spinning (its CPU time over two seconds stays small),
 //! log the failure once per interval rather than once per attempt, and
 //! recover when clients leave: the connections that waited in the kernel's
@@ -14,10 +17,13 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const NOFILE: u64 = 64;
-/// More than fit under [`NOFILE`] (about 48 after the daemon's own).
-const CLIENTS: usize = 80;
-/// Closed first to make room: the rest must then all be served.
+/// Free descriptor numbers left under the limit (at least; gaps below the
+/// daemon's highest descriptor add to it).
+const ROOM: usize = 48;
+/// Clients beyond what fits under the limit.
+const EXCESS: usize = 32;
+/// Closed first to make room: the rest (fewer than fit, since
+/// `LEAVE > EXCESS`) must then all be served.
 const LEAVE: usize = 40;
 /// How long the CPU time is measured while exhausted.
 const WINDOW: Duration = Duration::from_secs(2);
@@ -29,10 +35,20 @@ fn hello(i: usize) -> Vec<u8> {
     format!("hello from client {i:03}\n").into_bytes()
 }
 
-/// Starts a daemon, caps its descriptors, and opens [`CLIENTS`] clients
-/// that each send one line; returns when the daemon has logged the
-/// accept failure.
-fn exhausted() -> (Daemon, usize, Vec<TcpStream>) {
+/// What [`exhausted`] set up.
+struct Exhausted {
+    d: Daemon,
+    /// Descriptors the idle daemon held before the limit.
+    base: usize,
+    /// The RLIMIT_NOFILE it was given.
+    nofile: u64,
+    clients: Vec<TcpStream>,
+}
+
+/// Starts a daemon, caps its descriptors, and opens more clients than fit
+/// (each sends one line); returns when the daemon has logged the accept
+/// failure and every descriptor number under the limit is in use.
+fn exhausted() -> Exhausted {
     let d = Daemon::start("pool_size = 2\n");
     round_trip(&mut connect(d.addr()), b"warm\n");
     wait_until(IO_TIMEOUT, "the warm-up connection closed", || {
@@ -43,9 +59,14 @@ fn exhausted() -> (Daemon, usize, Vec<TcpStream>) {
     wait_until(IO_TIMEOUT, "the control thread to wait in accept", || {
         d.thread_in_syscall("control", libc::SYS_accept4)
     });
-    let base = d.fd_count();
-    d.set_nofile(NOFILE);
-    let clients: Vec<TcpStream> = (0..CLIENTS)
+    let fds = d.fd_numbers();
+    let base = fds.len();
+    let highest = fds.iter().copied().max().unwrap_or(2) as usize;
+    let nofile = highest + 1 + ROOM;
+    // Free numbers under the limit: ROOM above the highest, plus the gaps.
+    let fit = nofile - base;
+    d.set_nofile(nofile as u64);
+    let clients: Vec<TcpStream> = (0..fit + EXCESS)
         .map(|i| {
             // The handshake completes in the kernel whether or not the
             // daemon can accept.
@@ -55,15 +76,33 @@ fn exhausted() -> (Daemon, usize, Vec<TcpStream>) {
         })
         .collect();
     d.wait_for_log("accept failed", IO_TIMEOUT);
+    // The control thread blocked in accept(2) holds one number that /proc
+    // does not list: the kernel reserves the descriptor before it waits.
     wait_until(IO_TIMEOUT, "the daemon to use all its descriptors", || {
-        d.fd_count() as u64 == NOFILE
+        let below = d
+            .fd_numbers()
+            .iter()
+            .filter(|&&n| (n as usize) < nofile)
+            .count();
+        below + 1 >= nofile
     });
-    (d, base, clients)
+    Exhausted {
+        d,
+        base,
+        nofile: nofile as u64,
+        clients,
+    }
 }
 
 #[test]
 fn accept_backs_off_logs_once_and_recovers() {
-    let (d, base, clients) = exhausted();
+    let Exhausted {
+        d,
+        base,
+        nofile,
+        clients,
+    } = exhausted();
+    let n_clients = clients.len();
     let first_log = Instant::now();
 
     let cpu0 = d.cpu_time();
@@ -74,7 +113,7 @@ fn accept_backs_off_logs_once_and_recovers() {
     let share = cpu.as_secs_f64() / wall.as_secs_f64();
     let logged = d.log_count("accept failed");
     eprintln!(
-        "fd exhaustion: RLIMIT_NOFILE {NOFILE}, {CLIENTS} clients, {} descriptors in use; daemon CPU {:.0} ms in {:.2} s ({:.1}% of one core); 'accept failed' logged {logged} time(s) in {:.1} s",
+        "fd exhaustion: RLIMIT_NOFILE {nofile}, {n_clients} clients, {} descriptors in use; daemon CPU {:.0} ms in {:.2} s ({:.1}% of one core); 'accept failed' logged {logged} time(s) in {:.1} s",
         d.fd_count(),
         ms(cpu),
         wall.as_secs_f64(),
@@ -126,7 +165,9 @@ fn accept_backs_off_logs_once_and_recovers() {
 /// control socket floods the log.
 #[test]
 fn status_answers_while_out_of_descriptors() {
-    let (d, base, clients) = exhausted();
+    let Exhausted {
+        d, base, clients, ..
+    } = exhausted();
     let t0 = Instant::now();
     let s = ctl_status(&d);
     let answered = t0.elapsed();

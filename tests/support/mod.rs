@@ -206,6 +206,16 @@ impl Daemon {
         self.status_field("Threads:")
     }
 
+    /// The daemon's open descriptor numbers, from /proc.
+    pub fn fd_numbers(&self) -> Vec<i32> {
+        let path = format!("/proc/{}/fd", self.pid());
+        std::fs::read_dir(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
     pub fn fd_count(&self) -> usize {
         let path = format!("/proc/{}/fd", self.pid());
         std::fs::read_dir(&path)
