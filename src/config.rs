@@ -43,6 +43,7 @@ const KNOWN_TOP: &[&str] = &[
     "max_connections",
     "drain_timeout",
     "max_pending_bytes",
+    "busy_poll",
     "control_socket",
     "control_group",
     "log",
@@ -59,6 +60,8 @@ const PENDING_RANGE: (i64, i64) = (1024, 64 * 1024 * 1024);
 const IDLE_MAX_SECS: u64 = 7 * 24 * 3600;
 /// drain_timeout: 0 (close at once) to 1 hour.
 const DRAIN_MAX_SECS: u64 = 3600;
+/// busy_poll: 0 (off) to 10 ms, in microseconds.
+const BUSY_POLL_MAX_MICROS: u64 = 10_000;
 
 /// The effective configuration of the daemon, defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,6 +85,10 @@ pub struct Config {
     /// Cap on echo bytes waiting for a client that does not read; the server
     /// stops reading from that client until it drains (backpressure).
     pub max_pending_bytes: usize,
+    /// After traffic, a worker polls without sleeping for this long (lower
+    /// latency for a core's worth of CPU while traffic flows); zero = off.
+    #[serde(serialize_with = "ser_duration")]
+    pub busy_poll: Duration,
     /// Unix control socket path; `None` = the platform default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<PathBuf>,
@@ -146,6 +153,7 @@ impl Default for Config {
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(10),
             max_pending_bytes: 64 * 1024,
+            busy_poll: Duration::ZERO,
             control_socket: None,
             control_group: None,
             log: LogConfig {
@@ -167,10 +175,18 @@ fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_duration(*d))
 }
 
-/// Formats a duration the way the config accepts it ("0s", "90s", "5m").
+/// Formats a duration the way the config accepts it ("0s", "90s", "5m",
+/// and below a second "50us", "2ms").
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();
-    if secs == 0 {
+    if d.subsec_nanos() != 0 {
+        let us = d.as_micros();
+        if us.is_multiple_of(1000) {
+            format!("{}ms", us / 1000)
+        } else {
+            format!("{us}us")
+        }
+    } else if secs == 0 {
         "0s".to_string()
     } else if secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
@@ -418,6 +434,7 @@ struct RawFile {
     max_connections: Option<Spanned<i64>>,
     drain_timeout: Option<Spanned<RawDuration>>,
     max_pending_bytes: Option<Spanned<i64>>,
+    busy_poll: Option<Spanned<RawDuration>>,
     control_socket: Option<Spanned<String>>,
     control_group: Option<Spanned<String>>,
     log: Option<RawLog>,
@@ -429,7 +446,8 @@ struct RawLog {
     target: Option<Spanned<LogTarget>>,
 }
 
-/// A duration as written: integer seconds or a string like "90s" or "5m".
+/// A duration as written: an integer (seconds, or microseconds for
+/// `busy_poll`) or a string like "90s", "5m" or "50us".
 enum RawDuration {
     Secs(i64),
     Text(String),
@@ -504,6 +522,9 @@ impl RawFile {
         }
         if let Some(d) = v.duration(self.drain_timeout, "drain_timeout", DRAIN_MAX_SECS, "") {
             c.drain_timeout = d;
+        }
+        if let Some(d) = v.micros(self.busy_poll, "busy_poll", BUSY_POLL_MAX_MICROS) {
+            c.busy_poll = d;
         }
         if let Some(p) = self.control_socket {
             let s = p.get_ref();
@@ -615,6 +636,53 @@ impl Validator<'_, '_> {
             }
         }
     }
+
+    /// A short duration: integer microseconds or a string like "50us".
+    fn micros(
+        &mut self,
+        value: Option<Spanned<RawDuration>>,
+        key: &str,
+        max_micros: u64,
+    ) -> Option<Duration> {
+        let value = value?;
+        let range = format!(
+            "allowed: 0 (off) to {max_micros} microseconds, as an integer number of microseconds or a string like \"50us\", \"1ms\""
+        );
+        let parsed = match value.get_ref() {
+            RawDuration::Secs(n) if *n >= 0 => Ok(Duration::from_micros(*n as u64)),
+            RawDuration::Secs(n) => Err(format!("{n} is out of range; {range}")),
+            RawDuration::Text(t) => match t.trim().parse::<u64>() {
+                Ok(n) => Ok(Duration::from_micros(n)),
+                Err(_) => humantime::parse_duration(t.trim())
+                    .map_err(|e| format!("\"{t}\" is not a duration ({e}); {range}")),
+            },
+        };
+        match parsed {
+            Ok(d) if d <= Duration::from_micros(max_micros) && d.subsec_nanos() % 1000 == 0 => {
+                Some(d)
+            }
+            Ok(d) if d.subsec_nanos() % 1000 != 0 => {
+                self.fail(
+                    &value,
+                    key,
+                    format!("must be a whole number of microseconds; {range}"),
+                );
+                None
+            }
+            Ok(d) => {
+                self.fail(
+                    &value,
+                    key,
+                    format!("{} is out of range; {range}", format_duration(d)),
+                );
+                None
+            }
+            Err(m) => {
+                self.fail(&value, key, m);
+                None
+            }
+        }
+    }
 }
 
 /// Parses "90s", "5m", "1h 30m", "0"; a bare number means seconds.
@@ -657,6 +725,30 @@ mod tests {
         assert_eq!(c.drain_timeout, Duration::from_secs(3));
         assert_eq!(c.log.level, LogLevel::Debug);
         assert_eq!(c.log.target, Some(LogTarget::Syslog));
+    }
+
+    #[test]
+    fn busy_poll_is_microseconds() {
+        let us = |text: &str| Config::parse(text, "t.toml").unwrap().busy_poll;
+        assert_eq!(us("busy_poll = 50\n"), Duration::from_micros(50));
+        assert_eq!(us("busy_poll = \"50\"\n"), Duration::from_micros(50));
+        assert_eq!(us("busy_poll = \"50us\"\n"), Duration::from_micros(50));
+        assert_eq!(us("busy_poll = \"2ms\"\n"), Duration::from_millis(2));
+        assert_eq!(us("busy_poll = 0\n"), Duration::ZERO);
+        assert_eq!(format_duration(Duration::from_micros(50)), "50us");
+        assert_eq!(format_duration(Duration::from_millis(2)), "2ms");
+        let d = err("\nbusy_poll = \"11ms\"\n");
+        assert_eq!(
+            (d[0].line, d[0].column, d[0].key.as_deref()),
+            (2, 13, Some("busy_poll"))
+        );
+        assert!(d[0]
+            .message
+            .contains("allowed: 0 (off) to 10000 microseconds"));
+        let d = err("busy_poll = \"1500ns\"\n");
+        assert!(d[0].message.contains("whole number of microseconds"));
+        let d = err("busy_poll = -1\n");
+        assert!(d[0].message.contains("out of range"));
     }
 
     #[test]
@@ -767,7 +859,7 @@ mod properties {
         /// Any integer for any numeric key is accepted in range and refused
         /// outside it with a location.
         #[test]
-        fn numeric_ranges(key in prop::sample::select(vec!["port", "backlog", "pool_size", "max_connections", "max_pending_bytes", "idle_timeout", "drain_timeout"]),
+        fn numeric_ranges(key in prop::sample::select(vec!["port", "backlog", "pool_size", "max_connections", "max_pending_bytes", "idle_timeout", "drain_timeout", "busy_poll"]),
                           value in any::<i64>()) {
             let text = format!("{key} = {value}\n");
             let r = Config::parse(&text, "f.toml");

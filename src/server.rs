@@ -119,6 +119,7 @@ fn settings_of(config: &Config) -> Settings {
     Settings {
         idle_timeout: config.idle_timeout,
         max_pending_bytes: config.max_pending_bytes,
+        busy_poll: config.busy_poll,
     }
 }
 
@@ -295,6 +296,11 @@ impl Server {
             "max_pending_bytes",
             old.max_pending_bytes.to_string(),
             new.max_pending_bytes.to_string(),
+        );
+        change(
+            "busy_poll",
+            format_duration(old.busy_poll),
+            format_duration(new.busy_poll),
         );
         change(
             "log.level",

@@ -74,6 +74,10 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// Per-connection cap on unsent echo.
     pub max_pending_bytes: usize,
+    /// After traffic, keep polling without sleeping for this long; zero =
+    /// sleep in `epoll_wait` as soon as nothing is ready (see
+    /// [`Worker::run`]).
+    pub busy_poll: Duration,
 }
 
 /// Messages to a worker.
@@ -190,11 +194,31 @@ impl Worker {
     }
 
     /// Runs the event loop until told to stop, retire, or drained.
+    ///
+    /// With `busy_poll` set, a worker that served a connection keeps
+    /// asking the poller (timeout zero, yielding the CPU between asks) for
+    /// that long before it sleeps. A sleeping thread costs the client a
+    /// wakeup on its next message: an inter-processor interrupt, and on a
+    /// virtual machine whose idle CPU halted, an exit to the hypervisor.
+    /// That is most of a round trip on one connection. HAProxy's
+    /// `busy-polling` and Linux's `net.core.busy_poll` make the same trade:
+    /// a core's worth of CPU while traffic flows for latency, off by
+    /// default.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut again = Vec::new();
+        // Until when the loop polls instead of sleeping.
+        let mut spin_until: Option<Instant> = None;
         loop {
-            let timeout = self.poll_timeout(Instant::now());
+            let mut now = Instant::now();
+            let mut timeout = self.poll_timeout(now);
+            if let Some(until) = spin_until {
+                if now < until {
+                    timeout = Duration::ZERO;
+                } else {
+                    spin_until = None;
+                }
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     log::error!("worker poll failed: {e}; closing its connections");
@@ -202,8 +226,17 @@ impl Worker {
                     return;
                 }
             }
-            let now = Instant::now();
+            if timeout.is_zero() && events.is_empty() && self.again.is_empty() {
+                // Spinning and nothing came: let a thread that shares
+                // this CPU (a local client, say) run before asking again.
+                std::thread::yield_now();
+            }
+            now = Instant::now();
             self.stats.heartbeat.fetch_add(1, Relaxed);
+            let served = events.iter().any(|e| e.token() != WAKER);
+            if served && !self.settings.busy_poll.is_zero() {
+                spin_until = Some(now + self.settings.busy_poll);
+            }
             std::mem::swap(&mut again, &mut self.again);
             for event in events.iter() {
                 if event.token() == WAKER {
