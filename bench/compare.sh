@@ -14,7 +14,12 @@
 #   --smoke         one round, ~1 s per point, small connection counts;
 #                   writes to target/bench-smoke/ unless --out is given
 #
-# Rounds are interleaved (echo-lab, tokio-echo, thread-echo, repeat) so that
+# echo-lab runs twice a round: as shipped (busy_poll off), and with
+# busy_poll = 50us (echo-lab-busy-poll; ping-pong points only), the setting
+# an operator would choose for latency.
+#
+# Rounds are interleaved (echo-lab, echo-lab-busy-poll, tokio-echo,
+# thread-echo, repeat) so that
 # drift on the machine hits all servers alike. echo-lab is skipped, with a
 # message, if target/release/echo-lab is missing or does not start. Every
 # server runs on 127.0.0.1 port 0 and is stopped when the script exits.
@@ -88,7 +93,7 @@ report=$root/bench/report/target/release/bench-report
 ulimit -n "$(ulimit -Hn)"
 clk_tck=$(getconf CLK_TCK)
 
-servers=(echo-lab tokio-echo thread-echo)
+servers=(echo-lab echo-lab-busy-poll tokio-echo thread-echo)
 if [ ! -x "$root/target/release/echo-lab" ]; then
     say "target/release/echo-lab is missing: skipping echo-lab"
     servers=(tokio-echo thread-echo)
@@ -107,9 +112,10 @@ stamp() {
 # start_server NAME: starts it on 127.0.0.1:0, waits (at most 10 s) for its
 # "listening on ADDR" line; sets server_pid, server_addr, ready_ms.
 start_server() {
-    local name=$1 log=$work/$1.log cmd
+    local name=$1 log=$work/$1.log cmd busy_poll=0
     case $name in
-        echo-lab)
+        echo-lab|echo-lab-busy-poll)
+            [ "$name" = echo-lab ] || busy_poll=50
             cat > "$work/echo-lab.toml" <<TOML
 host = "127.0.0.1"
 port = 0
@@ -117,6 +123,7 @@ backlog = 4096
 pool_size = $workers
 idle_timeout = 0
 max_connections = 20000
+busy_poll = $busy_poll
 control_socket = "$work/echo-lab.sock"
 
 [log]
@@ -246,7 +253,8 @@ for round in $(seq "$rounds"); do
         fi
         emit "{\"round\":$round,\"server\":\"$server\",\"point\":\"ready\",\"label\":\"ready\",\"ready_ms\":$ready_ms}"
         # The hold point first, so the RSS baseline is a fresh server's.
-        hold_point "$round" "$server"
+        # (busy_poll plays no part in it: not repeated for that variant.)
+        [ "$server" = echo-lab-busy-poll ] || hold_point "$round" "$server"
         point "$round" "$server" pp-1 "64 B, $conns_small conn" --connections "$conns_small" "${pp[@]}"
         point "$round" "$server" pp-mid "64 B, $conns_mid conns" --connections "$conns_mid" "${pp[@]}"
         point "$round" "$server" pp-big "64 B, $conns_big conns" --connections "$conns_big" "${pp[@]}"

@@ -7,9 +7,10 @@
 //! "rss_holding_kb"}` with the fields that apply. Every figure in the table
 //! is the median over rounds; a cell also says how many round trips or
 //! connections failed in all rounds together, so a fast but broken run
-//! cannot pass unnoticed. echo-lab's column is compared with the best peer:
-//! the ratio is echo-lab / best, so above 1 is better for rates and below 1
-//! is better for times and memory.
+//! cannot pass unnoticed. echo-lab's columns (its default configuration,
+//! and with `busy_poll` on) are each compared with the best peer: the ratio
+//! is echo-lab / best, so above 1 is better for rates and below 1 is better
+//! for times and memory.
 //!
 //! The section between `<!-- results:begin -->` and `<!-- results:end -->`
 //! is replaced; the rest of the document is left as written.
@@ -25,7 +26,20 @@ use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 use serde_json::Value;
 
-const SERVERS: [&str; 3] = ["echo-lab", "tokio-echo", "thread-echo"];
+const SERVERS: [&str; 4] = ["echo-lab", ECHO_LAB_BUSY_POLL, "tokio-echo", "thread-echo"];
+/// echo-lab with `busy_poll` set (see `bench/compare.sh`).
+const ECHO_LAB_BUSY_POLL: &str = "echo-lab-busy-poll";
+/// The columns compared with the best peer.
+const OURS: [&str; 2] = ["echo-lab", ECHO_LAB_BUSY_POLL];
+
+/// A server's column heading.
+fn heading(server: &str) -> &str {
+    if server == ECHO_LAB_BUSY_POLL {
+        "echo-lab, busy_poll = 50us"
+    } else {
+        server
+    }
+}
 const BEGIN: &str = "<!-- results:begin -->";
 const END: &str = "<!-- results:end -->";
 
@@ -260,14 +274,17 @@ fn fmt_value(v: f64) -> String {
 }
 
 fn table(out: &mut String, rows: &[Row], with_ratio: bool) {
-    let _ = write!(out, "| | {} |", SERVERS.join(" | "));
+    let headings: Vec<&str> = SERVERS.iter().map(|s| heading(s)).collect();
+    let _ = write!(out, "| | {} |", headings.join(" | "));
     if with_ratio {
-        out.push_str(" echo-lab / best peer |");
+        for ours in OURS {
+            let _ = write!(out, " {} / best peer |", heading(ours));
+        }
     }
     out.push('\n');
     let _ = write!(out, "|---|{}", "---:|".repeat(SERVERS.len()));
     if with_ratio {
-        out.push_str("---:|");
+        out.push_str(&"---:|".repeat(OURS.len()));
     }
     out.push('\n');
     for r in rows {
@@ -296,7 +313,7 @@ fn table(out: &mut String, rows: &[Row], with_ratio: bool) {
             let peers = r
                 .values
                 .iter()
-                .filter(|(s, _)| s.as_str() != "echo-lab")
+                .filter(|(s, _)| !OURS.contains(&s.as_str()))
                 .map(|(_, (v, _))| *v);
             let best = match r.better {
                 Better::Higher => {
@@ -306,11 +323,13 @@ fn table(out: &mut String, rows: &[Row], with_ratio: bool) {
                     peers.fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.min(v))))
                 }
             };
-            match (r.values.get("echo-lab"), best) {
-                (Some((e, _)), Some(b)) if b > 0.0 => {
-                    let _ = write!(out, " {:.2} |", e / b);
+            for ours in OURS {
+                match (r.values.get(ours), best) {
+                    (Some((e, _)), Some(b)) if b > 0.0 => {
+                        let _ = write!(out, " {:.2} |", e / b);
+                    }
+                    _ => out.push_str(" — |"),
                 }
-                _ => out.push_str(" — |"),
             }
         }
         out.push('\n');
@@ -419,6 +438,7 @@ fn chart(svg: &Path, data: &[(String, Vec<(String, f64)>)]) -> Result<()> {
         .draw()?;
     let colours = [
         RGBColor(0xd9, 0x5f, 0x02),
+        RGBColor(0xe6, 0xab, 0x02),
         RGBColor(0x1b, 0x9e, 0x77),
         RGBColor(0x75, 0x70, 0xb3),
     ];
@@ -439,7 +459,7 @@ fn chart(svg: &Path, data: &[(String, Vec<(String, f64)>)]) -> Result<()> {
             .collect();
         chart
             .draw_series(bars)?
-            .label(*server)
+            .label(heading(server))
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
     }
     chart
