@@ -44,6 +44,7 @@ const KNOWN_TOP: &[&str] = &[
     "drain_timeout",
     "max_pending_bytes",
     "busy_poll",
+    "cpu_affinity",
     "control_socket",
     "control_group",
     "log",
@@ -89,6 +90,9 @@ pub struct Config {
     /// latency for a core's worth of CPU while traffic flows); zero = off.
     #[serde(serialize_with = "ser_duration")]
     pub busy_poll: Duration,
+    /// Pin worker k to the k-th allowed CPU and deal each connection to
+    /// the worker on the CPU its packets arrive on (see `affinity`).
+    pub cpu_affinity: bool,
     /// Unix control socket path; `None` = the platform default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<PathBuf>,
@@ -154,6 +158,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             max_pending_bytes: 64 * 1024,
             busy_poll: Duration::ZERO,
+            cpu_affinity: true,
             control_socket: None,
             control_group: None,
             log: LogConfig {
@@ -435,6 +440,7 @@ struct RawFile {
     drain_timeout: Option<Spanned<RawDuration>>,
     max_pending_bytes: Option<Spanned<i64>>,
     busy_poll: Option<Spanned<RawDuration>>,
+    cpu_affinity: Option<Spanned<bool>>,
     control_socket: Option<Spanned<String>>,
     control_group: Option<Spanned<String>>,
     log: Option<RawLog>,
@@ -525,6 +531,9 @@ impl RawFile {
         }
         if let Some(d) = v.micros(self.busy_poll, "busy_poll", BUSY_POLL_MAX_MICROS) {
             c.busy_poll = d;
+        }
+        if let Some(b) = self.cpu_affinity {
+            c.cpu_affinity = b.into_inner();
         }
         if let Some(p) = self.control_socket {
             let s = p.get_ref();
@@ -715,6 +724,7 @@ mod tests {
         let c = Config::parse(
             "host = \"::1\"\nport = 0\nbacklog = 16\npool_size = 2\nidle_timeout = \"90s\"\n\
              max_connections = 5\ndrain_timeout = 3\nmax_pending_bytes = 4096\n\
+             busy_poll = 10\ncpu_affinity = false\n\
              control_socket = \"/tmp/x.sock\"\ncontrol_group = \"adm\"\n[log]\nlevel = \"debug\"\ntarget = \"syslog\"\n",
             "t.toml",
         )
@@ -723,6 +733,8 @@ mod tests {
         assert_eq!(c.address(), "[::1]:0");
         assert_eq!(c.idle_timeout, Duration::from_secs(90));
         assert_eq!(c.drain_timeout, Duration::from_secs(3));
+        assert_eq!(c.busy_poll, Duration::from_micros(10));
+        assert!(!c.cpu_affinity);
         assert_eq!(c.log.level, LogLevel::Debug);
         assert_eq!(c.log.target, Some(LogTarget::Syslog));
     }

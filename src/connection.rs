@@ -99,6 +99,9 @@ impl Pending {
     }
 }
 
+/// How many data-bearing reads between placement checks.
+pub const PLACEMENT_EVERY: u32 = 64;
+
 /// A client connection owned by one worker.
 #[derive(Debug)]
 pub struct Connection {
@@ -117,6 +120,9 @@ pub struct Connection {
     read_closed: bool,
     /// Reading stopped because `pending` reached the cap.
     paused: bool,
+    /// Reads that brought data since the worker last asked where this
+    /// connection's packets arrive (see [`Connection::placement_due`]).
+    reads_since_placed: u32,
 }
 
 impl Connection {
@@ -130,12 +136,31 @@ impl Connection {
             phase: Phase::Open,
             read_closed: false,
             paused: false,
+            reads_since_placed: 0,
+        }
+    }
+
+    /// Counts a read that brought data; true every [`PLACEMENT_EVERY`]th,
+    /// when the worker checks that the connection is on the CPU its
+    /// packets arrive on (one getsockopt per that many reads).
+    pub fn placement_due(&mut self) -> bool {
+        self.reads_since_placed += 1;
+        if self.reads_since_placed >= PLACEMENT_EVERY {
+            self.reads_since_placed = 0;
+            true
+        } else {
+            false
         }
     }
 
     /// The socket, for (de)registration with a poller.
     pub fn stream_mut(&mut self) -> &mut TcpStream {
         &mut self.stream
+    }
+
+    /// The socket, for asking about it.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
     }
 
     /// The current phase.

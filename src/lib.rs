@@ -25,6 +25,7 @@
 //! | [`bench`] | `echo-labctl bench` |
 
 pub mod activation;
+pub mod affinity;
 pub mod bench;
 pub mod client;
 pub mod config;

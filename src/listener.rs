@@ -2,8 +2,10 @@
 //!
 //! It accepts connections as fast as the kernel hands them over, refuses
 //! those beyond `max_connections` with a one-line busy notice, and deals the
-//! rest round-robin to the workers (memcached's dispatch), waking each
-//! worker once per batch rather than once per connection. It never reads
+//! rest to the workers, waking each worker once per batch rather than once
+//! per connection: to the worker running on the CPU the connection's
+//! packets arrive on when workers are pinned (see [`crate::affinity`]),
+//! else round-robin (memcached's dispatch). It never reads
 //! from or writes to a client otherwise, so a slow client cannot slow
 //! accepting.
 //!
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::affinity;
 use crate::connection::Connection;
 use crate::protocol::Notice;
 use crate::stats::ServerStats;
@@ -232,6 +235,9 @@ impl Acceptor {
             return;
         }
         let mut woken = vec![false; workers.len()];
+        // Connections dealt to each worker in this batch, which their
+        // counters do not show yet.
+        let mut dealt = vec![0usize; workers.len()];
         let mut drained = false;
         for _ in 0..BATCH {
             let Some(listener) = self.listeners.get(i) else {
@@ -241,7 +247,7 @@ impl Acceptor {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     log::debug!("connection from {peer}");
-                    if let Some(w) = self.dispatch(stream, &workers) {
+                    if let Some(w) = self.dispatch(stream, &workers, &mut dealt) {
                         woken[w] = true;
                     }
                 }
@@ -272,11 +278,15 @@ impl Acceptor {
     }
 
     /// Hands a new connection to a worker, or refuses it when at the
-    /// limit; returns the worker to wake.
+    /// limit; returns the worker to wake. With pinned workers, the one on
+    /// the CPU the connection's packets arrive on is preferred (see
+    /// [`affinity`]); otherwise, or when that one has too many already,
+    /// round-robin.
     fn dispatch(
         &mut self,
         mut stream: mio::net::TcpStream,
         workers: &[WorkerHandle],
+        dealt: &mut [usize],
     ) -> Option<usize> {
         self.stats.accepted.fetch_add(1, Relaxed);
         if self.stats.active.load(Relaxed) >= self.max_connections {
@@ -292,8 +302,11 @@ impl Acceptor {
         // Echo is interactive: never hold back a small write.
         let _ = stream.set_nodelay(true);
         self.stats.active.fetch_add(1, Relaxed);
-        let w = self.next % workers.len();
+        let w = affinity::incoming_cpu(&stream)
+            .and_then(|cpu| affinity::pick(workers, cpu, dealt))
+            .unwrap_or(self.next % workers.len());
         self.next = self.next.wrapping_add(1);
+        dealt[w] += 1;
         if workers[w].queue(Command::Adopt(Connection::new(stream))) {
             Some(w)
         } else {

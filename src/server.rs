@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 
 use threadpool::ThreadPool;
 
+use crate::affinity;
+
 use crate::config::{format_duration, Config};
 use crate::listener::{self, AcceptCommand, AcceptorHandle, Workers};
 use crate::net;
@@ -184,8 +186,23 @@ impl Server {
     /// Creates `n` workers and starts them on the pool.
     fn spawn_workers(&mut self, n: usize) -> io::Result<Vec<WorkerHandle>> {
         let mut made = Vec::with_capacity(n);
-        for _ in 0..n {
-            made.push(Worker::new(self.settings.clone(), self.stats.clone())?);
+        // With cpu_affinity, worker k of the pool runs on the k-th allowed
+        // CPU (wrapping), so the pool covers the CPUs evenly as it grows
+        // and shrinks from the end.
+        let cpus = if self.config.cpu_affinity {
+            affinity::allowed_cpus()
+        } else {
+            Vec::new()
+        };
+        let start = self.read_workers().len();
+        for i in 0..n {
+            let cpu = (!cpus.is_empty()).then(|| cpus[(start + i) % cpus.len()]);
+            made.push(Worker::new(
+                self.settings.clone(),
+                self.stats.clone(),
+                cpu,
+                self.workers.clone(),
+            )?);
         }
         let mut handles = Vec::with_capacity(n);
         for (worker, handle) in made {
@@ -313,6 +330,7 @@ impl Server {
             format!("{:?}", new.log.target).to_lowercase(),
         );
         for (what, differs) in [
+            ("cpu_affinity", old.cpu_affinity != new.cpu_affinity),
             ("control_socket", old.control_socket != new.control_socket),
             ("control_group", old.control_group != new.control_group),
         ] {

@@ -26,6 +26,10 @@ pub struct WorkerStats {
     pub panics: AtomicU64,
     /// Loop turns; the watchdog checks that it moves.
     pub heartbeat: AtomicU64,
+    /// Connections handed to the worker on another CPU (`cpu_affinity`).
+    pub moved_out: AtomicU64,
+    /// The CPU the worker is pinned to (`cpu_affinity`); set at creation.
+    pub cpu: Option<usize>,
 }
 
 impl WorkerStats {
@@ -84,6 +88,21 @@ pub struct Snapshot {
     pub panics: u64,
     /// Worker threads.
     pub pool_size: u64,
+    /// Each worker's CPU and connections, in pool order.
+    #[serde(default)]
+    pub workers: Vec<WorkerLoad>,
+}
+
+/// One worker in a [`Snapshot`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerLoad {
+    /// The CPU it is pinned to, if any.
+    pub cpu: Option<usize>,
+    /// Connections it serves now.
+    pub connections: u64,
+    /// Connections it handed to the worker on the CPU their packets
+    /// arrive on.
+    pub moved_out: u64,
 }
 
 impl Snapshot {
@@ -105,6 +124,11 @@ impl Snapshot {
             s.disconnects += w.disconnects.load(Relaxed);
             s.panics += w.panics.load(Relaxed);
             s.pool_size += 1;
+            s.workers.push(WorkerLoad {
+                cpu: w.cpu,
+                connections: w.connections.load(Relaxed) as u64,
+                moved_out: w.moved_out.load(Relaxed),
+            });
         }
         s
     }

@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::affinity;
 use crate::connection::{Connection, Phase, Step};
+use crate::listener::Workers;
 use crate::protocol::Notice;
 use crate::stats::{ServerStats, WorkerStats};
 use crate::timeouts::TimeoutQueue;
@@ -101,7 +103,7 @@ pub enum Command {
 pub struct WorkerHandle {
     tx: Sender<Command>,
     waker: Arc<Waker>,
-    /// The worker's counters.
+    /// The worker's counters (and the CPU it is pinned to).
     pub stats: Arc<WorkerStats>,
 }
 
@@ -151,6 +153,11 @@ pub struct Worker {
     buf: Box<[u8]>,
     /// Set once draining: when to close whatever is left.
     drain_deadline: Option<Instant>,
+    /// The CPU to run on, if pinned.
+    cpu: Option<usize>,
+    /// Every worker of the pool, to hand a connection to the one on the
+    /// CPU its packets arrive on.
+    peers: Workers,
 }
 
 impl Drop for Worker {
@@ -168,15 +175,20 @@ impl Drop for Worker {
 
 impl Worker {
     /// Creates a worker and its handle; run it with [`Worker::run`] on a
-    /// pool thread.
+    /// pool thread, which it pins to `cpu` if given.
     pub fn new(
         settings: Arc<Settings>,
         server: Arc<ServerStats>,
+        cpu: Option<usize>,
+        peers: Workers,
     ) -> std::io::Result<(Worker, WorkerHandle)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, inbox) = std::sync::mpsc::channel();
-        let stats = Arc::new(WorkerStats::default());
+        let stats = Arc::new(WorkerStats {
+            cpu,
+            ..WorkerStats::default()
+        });
         let worker = Worker {
             poll,
             conns: Slab::new(),
@@ -189,6 +201,8 @@ impl Worker {
             server,
             buf: vec![0; READ_BUF].into_boxed_slice(),
             drain_deadline: None,
+            cpu,
+            peers,
         };
         Ok((worker, WorkerHandle { tx, waker, stats }))
     }
@@ -205,6 +219,9 @@ impl Worker {
     /// a core's worth of CPU while traffic flows for latency, off by
     /// default.
     pub fn run(mut self) {
+        if let Some(cpu) = self.cpu {
+            crate::affinity::pin_current_thread(cpu);
+        }
         let mut events = Events::with_capacity(1024);
         let mut again = Vec::new();
         // Until when the loop polls instead of sleeping.
@@ -322,15 +339,64 @@ impl Worker {
         if step != Step::Close && (readable || step == Step::Again) {
             let (s, report) = conn.on_readable(&mut self.buf, cap, read_closed);
             step = s;
-            if report.bytes_in > 0 {
-                self.stats.bytes.fetch_add(report.bytes_in as u64, Relaxed);
-                self.idle.touch(slot, now);
-            }
             if report.disconnected {
                 self.stats.disconnects.fetch_add(1, Relaxed);
             }
+            if report.bytes_in > 0 {
+                self.stats.bytes.fetch_add(report.bytes_in as u64, Relaxed);
+                self.idle.touch(slot, now);
+                let due = self.cpu.is_some() && conn.placement_due();
+                self.after(slot, step, now);
+                if due {
+                    self.place(slot);
+                }
+                return;
+            }
         }
         self.after(slot, step, now);
+    }
+
+    /// With pinned workers: if the connection's packets now arrive on
+    /// another CPU (its client moved, or the accept-time guess was wrong),
+    /// hands it to the worker pinned there, when the balance allows (see
+    /// [`affinity::pick`]). The connection leaves with its unsent echo and
+    /// state; the new worker's poller reports whatever input is waiting.
+    fn place(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get(slot) else {
+            return;
+        };
+        if conn.phase() != Phase::Open || self.drain_deadline.is_some() {
+            return;
+        }
+        let Some(cpu) = affinity::incoming_cpu(conn.stream()) else {
+            return;
+        };
+        if Some(cpu) == self.cpu {
+            return;
+        }
+        // Held while queuing, as the accept loop does: a shrinking pool
+        // takes the write lock before retiring workers.
+        let peers = self.peers.clone();
+        let workers = peers.read().unwrap_or_else(|p| p.into_inner());
+        let Some(to) = affinity::pick(&workers, cpu, &[]) else {
+            return;
+        };
+        let target = &workers[to];
+        if target.stats.cpu != Some(cpu) || Arc::ptr_eq(&target.stats, &self.stats) {
+            return;
+        }
+        let Some(mut conn) = self.conns.try_remove(slot) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(conn.stream_mut());
+        self.idle.remove(slot);
+        self.linger.remove(slot);
+        self.stats.connections.fetch_sub(1, Relaxed);
+        self.stats.moved_out.fetch_add(1, Relaxed);
+        if !target.send(Command::Adopt(conn)) {
+            // The target is gone: the connection closed as it dropped.
+            self.server.active.fetch_sub(1, Relaxed);
+        }
     }
 
     /// Applies the outcome of handling a connection.
