@@ -1,0 +1,247 @@
+//! `cpu_affinity` (on by default): workers pinned one per CPU, each
+//! connection served by the worker on the CPU its packets arrive on, moved
+//! there when its client moves, and never at the price of balance.
+//!
+//! Over loopback a connection's packets are processed on the CPU of the
+//! thread that sends them, so a test thread pinned to a CPU
+//! (sched_setaffinity on itself) is a client "arriving" on that CPU. Where
+//! each connection ended up is read from `echo-labctl status --json`
+//! (`stats.workers`: CPU, connections, hand-offs), and the pinning itself
+//! from /proc (`Cpus_allowed_list` of each `worker` thread). Needs two
+//! CPUs; on one, each test says so and passes.
+
+mod support;
+
+use std::net::TcpStream;
+
+use serde_json::Value;
+use support::*;
+
+/// The CPUs this process may use.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; the kernel writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread (only it) to `cpu`.
+fn pin_me(cpu: usize) {
+    // SAFETY: as above; sched_setaffinity(0) applies to the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin the test thread to CPU {cpu}"
+        );
+    }
+}
+
+/// Two CPUs to use, or None (the test then passes with a note).
+fn two_cpus(test: &str) -> Option<(usize, usize)> {
+    let cpus = allowed_cpus();
+    if cpus.len() < 2 {
+        eprintln!("{test}: needs two CPUs, this process may use {cpus:?}; skipped");
+        return None;
+    }
+    Some((cpus[0], cpus[1]))
+}
+
+/// `stats.workers` from status: (cpu, connections, moved_out) per worker.
+fn workers(d: &Daemon) -> Vec<(Option<u64>, u64, u64)> {
+    let s = ctl_status(d);
+    s["stats"]["workers"]
+        .as_array()
+        .expect("stats.workers")
+        .iter()
+        .map(|w: &Value| {
+            (
+                w["cpu"].as_u64(),
+                w["connections"].as_u64().unwrap(),
+                w["moved_out"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Connections of the worker pinned to `cpu`.
+fn on_cpu(d: &Daemon, cpu: usize) -> u64 {
+    workers(d)
+        .iter()
+        .filter(|w| w.0 == Some(cpu as u64))
+        .map(|w| w.1)
+        .sum()
+}
+
+/// The CPUs each `worker` thread of the daemon may run on, from /proc.
+fn worker_cpu_lists(d: &Daemon) -> Vec<String> {
+    let dir = format!("/proc/{}/task", d.pid());
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "worker")
+        })
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Opens `n` connections from a thread pinned to `cpu`, each doing one
+/// round trip; returns them (still open).
+fn open_from(addr: std::net::SocketAddr, cpu: usize, n: usize) -> Vec<TcpStream> {
+    std::thread::spawn(move || {
+        pin_me(cpu);
+        (0..n)
+            .map(|i| {
+                let mut s = connect(addr);
+                round_trip(
+                    &mut s,
+                    format!("from CPU {cpu}, connection {i}\n").as_bytes(),
+                );
+                s
+            })
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .expect("client thread")
+}
+
+#[test]
+fn workers_are_pinned_one_per_cpu_unless_turned_off() {
+    let Some((a, b)) = two_cpus("workers_are_pinned") else {
+        return;
+    };
+    let d = Daemon::start("pool_size = 2\n");
+    wait_until(IO_TIMEOUT, "two worker threads", || {
+        worker_cpu_lists(&d).len() == 2
+    });
+    let mut lists = worker_cpu_lists(&d);
+    lists.sort();
+    let mut want = vec![a.to_string(), b.to_string()];
+    want.sort();
+    assert_eq!(lists, want, "each worker on one CPU of its own");
+    let mut cpus: Vec<Option<u64>> = workers(&d).iter().map(|w| w.0).collect();
+    cpus.sort();
+    assert_eq!(cpus, vec![Some(a as u64), Some(b as u64)]);
+
+    let off = Daemon::start("pool_size = 2\ncpu_affinity = false\n");
+    wait_until(IO_TIMEOUT, "two worker threads", || {
+        worker_cpu_lists(&off).len() == 2
+    });
+    let ours = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Cpus_allowed_list:")
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap();
+    for list in worker_cpu_lists(&off) {
+        assert_eq!(list, ours, "unpinned workers may use every CPU");
+    }
+    assert!(workers(&off).iter().all(|w| w.0.is_none()));
+}
+
+#[test]
+fn connections_go_to_the_worker_on_their_cpu() {
+    let Some((a, b)) = two_cpus("connections_go_to_the_worker_on_their_cpu") else {
+        return;
+    };
+    let d = Daemon::start("pool_size = 2\n");
+    let from_a = open_from(d.addr(), a, 6);
+    wait_until(IO_TIMEOUT, "6 connections on the worker of CPU a", || {
+        on_cpu(&d, a) == 6
+    });
+    let from_b = open_from(d.addr(), b, 6);
+    wait_until(IO_TIMEOUT, "6 connections on each worker", || {
+        on_cpu(&d, a) == 6 && on_cpu(&d, b) == 6
+    });
+    eprintln!(
+        "affinity: 6 clients on CPU {a} and 6 on CPU {b}: workers {:?}",
+        workers(&d)
+    );
+    drop((from_a, from_b));
+}
+
+#[test]
+fn a_connection_follows_its_client_to_another_cpu_without_losing_a_byte() {
+    let Some((a, b)) = two_cpus("a_connection_follows_its_client") else {
+        return;
+    };
+    let d = Daemon::start("pool_size = 2\n");
+    let addr = d.addr();
+    let handle = std::thread::spawn(move || {
+        pin_me(a);
+        let mut s = connect(addr);
+        round_trip(&mut s, b"on CPU a\n");
+        s
+    });
+    let s = handle.join().expect("client on CPU a");
+    wait_until(IO_TIMEOUT, "the connection on the worker of CPU a", || {
+        on_cpu(&d, a) == 1
+    });
+    // The same connection, now used from CPU b: messages of every size up
+    // to 4 KiB, each different, each checked byte for byte — while the
+    // daemon hands the connection from one worker to the other.
+    let mut s = std::thread::spawn(move || {
+        pin_me(b);
+        let mut s = s;
+        for i in 0..300u64 {
+            let len = 1 + (i as usize * 37) % 4096;
+            round_trip(&mut s, &pseudo_random(len, i));
+        }
+        s
+    })
+    .join()
+    .expect("client on CPU b");
+    wait_until(IO_TIMEOUT, "the connection on the worker of CPU b", || {
+        on_cpu(&d, b) == 1 && on_cpu(&d, a) == 0
+    });
+    let moved: u64 = workers(&d).iter().map(|w| w.2).sum();
+    eprintln!(
+        "affinity: after 300 round trips from CPU {b}: workers {:?}",
+        workers(&d)
+    );
+    assert!(moved >= 1, "no hand-off counted: {:?}", workers(&d));
+    round_trip(&mut s, b"still the same session\n");
+}
+
+#[test]
+fn locality_never_costs_balance() {
+    let Some((a, b)) = two_cpus("locality_never_costs_balance") else {
+        return;
+    };
+    let d = Daemon::start("pool_size = 2\n");
+    // Every client on one CPU: pure locality would give one worker all.
+    let clients = open_from(d.addr(), a, 60);
+    wait_until(IO_TIMEOUT, "all 60 connections adopted", || {
+        on_cpu(&d, a) + on_cpu(&d, b) == 60
+    });
+    let (here, there) = (on_cpu(&d, a), on_cpu(&d, b));
+    eprintln!("affinity: 60 clients all on CPU {a}: {here} on its worker, {there} on the other");
+    // The local worker takes connections while it has fewer than the other
+    // + 25 % + 8 (see src/affinity.rs).
+    assert!(there > 0, "the other worker got none");
+    assert!(
+        here <= there + there / 4 + 8,
+        "{here} on the local worker against {there}"
+    );
+    drop(clients);
+}
