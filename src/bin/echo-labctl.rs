@@ -130,6 +130,19 @@ fn print_status(s: &Status) {
         if s.draining { "draining" } else { "serving" }
     );
     println!("  pool size:     {}", st.pool_size);
+    for (i, w) in st.workers.iter().enumerate() {
+        let cpu = match w.cpu {
+            Some(c) => format!("CPU {c}"),
+            None => "unpinned".to_string(),
+        };
+        let label = format!("worker {i}:");
+        println!(
+            "  {label:<15}{cpu}, {} connection{}, {} handed off",
+            w.connections,
+            if w.connections == 1 { "" } else { "s" },
+            w.moved_out
+        );
+    }
     println!(
         "  connections:   {} active, {} total, {} refused",
         st.active, st.total, st.refused
