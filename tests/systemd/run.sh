@@ -197,6 +197,16 @@ status_line() {
 }
 check "systemctl status shows the daemon's STATUS= line" status_line
 check "echo-labctl status reaches the daemon (/run/echo-lab/control.sock)" in_ct echo-labctl status
+workers_pinned() {
+  # cpu_affinity (the default) under the unit's system call filter, which
+  # lets sched_setaffinity back in: every worker reports a CPU, and the
+  # journal has no "cannot pin".
+  local json; json=$(in_ct echo-labctl status --json) || return 1
+  log "$json"
+  python3 -c 'import json, sys; w = json.loads(sys.argv[1])["stats"]["workers"]; sys.exit(0 if w and all(x["cpu"] is not None for x in w) else 1)' "$json" || return 1
+  ! in_ct journalctl --no-pager -u echo-lab.service | grep -F "cannot pin"
+}
+check "the sandboxed service pins its workers to CPUs (cpu_affinity)" workers_pinned
 
 reload_idle() {
   set_conf idle_timeout 2 || return 1
