@@ -125,3 +125,68 @@ pub fn pick(workers: &[WorkerHandle], cpu: usize, dealt: &[usize]) -> Option<usi
         _ => Some(least),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, RwLock};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::stats::ServerStats;
+    use crate::worker::{Settings, Worker};
+
+    /// Handles of workers (never run) pinned to `cpus`, with `loads`
+    /// connections each.
+    fn pool(cpus: &[Option<usize>], loads: &[usize]) -> Vec<WorkerHandle> {
+        let settings = Arc::new(Settings {
+            idle_timeout: Duration::ZERO,
+            max_pending_bytes: 1024,
+            busy_poll: Duration::ZERO,
+        });
+        let peers = Arc::new(RwLock::new(Vec::new()));
+        cpus.iter()
+            .zip(loads)
+            .map(|(&cpu, &load)| {
+                let (_, h) = Worker::new(
+                    settings.clone(),
+                    Arc::new(ServerStats::default()),
+                    cpu,
+                    peers.clone(),
+                )
+                .expect("worker");
+                h.stats.connections.store(load, Relaxed);
+                h
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unpinned_pool_is_dealt_round_robin() {
+        let w = pool(&[None, None], &[0, 0]);
+        assert_eq!(pick(&w, 0, &[0, 0]), None);
+    }
+
+    #[test]
+    fn local_worker_while_within_the_slack() {
+        let w = pool(&[Some(0), Some(1)], &[10, 10]);
+        assert_eq!(pick(&w, 1, &[0, 0]), Some(1));
+        // Limit with the least at 10: 10 + 2 + 8 = 20; the local one takes
+        // connections while it has fewer.
+        let w = pool(&[Some(0), Some(1)], &[10, 19]);
+        assert_eq!(pick(&w, 1, &[0, 0]), Some(1));
+        let w = pool(&[Some(0), Some(1)], &[10, 20]);
+        assert_eq!(pick(&w, 1, &[0, 0]), Some(0));
+        // Connections dealt in this batch count too.
+        let w = pool(&[Some(0), Some(1)], &[10, 15]);
+        assert_eq!(pick(&w, 1, &[0, 5]), Some(0));
+    }
+
+    #[test]
+    fn least_loaded_of_several_on_one_cpu_and_fallback_for_other_cpus() {
+        let w = pool(&[Some(0), Some(1), Some(0), Some(1)], &[5, 5, 3, 4]);
+        assert_eq!(pick(&w, 0, &[0; 4]), Some(2));
+        assert_eq!(pick(&w, 1, &[0; 4]), Some(3));
+        // Packets from a CPU with no worker: the least loaded of all.
+        assert_eq!(pick(&w, 7, &[0; 4]), Some(2));
+    }
+}
