@@ -601,6 +601,7 @@ impl Validator<'_, '_> {
         }
     }
 
+    /// A duration in whole seconds, at most `max_secs`.
     fn duration(
         &mut self,
         value: Option<Spanned<RawDuration>>,
@@ -608,99 +609,86 @@ impl Validator<'_, '_> {
         max_secs: u64,
         note: &str,
     ) -> Option<Duration> {
-        let value = value?;
         let range = format!(
             "allowed: 0 to {max_secs} seconds ({}), as an integer number of seconds or a string like \"90s\", \"5m\"{}",
             format_duration(Duration::from_secs(max_secs)),
             if note.is_empty() { String::new() } else { format!("; {note}") }
         );
-        let parsed = match value.get_ref() {
-            RawDuration::Secs(s) if *s >= 0 => Ok(Duration::from_secs(*s as u64)),
-            RawDuration::Secs(s) => Err(format!("{s} is out of range; {range}")),
-            RawDuration::Text(t) => {
-                parse_duration(t).map_err(|e| format!("\"{t}\" is not a duration ({e}); {range}"))
-            }
-        };
-        match parsed {
-            Ok(d) if d.as_secs() <= max_secs && d.subsec_nanos() == 0 => Some(d),
-            Ok(d) if d.subsec_nanos() != 0 => {
-                self.fail(
-                    &value,
-                    key,
-                    format!("must be a whole number of seconds; {range}"),
-                );
-                None
-            }
-            Ok(d) => {
-                self.fail(
-                    &value,
-                    key,
-                    format!("{} is out of range; {range}", format_duration(d)),
-                );
-                None
-            }
-            Err(m) => {
-                self.fail(&value, key, m);
-                None
-            }
-        }
+        self.duration_in(value, key, Unit::Seconds, max_secs, &range)
     }
 
-    /// A short duration: integer microseconds or a string like "50us".
+    /// A short duration in whole microseconds, at most `max_micros`.
     fn micros(
         &mut self,
         value: Option<Spanned<RawDuration>>,
         key: &str,
         max_micros: u64,
     ) -> Option<Duration> {
-        let value = value?;
         let range = format!(
             "allowed: 0 (off) to {max_micros} microseconds, as an integer number of microseconds or a string like \"50us\", \"1ms\""
         );
+        self.duration_in(value, key, Unit::Micros, max_micros, &range)
+    }
+
+    /// A duration written as a bare number of `unit`s or a string like
+    /// "90s"; refused unless a whole number of `unit`s, at most `max` of
+    /// them. `range` ends every message.
+    fn duration_in(
+        &mut self,
+        value: Option<Spanned<RawDuration>>,
+        key: &str,
+        unit: Unit,
+        max: u64,
+        range: &str,
+    ) -> Option<Duration> {
+        let value = value?;
         let parsed = match value.get_ref() {
-            RawDuration::Secs(n) if *n >= 0 => Ok(Duration::from_micros(*n as u64)),
+            RawDuration::Secs(n) if *n >= 0 => Ok(unit.times(*n as u64)),
             RawDuration::Secs(n) => Err(format!("{n} is out of range; {range}")),
             RawDuration::Text(t) => match t.trim().parse::<u64>() {
-                Ok(n) => Ok(Duration::from_micros(n)),
+                Ok(n) => Ok(unit.times(n)),
                 Err(_) => humantime::parse_duration(t.trim())
                     .map_err(|e| format!("\"{t}\" is not a duration ({e}); {range}")),
             },
         };
-        match parsed {
-            Ok(d) if d <= Duration::from_micros(max_micros) && d.subsec_nanos() % 1000 == 0 => {
-                Some(d)
+        let message = match parsed {
+            Ok(d) if d.as_nanos() % unit.nanos() != 0 => {
+                format!("must be a whole number of {}; {range}", unit.name())
             }
-            Ok(d) if d.subsec_nanos() % 1000 != 0 => {
-                self.fail(
-                    &value,
-                    key,
-                    format!("must be a whole number of microseconds; {range}"),
-                );
-                None
-            }
-            Ok(d) => {
-                self.fail(
-                    &value,
-                    key,
-                    format!("{} is out of range; {range}", format_duration(d)),
-                );
-                None
-            }
-            Err(m) => {
-                self.fail(&value, key, m);
-                None
-            }
-        }
+            Ok(d) if d <= unit.times(max) => return Some(d),
+            Ok(d) => format!("{} is out of range; {range}", format_duration(d)),
+            Err(m) => m,
+        };
+        self.fail(&value, key, message);
+        None
     }
 }
 
-/// Parses "90s", "5m", "1h 30m", "0"; a bare number means seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+/// The unit a bare number in a duration setting counts.
+#[derive(Clone, Copy)]
+enum Unit {
+    Seconds,
+    Micros,
+}
+
+impl Unit {
+    fn times(self, n: u64) -> Duration {
+        match self {
+            Unit::Seconds => Duration::from_secs(n),
+            Unit::Micros => Duration::from_micros(n),
+        }
     }
-    humantime::parse_duration(t).map_err(|e| e.to_string())
+
+    fn nanos(self) -> u128 {
+        self.times(1).as_nanos()
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Seconds => "seconds",
+            Unit::Micros => "microseconds",
+        }
+    }
 }
 
 #[cfg(test)]
