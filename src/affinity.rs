@@ -100,6 +100,11 @@ pub fn incoming_cpu(stream: &impl AsRawFd) -> Option<usize> {
     (rc == 0 && cpu >= 0).then_some(cpu as usize)
 }
 
+/// True if the pool's workers are pinned (`cpu_affinity`).
+pub fn any_pinned(workers: &[WorkerHandle]) -> bool {
+    workers.iter().any(|w| w.stats.cpu.is_some())
+}
+
 /// The worker to give a connection that arrived on `cpu`: the least loaded
 /// of those pinned to it, unless even that one is over the balance slack
 /// (see the module essay) or none is, in which case the least loaded
@@ -107,7 +112,7 @@ pub fn incoming_cpu(stream: &impl AsRawFd) -> Option<usize> {
 /// counter may not show yet. `None` when no worker is pinned: deal
 /// round-robin.
 pub fn pick(workers: &[WorkerHandle], cpu: usize, dealt: &[usize]) -> Option<usize> {
-    if !workers.iter().any(|w| w.stats.cpu.is_some()) {
+    if !any_pinned(workers) {
         return None;
     }
     let load =

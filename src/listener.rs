@@ -302,7 +302,10 @@ impl Acceptor {
         // Echo is interactive: never hold back a small write.
         let _ = stream.set_nodelay(true);
         self.stats.active.fetch_add(1, Relaxed);
-        let w = affinity::incoming_cpu(&stream)
+        // Asking the kernel costs a system call: only when workers are pinned.
+        let w = affinity::any_pinned(workers)
+            .then(|| affinity::incoming_cpu(&stream))
+            .flatten()
             .and_then(|cpu| affinity::pick(workers, cpu, dealt))
             .unwrap_or(self.next % workers.len());
         self.next = self.next.wrapping_add(1);

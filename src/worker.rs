@@ -250,8 +250,7 @@ impl Worker {
             }
             now = Instant::now();
             self.stats.heartbeat.fetch_add(1, Relaxed);
-            let served = events.iter().any(|e| e.token() != WAKER);
-            if served && !self.settings.busy_poll.is_zero() {
+            if !self.settings.busy_poll.is_zero() && events.iter().any(|e| e.token() != WAKER) {
                 spin_until = Some(now + self.settings.busy_poll);
             }
             std::mem::swap(&mut again, &mut self.again);
