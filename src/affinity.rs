@@ -61,11 +61,10 @@ pub fn allowed_cpus() -> Vec<usize> {
         .collect()
 }
 
-/// Pins the calling thread to `cpu`; logs and carries on if it cannot
-/// (the worker then runs wherever the scheduler puts it).
-pub fn pin_current_thread(cpu: usize) {
+/// Pins the calling thread (only it) to `cpu`.
+pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
     if cpu >= libc::CPU_SETSIZE as usize {
-        return;
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }
     // SAFETY: as in [`allowed_cpus`]; `cpu` is below CPU_SETSIZE and
     // sched_setaffinity only reads the set.
@@ -74,11 +73,10 @@ pub fn pin_current_thread(cpu: usize) {
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
-    if rc != 0 {
-        log::warn!(
-            "cannot pin a worker to CPU {cpu}: {}; it runs unpinned",
-            std::io::Error::last_os_error()
-        );
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 use threadpool::ThreadPool;
 
 use crate::affinity;
-
 use crate::config::{format_duration, Config};
 use crate::listener::{self, AcceptCommand, AcceptorHandle, Workers};
 use crate::net;

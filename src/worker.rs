@@ -153,8 +153,6 @@ pub struct Worker {
     buf: Box<[u8]>,
     /// Set once draining: when to close whatever is left.
     drain_deadline: Option<Instant>,
-    /// The CPU to run on, if pinned.
-    cpu: Option<usize>,
     /// Every worker of the pool, to hand a connection to the one on the
     /// CPU its packets arrive on.
     peers: Workers,
@@ -201,7 +199,6 @@ impl Worker {
             server,
             buf: vec![0; READ_BUF].into_boxed_slice(),
             drain_deadline: None,
-            cpu,
             peers,
         };
         Ok((worker, WorkerHandle { tx, waker, stats }))
@@ -219,8 +216,11 @@ impl Worker {
     /// a core's worth of CPU while traffic flows for latency, off by
     /// default.
     pub fn run(mut self) {
-        if let Some(cpu) = self.cpu {
-            crate::affinity::pin_current_thread(cpu);
+        if let Some(cpu) = self.stats.cpu {
+            // The worker then runs wherever the scheduler puts it.
+            if let Err(e) = affinity::pin_current_thread(cpu) {
+                log::warn!("cannot pin a worker to CPU {cpu}: {e}; it runs unpinned");
+            }
         }
         let mut events = Events::with_capacity(1024);
         let mut again = Vec::new();
@@ -344,7 +344,7 @@ impl Worker {
             if report.bytes_in > 0 {
                 self.stats.bytes.fetch_add(report.bytes_in as u64, Relaxed);
                 self.idle.touch(slot, now);
-                let due = self.cpu.is_some() && conn.placement_due();
+                let due = self.stats.cpu.is_some() && conn.placement_due();
                 self.after(slot, step, now);
                 if due {
                     self.place(slot);
@@ -370,7 +370,7 @@ impl Worker {
         let Some(cpu) = affinity::incoming_cpu(conn.stream()) else {
             return;
         };
-        if Some(cpu) == self.cpu {
+        if Some(cpu) == self.stats.cpu {
             return;
         }
         // Held while queuing, as the accept loop does: a shrinking pool

@@ -14,36 +14,13 @@ mod support;
 
 use std::net::TcpStream;
 
+use echo_lab::affinity::{allowed_cpus, pin_current_thread};
 use serde_json::Value;
 use support::*;
 
-/// The CPUs this process may use.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; the kernel writes at most its size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(
-            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
-            0
-        );
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
 /// Pins the calling thread (only it) to `cpu`.
 fn pin_me(cpu: usize) {
-    // SAFETY: as above; sched_setaffinity(0) applies to the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pin the test thread to CPU {cpu}"
-        );
-    }
+    pin_current_thread(cpu).unwrap_or_else(|e| panic!("pin the test thread to CPU {cpu}: {e}"));
 }
 
 /// Two CPUs to use, or None (the test then passes with a note).
