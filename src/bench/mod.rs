@@ -10,17 +10,31 @@
 //! * [`single`]: the one-connection case, a tight blocking loop;
 //! * [`reactor`]: many connections per thread over mio, for ping-pong and
 //!   for hold mode;
+//! * [`paced`]: the fixed-rate engine, sends on a schedule;
+//! * [`wire`]: what one read or write result means, for every engine;
 //! * [`tally`]: per-thread latency histograms and failure counts;
 //! * [`report`]: the text and JSON results;
-//! * [`sys`]: the open-file limit and the generator's own CPU time.
+//! * [`cpu`]: the generator's own CPU time and the server's.
 //!
-//! Two modes. **Ping-pong** (the default) keeps every connection busy with
-//! one message in flight: write it, wait for its whole echo, verify, repeat.
-//! That measures round trips per second and latency at a given concurrency.
-//! **Hold** opens all connections as fast as possible, leaves them idle for
-//! `--hold`, and then has each do one round trip: it measures how fast a
-//! server accepts a crowd, whether it keeps idle connections, and how fast
-//! it wakes them all.
+//! Three ways to load. **Ping-pong** (the default) keeps every connection
+//! busy with one message in flight: write it, wait for its whole echo,
+//! verify, repeat. That measures round trips per second and latency at a
+//! given concurrency. **Fixed rate** (`--rate R`) sends R messages per
+//! second in all on a schedule, whether or not earlier echoes came back, and
+//! measures each latency from the message's scheduled send time, so a server
+//! that stalls is charged for every message that waited behind the stall
+//! (wrk2's correction for coordinated omission): it compares servers at the
+//! same offered load. **Hold** opens all connections as fast as possible,
+//! leaves them idle for `--hold`, and then has each do one round trip: it
+//! measures how fast a server accepts a crowd, whether it keeps idle
+//! connections, and how fast it wakes them all.
+//!
+//! The coordinator (this module) runs a run in three visible steps: spawn
+//! the load threads ([`Crew::spawn`]), wait until each has connected its
+//! share ([`Crew::await_connected`]), then fix the measured window, give the
+//! "go" and collect the tallies ([`Crew::release`], [`Crew::collect`]).
+//! With `--server-pid` it also reads the server's CPU time at the start and
+//! at the end of the measured window.
 //!
 //! The generator must not be what limits the numbers on a two-core machine
 //! where it shares the CPU with the server, so it uses as few threads as
@@ -33,22 +47,25 @@
 //! echo differed from what was sent, anything timed out, or nothing was
 //! measured; exit status 1 means the run could not be set up at all.
 
+mod cpu;
+mod paced;
 mod payload;
 mod plan;
 mod reactor;
 pub mod report;
 mod single;
-pub mod sys;
 pub mod tally;
+mod wire;
 
 use std::io::{IsTerminal, Write as _};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
+use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 
 use plan::{Plan, Stop, Window};
@@ -62,7 +79,8 @@ pub const EXIT_FAILURES: i32 = 3;
 /// What each connection does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
-    /// Each connection sends a message, waits for its echo, repeats.
+    /// Each connection sends a message, waits for its echo, repeats (with
+    /// --rate: sends on a schedule instead).
     PingPong,
     /// Open all connections, hold them idle, then one round trip each.
     Hold,
@@ -102,6 +120,18 @@ pub struct BenchArgs {
     #[arg(short = 'w', long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
     pub warmup: Duration,
 
+    /// Fixed rate: send this many messages per second in all, spread evenly
+    /// over the connections, whether or not earlier echoes came back;
+    /// latency is measured from each message's scheduled send time.
+    #[arg(short = 'r', long, value_name = "PER_SEC", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// Also report the CPU time (user + system, /proc/PID/stat) that this
+    /// process (the server) used over the measured window, in all and per
+    /// round trip.
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+
     /// Seconds to keep the connections idle (hold mode).
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
     pub hold: Duration,
@@ -129,25 +159,38 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is out of range"))
 }
 
+/// Parses a rate in messages per second: positive, at most 10 million.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 1e7 => Ok(r),
+        Ok(_) => Err(format!(
+            "`{text}` is out of range (more than 0, at most 10000000 per second)"
+        )),
+        Err(_) => Err(format!("`{text}` is not a number of messages per second")),
+    }
+}
+
 /// Run a benchmark and print its report; returns the process exit code.
 pub fn run(args: &BenchArgs, default_addr: &str) -> anyhow::Result<i32> {
     let addr_text = args.addr.as_deref().unwrap_or(default_addr);
     let addr = resolve(addr_text)?;
     let connections = args.connections as usize;
-    sys::raise_nofile(connections)?;
+    if args.mode == Mode::Hold && args.rate.is_some() {
+        bail!("--rate applies to ping-pong, not to --mode hold");
+    }
+    ensure_nofile(connections)?;
     let threads = match args.threads {
         Some(t) => (t as usize).min(connections),
-        None => std::thread::available_parallelism()
+        None => thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(connections),
     };
-    let cpu_before = sys::cpu_time().context("reading CPU time")?;
+    let mut server_cpu = args.server_pid.map(cpu::Window::new).transpose()?;
+    let engine = Engine::of(args, connections);
+    let cpu_before = cpu::own().context("reading CPU time")?;
     let start = Instant::now();
     let setup = Setup {
-        mode: match args.mode {
-            Mode::PingPong => "ping-pong",
-            Mode::Hold => "hold",
-        },
+        mode: engine.name(),
         addr: addr.to_string(),
         connections,
         threads,
@@ -159,11 +202,38 @@ pub fn run(args: &BenchArgs, default_addr: &str) -> anyhow::Result<i32> {
         },
         requests: args.requests.filter(|_| args.mode == Mode::PingPong),
         hold: (args.mode == Mode::Hold).then_some(args.hold),
+        rate: args.rate,
     };
     let progress = Progress::default();
     let live = std::io::stderr().is_terminal() && !args.json;
     let plan = Plan::new(addr, setup.size, args.timeout);
-    let outcome = coordinate(&plan, &progress, args, connections, threads, live)?;
+    let outcome = thread::scope(|s| {
+        let mut crew = Crew::spawn(s, &plan, &progress, engine, split(connections, threads));
+        let connected = crew.await_connected();
+        if args.mode == Mode::Hold {
+            hold(
+                &connected,
+                connections,
+                args.hold,
+                crew.first_error.is_none(),
+            );
+        }
+        let go = Instant::now();
+        let measure_from = go + args.warmup;
+        plan.open_window(Window {
+            start: go,
+            measure_from,
+            stop: match args.requests {
+                Some(n) => Stop::After(n),
+                None => Stop::At(measure_from + args.duration),
+            },
+        });
+        crew.release();
+        let ticker = Ticker::new(live && args.mode == Mode::PingPong, measure_from);
+        crew.collect(ticker, &progress, server_cpu.as_mut(), measure_from)?;
+        let server = server_cpu.as_mut().map(cpu::Window::end).transpose()?;
+        crew.outcome(go, server)
+    })?;
     let tally = outcome.tally;
     let (elapsed, all_echoed) = match args.mode {
         Mode::PingPong => {
@@ -184,10 +254,18 @@ pub fn run(args: &BenchArgs, default_addr: &str) -> anyhow::Result<i32> {
     let connect = tally
         .last_connected
         .map(|t| t.saturating_duration_since(start));
-    let cpu = sys::cpu_time()
+    let cpu = cpu::own()
         .context("reading CPU time")?
         .saturating_sub(cpu_before);
-    let report = Report::new(setup, &tally, elapsed, connect, all_echoed, cpu);
+    let report = Report::new(
+        setup,
+        &tally,
+        elapsed,
+        connect,
+        all_echoed,
+        cpu,
+        outcome.server,
+    );
     let mut stdout = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer(&mut stdout, &report).context("writing the report")?;
@@ -197,6 +275,34 @@ pub fn run(args: &BenchArgs, default_addr: &str) -> anyhow::Result<i32> {
     }
     stdout.flush().context("writing the report")?;
     Ok(if report.ok { 0 } else { EXIT_FAILURES })
+}
+
+/// Raises the open-file limit (the daemon's own [`crate::limits`] does the
+/// raising) and refuses to start, instead of failing half the connections,
+/// when even the hard limit cannot hold `connections` sockets.
+fn ensure_nofile(connections: usize) -> anyhow::Result<()> {
+    let limit = crate::limits::raise_nofile().context("cannot raise the open-file limit")?;
+    let needed = connections as u64 + crate::limits::RESERVED_FDS;
+    if limit != libc::RLIM_INFINITY && limit < needed {
+        bail!(
+            "{connections} connections need about {needed} open files, but the hard limit \
+             (ulimit -Hn) is {limit}"
+        );
+    }
+    Ok(())
+}
+
+/// The hold of hold mode: the connections stay idle this long (not at all
+/// if none connected or a thread failed).
+fn hold(connected: &Tally, connections: usize, hold: Duration, healthy: bool) {
+    eprintln!(
+        "bench: holding {} of {connections} connections for {:.1} s",
+        connected.connected,
+        hold.as_secs_f64()
+    );
+    if connected.connected > 0 && healthy {
+        thread::sleep(hold);
+    }
 }
 
 /// Resolves HOST:PORT to the first address it names.
@@ -223,6 +329,62 @@ fn split(connections: usize, threads: usize) -> Vec<Range<u64>> {
         .collect()
 }
 
+/// Which loop a load thread runs: chosen once per run.
+#[derive(Debug, Clone, Copy)]
+enum Engine {
+    /// One connection, ping-pong: the blocking loop.
+    Single,
+    /// Ping-pong or hold over a readiness loop.
+    Reactor(Job),
+    /// Fixed rate: `per_sec` messages a second over `connections` in all.
+    Paced { per_sec: f64, connections: u64 },
+}
+
+impl Engine {
+    fn of(args: &BenchArgs, connections: usize) -> Engine {
+        match (args.mode, args.rate) {
+            (Mode::Hold, _) => Engine::Reactor(Job::Hold),
+            (Mode::PingPong, Some(per_sec)) => Engine::Paced {
+                per_sec,
+                connections: connections as u64,
+            },
+            (Mode::PingPong, None) if connections == 1 => Engine::Single,
+            (Mode::PingPong, None) => Engine::Reactor(Job::PingPong),
+        }
+    }
+
+    /// The report's name for the mode.
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Single | Engine::Reactor(Job::PingPong) => "ping-pong",
+            Engine::Reactor(Job::Hold) => "hold",
+            Engine::Paced { .. } => "fixed-rate",
+        }
+    }
+
+    /// Runs connections `ids` through both phases (see [`reactor::run`]).
+    fn run(
+        self,
+        plan: &Plan,
+        progress: &Progress,
+        ids: Range<u64>,
+        connected: impl FnOnce(&Tally),
+        go: impl FnOnce() -> bool,
+    ) -> std::io::Result<Tally> {
+        match self {
+            Engine::Single => Ok(single::ping_pong(plan, ids.start, progress, connected, go)),
+            Engine::Reactor(job) => reactor::run(plan, progress, ids, job, connected, go),
+            Engine::Paced {
+                per_sec,
+                connections,
+            } => {
+                let schedule = paced::Schedule::new(per_sec, connections);
+                paced::run(plan, progress, ids, schedule, connected, go)
+            }
+        }
+    }
+}
+
 /// What the load threads tell the coordinator.
 enum Note {
     /// Connecting is over: what happened.
@@ -236,27 +398,39 @@ struct Outcome {
     tally: Tally,
     /// When the threads were told to start sending.
     go: Instant,
+    /// The server's CPU over the measured window (with --server-pid).
+    server: Option<cpu::Used>,
 }
 
-/// Runs the load threads through both phases: connect all, then (after the
-/// hold, in hold mode) "go" with the measured window fixed, and merges what
-/// they saw.
-fn coordinate(
-    plan: &Plan,
-    progress: &Progress,
-    args: &BenchArgs,
-    connections: usize,
-    threads: usize,
-    live: bool,
-) -> anyhow::Result<Outcome> {
-    std::thread::scope(|s| {
-        let (tx, rx) = mpsc::channel();
+/// The load threads as the coordinator sees them: the channel they report
+/// on, one "go" sender each, and what they reported so far.
+struct Crew {
+    notes: mpsc::Receiver<Note>,
+    /// Dropped at release: a thread whose sender is gone without a "go"
+    /// gives up.
+    gos: Vec<mpsc::Sender<()>>,
+    /// Final tallies of the threads that are done.
+    total: Tally,
+    /// Threads that have reported since the last phase began.
+    heard: usize,
+    first_error: Option<std::io::Error>,
+}
+
+impl Crew {
+    /// Starts one load thread per range of connection ids.
+    fn spawn<'scope, 'env>(
+        s: &'scope thread::Scope<'scope, 'env>,
+        plan: &'env Plan,
+        progress: &'env Progress,
+        engine: Engine,
+        ranges: Vec<Range<u64>>,
+    ) -> Crew {
+        let (tx, notes) = mpsc::channel();
         let mut gos = Vec::new();
-        for ids in split(connections, threads) {
+        for ids in ranges {
             let tx = tx.clone();
             let (go_tx, go_rx) = mpsc::channel::<()>();
             gos.push(go_tx);
-            let mode = args.mode;
             s.spawn(move || {
                 // The receiver outlives every sender in this scope, so
                 // sends cannot fail while anyone listens.
@@ -264,82 +438,103 @@ fn coordinate(
                     let _ = tx.send(Note::Connected(Box::new(t.clone())));
                 };
                 let go = || go_rx.recv().is_ok();
-                let result = match mode {
-                    Mode::PingPong if connections == 1 => {
-                        Ok(single::ping_pong(plan, ids.start, progress, connected, go))
-                    }
-                    Mode::PingPong => {
-                        reactor::run(plan, progress, ids, Job::PingPong, connected, go)
-                    }
-                    Mode::Hold => reactor::run(plan, progress, ids, Job::Hold, connected, go),
-                };
+                let result = engine.run(plan, progress, ids, connected, go);
                 let _ = tx.send(Note::Done(result));
             });
         }
-        drop(tx);
+        Crew {
+            notes,
+            gos,
+            total: Tally::new(),
+            heard: 0,
+            first_error: None,
+        }
+    }
 
-        // Phase 1: every thread has connected (or failed early). Bounded:
-        // a connect fails by itself after --timeout.
+    /// Takes in one note: a final tally is merged and an error kept; the
+    /// tally of a thread that has connected is returned.
+    fn absorb(&mut self, note: Note) -> Option<Tally> {
+        self.heard += 1;
+        match note {
+            Note::Connected(t) => return Some(*t),
+            Note::Done(Ok(t)) => self.total.merge(&t),
+            Note::Done(Err(e)) => {
+                self.first_error.get_or_insert(e);
+            }
+        }
+        None
+    }
+
+    /// Phase 1: waits until every thread has connected its share (or
+    /// failed early) and returns what they connected. Bounded: a connect
+    /// fails by itself after --timeout.
+    fn await_connected(&mut self) -> Tally {
         let mut connected = Tally::new();
-        let mut total = Tally::new();
-        let mut first_error = None;
-        let mut heard = 0;
-        while heard < gos.len() {
-            match rx.recv() {
-                Ok(Note::Connected(t)) => connected.merge(&t),
-                Ok(Note::Done(Ok(t))) => total.merge(&t),
-                Ok(Note::Done(Err(e))) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(_) => break,
-            }
-            heard += 1;
-        }
-        if args.mode == Mode::Hold {
-            eprintln!(
-                "bench: holding {} of {connections} connections for {:.1} s",
-                connected.connected,
-                args.hold.as_secs_f64()
-            );
-            if connected.connected > 0 && first_error.is_none() {
-                std::thread::sleep(args.hold);
+        while self.heard < self.gos.len() {
+            let Ok(note) = self.notes.recv() else { break };
+            if let Some(t) = self.absorb(note) {
+                connected.merge(&t);
             }
         }
+        connected
+    }
 
-        // Phase 2: fix the window, go, and collect the final tallies.
-        let go = Instant::now();
-        let measure_from = go + args.warmup;
-        plan.open_window(Window {
-            measure_from,
-            stop: match args.requests {
-                Some(n) => Stop::After(n),
-                None => Stop::At(measure_from + args.duration),
-            },
-        });
-        if first_error.is_none() {
-            for g in &gos {
+    /// Gives every thread its "go", unless one has failed already (then
+    /// they all give up).
+    fn release(&mut self) {
+        if self.first_error.is_none() {
+            for g in &self.gos {
                 let _ = g.send(());
             }
         }
-        drop(gos);
-        let mut ticker = Ticker::new(live && args.mode == Mode::PingPong, measure_from);
+        self.gos.clear();
+    }
+
+    /// Phase 2: collects the final tallies until every thread is done,
+    /// ticking the progress line and starting the server's CPU window at
+    /// `measure_from`.
+    fn collect(
+        &mut self,
+        mut ticker: Ticker,
+        progress: &Progress,
+        mut server: Option<&mut cpu::Window>,
+        measure_from: Instant,
+    ) -> anyhow::Result<()> {
         loop {
-            match rx.recv_timeout(ticker.wait()) {
-                Ok(Note::Connected(_)) => {}
-                Ok(Note::Done(Ok(t))) => total.merge(&t),
-                Ok(Note::Done(Err(e))) => {
-                    first_error.get_or_insert(e);
+            if let Some(w) = server.as_deref_mut().filter(|w| !w.started()) {
+                if Instant::now() >= measure_from {
+                    w.start()?;
+                }
+            }
+            let wake = match server.as_deref() {
+                Some(w) if !w.started() => ticker
+                    .wait()
+                    .min(measure_from.saturating_duration_since(Instant::now())),
+                _ => ticker.wait(),
+            };
+            match self.notes.recv_timeout(wake) {
+                Ok(note) => {
+                    self.absorb(note);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => ticker.tick(progress),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
         ticker.done();
-        match first_error {
+        Ok(())
+    }
+
+    /// The merged result, or the first thread's setup error.
+    fn outcome(self, go: Instant, server: Option<cpu::Used>) -> anyhow::Result<Outcome> {
+        match self.first_error {
             Some(e) => Err(anyhow::Error::new(e).context("a load thread failed")),
-            None => Ok(Outcome { tally: total, go }),
+            None => Ok(Outcome {
+                tally: self.total,
+                go,
+                server,
+            }),
         }
-    })
+    }
 }
 
 /// The once-a-second progress line on a terminal's stderr.

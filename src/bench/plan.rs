@@ -45,6 +45,8 @@ pub(crate) struct Plan {
 /// The warmup and measured window, fixed at "go".
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Window {
+    /// The "go": when round trips may begin (the base of a send schedule).
+    pub start: Instant,
     /// Round trips that start before this are warmup.
     pub measure_from: Instant,
     pub stop: Stop,
@@ -74,6 +76,11 @@ impl Plan {
     pub(crate) fn open_window(&self, window: Window) {
         // Only the coordinator calls this, once; a second call changes nothing.
         let _ = self.window.set(window);
+    }
+
+    /// The "go" instant, once the window is fixed.
+    pub(crate) fn start(&self) -> Option<Instant> {
+        self.window.get().map(|w| w.start)
     }
 
     /// Decides about the round trip a connection wants to start at `now`.

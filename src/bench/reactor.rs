@@ -40,8 +40,8 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::payload;
 use super::plan::{Plan, Round};
-use super::single::io_failure;
 use super::tally::{Failure, Progress, Tally};
+use super::wire::{self, Step};
 
 /// How often connections are checked against the timeout.
 const SWEEP: Duration = Duration::from_millis(100);
@@ -242,90 +242,116 @@ impl<'a> Loop<'a> {
         c.state = State::Writing;
     }
 
-    /// Makes as much progress on connection `i` as its socket allows.
+    /// Makes as much progress on connection `i` as its socket allows: one
+    /// step of its state machine after another until one has to wait.
     fn drive(&mut self, i: usize) {
         loop {
-            let c = &mut self.conns[i];
-            let Some(stream) = c.stream.as_mut() else {
-                return;
+            let flow = match self.conns[i].state {
+                State::Idle | State::Closed => Flow::Wait,
+                State::Connecting => self.finish_connect(i),
+                State::Writing => self.write_some(i),
+                State::Reading => self.read_some(i),
             };
-            match c.state {
-                State::Idle | State::Closed => return,
-                State::Connecting => match connect_result(stream) {
-                    Ok(false) => return,
-                    Ok(true) => {
-                        let now = Instant::now();
-                        if stream.set_nodelay(true).is_err() {
-                            self.fail(i, Failure::Connect);
-                            return;
-                        }
-                        self.tally.connected_at(now);
-                        c.state = State::Idle;
-                        self.busy -= 1;
-                        return;
-                    }
-                    Err(_) => {
-                        self.fail(i, Failure::Connect);
-                        return;
-                    }
-                },
-                State::Writing => match stream.write(&c.sent[c.done..]) {
-                    Ok(n) => {
-                        c.done += n;
-                        if c.done == c.sent.len() {
-                            c.done = 0;
-                            c.state = State::Reading;
-                            // The echo's readable edge will wake us.
-                            return;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        self.fail(i, io_failure(e));
-                        return;
-                    }
-                },
-                State::Reading => {
-                    let len = c.echoed.len();
-                    match stream.read(&mut c.echoed[c.done..]) {
-                        Ok(0) => {
-                            self.fail(i, Failure::Closed);
-                            return;
-                        }
-                        Ok(n) => {
-                            c.done += n;
-                            if c.done < len {
-                                continue;
-                            }
-                            if c.echoed != c.sent {
-                                self.fail(i, Failure::Mismatch);
-                                return;
-                            }
-                            let now = Instant::now();
-                            if c.measured {
-                                let took = now.saturating_duration_since(c.started);
-                                self.tally.round_trip(took, now, self.progress);
-                            }
-                            match self.job {
-                                Job::PingPong => self.begin(i, now),
-                                Job::Hold => {
-                                    self.close(i);
-                                    return;
-                                }
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            self.fail(i, io_failure(e));
-                            return;
-                        }
-                    }
+            match flow {
+                Flow::Wait => return,
+                Flow::Fail(f) => {
+                    self.fail(i, f);
+                    return;
                 }
+                Flow::Continue => {}
             }
         }
     }
+
+    /// Connecting: checks whether the handshake is over and parks the
+    /// connection in Idle.
+    fn finish_connect(&mut self, i: usize) -> Flow {
+        let c = &mut self.conns[i];
+        let Some(stream) = c.stream.as_mut() else {
+            return Flow::Wait;
+        };
+        match connect_result(stream) {
+            Ok(false) => Flow::Wait,
+            Ok(true) if stream.set_nodelay(true).is_ok() => {
+                self.tally.connected_at(Instant::now());
+                c.state = State::Idle;
+                self.busy -= 1;
+                Flow::Wait
+            }
+            Ok(true) | Err(_) => Flow::Fail(Failure::Connect),
+        }
+    }
+
+    /// Writing: writes what is left of the message; once it is all out, the
+    /// echo's readable edge will wake the connection.
+    fn write_some(&mut self, i: usize) -> Flow {
+        let c = &mut self.conns[i];
+        let Some(stream) = c.stream.as_mut() else {
+            return Flow::Wait;
+        };
+        match Step::of_write(stream.write(&c.sent[c.done..])) {
+            Step::Moved(n) => {
+                c.done += n;
+                if c.done < c.sent.len() {
+                    return Flow::Continue;
+                }
+                c.done = 0;
+                c.state = State::Reading;
+                Flow::Wait
+            }
+            Step::Again => Flow::Wait,
+            Step::Retry => Flow::Continue,
+            Step::Failed(f) => Flow::Fail(f),
+        }
+    }
+
+    /// Reading: reads up to the end of the echo; a complete one is verified,
+    /// recorded, and followed by the next round trip (ping-pong) or the close
+    /// (hold).
+    fn read_some(&mut self, i: usize) -> Flow {
+        let c = &mut self.conns[i];
+        let Some(stream) = c.stream.as_mut() else {
+            return Flow::Wait;
+        };
+        match Step::of_read(stream.read(&mut c.echoed[c.done..])) {
+            Step::Moved(n) => c.done += n,
+            Step::Again => return Flow::Wait,
+            Step::Retry => return Flow::Continue,
+            Step::Failed(f) => return Flow::Fail(f),
+        }
+        if c.done < c.echoed.len() {
+            return Flow::Continue;
+        }
+        if let Err(f) = wire::verify(&c.sent, &c.echoed) {
+            return Flow::Fail(f);
+        }
+        let now = Instant::now();
+        if c.measured {
+            let took = now.saturating_duration_since(c.started);
+            self.tally.round_trip(took, now, self.progress);
+        }
+        match self.job {
+            Job::PingPong => {
+                self.begin(i, now);
+                Flow::Continue
+            }
+            Job::Hold => {
+                self.close(i);
+                Flow::Wait
+            }
+        }
+    }
+}
+
+/// What [`Loop::drive`] does after one step of a connection.
+enum Flow {
+    /// Take the next step at once.
+    Continue,
+    /// Nothing more until the socket is ready again (or the connection is
+    /// parked or closed).
+    Wait,
+    /// Count the failure and close the connection.
+    Fail(Failure),
 }
 
 /// Whether a non-blocking connect has completed: `Ok(true)` connected,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::cpu::Used;
 use super::tally::{Errors, Tally};
 
 /// Round-trip latency summary, in microseconds.
@@ -47,7 +48,7 @@ impl Latency {
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// `"ping-pong"` or `"hold"`.
+    /// `"ping-pong"`, `"fixed-rate"` or `"hold"`.
     pub mode: &'static str,
     pub addr: String,
     pub connections: usize,
@@ -62,12 +63,20 @@ pub struct Report {
     pub requests: Option<u64>,
     /// Idle time between connecting and the round trip (hold mode).
     pub hold_secs: Option<f64>,
+    /// Messages per second asked for (fixed-rate mode); the rate achieved
+    /// is `round_trips_per_sec`.
+    pub rate_per_sec: Option<f64>,
     /// Wall time the measured round trips took: from the end of the warmup
     /// to the last echo (ping-pong), or from "go" to the last echo (hold).
     pub elapsed_secs: f64,
     /// Verified round trips in the measured window.
     pub round_trips: u64,
+    /// Verified round trips per second of `elapsed_secs` (in fixed-rate
+    /// mode: the rate achieved).
     pub round_trips_per_sec: f64,
+    /// Round-trip latency: from the first byte written (ping-pong, hold) or
+    /// from the scheduled send time (fixed-rate) to the last byte of the
+    /// echo read.
     pub latency_us: Latency,
     /// Connections established.
     pub connected: u64,
@@ -81,9 +90,42 @@ pub struct Report {
     /// Generator CPU per measured round trip, in microseconds (includes
     /// warmup and connection setup, so it is an upper bound).
     pub client_cpu_us_per_round_trip: Option<f64>,
+    /// The server's CPU over the measured window (with `--server-pid`).
+    pub server_cpu: Option<ServerCpu>,
     /// No failures and at least one verified round trip (ping-pong), or
     /// every connection echoed (hold). Decides the exit status.
     pub ok: bool,
+}
+
+/// What the server process used over the measured window, from
+/// `/proc/PID/stat` (user + system time, in clock ticks of 10 ms).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ServerCpu {
+    pub pid: u32,
+    /// From the start of the measured window until every load thread was
+    /// done.
+    pub window_secs: f64,
+    /// User + system CPU time over the window.
+    pub cpu_secs: f64,
+    /// `cpu_secs` / `window_secs`, in per cent of one CPU (up to 100 per
+    /// CPU the server runs on).
+    pub percent: f64,
+    /// `cpu_secs` / measured round trips, in microseconds.
+    pub us_per_round_trip: Option<f64>,
+}
+
+impl ServerCpu {
+    fn of(used: Used, round_trips: u64) -> Self {
+        let cpu = used.cpu.as_secs_f64();
+        let wall = used.wall.as_secs_f64();
+        ServerCpu {
+            pid: used.pid,
+            window_secs: wall,
+            cpu_secs: cpu,
+            percent: if wall > 0.0 { cpu / wall * 100.0 } else { 0.0 },
+            us_per_round_trip: (round_trips > 0).then(|| cpu * 1e6 / round_trips as f64),
+        }
+    }
 }
 
 /// Inputs to [`Report::new`] besides the tally.
@@ -97,6 +139,7 @@ pub(crate) struct Setup {
     pub duration: Option<Duration>,
     pub requests: Option<u64>,
     pub hold: Option<Duration>,
+    pub rate: Option<f64>,
 }
 
 impl Report {
@@ -107,6 +150,7 @@ impl Report {
         connect: Option<Duration>,
         all_echoed: Option<Duration>,
         cpu: Duration,
+        server: Option<Used>,
     ) -> Self {
         let secs = elapsed.as_secs_f64();
         let rate = if secs > 0.0 {
@@ -127,6 +171,7 @@ impl Report {
             duration_secs: setup.duration.map(|d| d.as_secs_f64()),
             requests: setup.requests,
             hold_secs: setup.hold.map(|d| d.as_secs_f64()),
+            rate_per_sec: setup.rate,
             elapsed_secs: secs,
             round_trips: tally.round_trips,
             round_trips_per_sec: rate,
@@ -138,6 +183,7 @@ impl Report {
             client_cpu_secs: cpu.as_secs_f64(),
             client_cpu_us_per_round_trip: (tally.round_trips > 0)
                 .then(|| cpu.as_secs_f64() * 1e6 / tally.round_trips as f64),
+            server_cpu: server.map(|u| ServerCpu::of(u, tally.round_trips)),
             ok,
         }
     }
@@ -153,8 +199,8 @@ impl Report {
             ),
             None => writeln!(
                 out,
-                "ping-pong against {}: {} connections, {}-byte messages, {} threads",
-                self.addr, self.connections, self.size, self.threads
+                "{} against {}: {} connections, {}-byte messages, {} threads",
+                self.mode, self.addr, self.connections, self.size, self.threads
             ),
         };
         let _ = writeln!(
@@ -171,8 +217,13 @@ impl Report {
         } else {
             let _ = writeln!(
                 out,
-                "  round trips   {} in {:.2} s = {:.0}/s",
-                self.round_trips, self.elapsed_secs, self.round_trips_per_sec
+                "  round trips   {} in {:.2} s = {:.0}/s{}",
+                self.round_trips,
+                self.elapsed_secs,
+                self.round_trips_per_sec,
+                self.rate_per_sec
+                    .map(|r| format!(" (asked for {r:.0}/s; latency from the scheduled send)"))
+                    .unwrap_or_default()
             );
         }
         let l = &self.latency_us;
@@ -199,6 +250,19 @@ impl Report {
                 .map(|u| format!(" ({u:.2} us per round trip)"))
                 .unwrap_or_default()
         );
+        if let Some(c) = &self.server_cpu {
+            let _ = writeln!(
+                out,
+                "  server CPU    {:.2} s over {:.2} s = {:.1} % (pid {}){}",
+                c.cpu_secs,
+                c.window_secs,
+                c.percent,
+                c.pid,
+                c.us_per_round_trip
+                    .map(|u| format!(", {u:.2} us per round trip"))
+                    .unwrap_or_default()
+            );
+        }
         out
     }
 }

@@ -18,6 +18,7 @@ use std::time::Instant;
 use super::payload;
 use super::plan::{Plan, Round};
 use super::tally::{Failure, Progress, Tally};
+use super::wire::{self, Step};
 
 /// Connects, reports through `connected`, waits for `go` (`false` aborts),
 /// then runs the ping-pong until the plan says stop or the connection fails.
@@ -77,29 +78,24 @@ fn connect(plan: &Plan) -> io::Result<TcpStream> {
 
 /// Sends `sent` and reads exactly as many bytes back into `echoed`.
 fn round_trip(stream: &mut TcpStream, sent: &[u8], echoed: &mut [u8]) -> Result<(), Failure> {
-    stream.write_all(sent).map_err(io_failure)?;
     let mut have = 0;
+    while have < sent.len() {
+        have += moved(Step::of_write(stream.write(&sent[have..])))?;
+    }
+    have = 0;
     while have < echoed.len() {
-        match stream.read(&mut echoed[have..]) {
-            Ok(0) => return Err(Failure::Closed),
-            Ok(n) => have += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_failure(e)),
-        }
+        have += moved(Step::of_read(stream.read(&mut echoed[have..])))?;
     }
-    if echoed == sent {
-        Ok(())
-    } else {
-        Err(Failure::Mismatch)
-    }
+    wire::verify(sent, echoed)
 }
 
-/// Classifies an I/O error on an established connection.
-pub(crate) fn io_failure(e: io::Error) -> Failure {
-    match e.kind() {
-        // What a socket timeout looks like on Unix.
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::Timeout,
-        io::ErrorKind::UnexpectedEof | io::ErrorKind::WriteZero => Failure::Closed,
-        _ => Failure::Reset,
+/// Bytes a blocking call moved (0 after a signal), or why it failed.
+fn moved(step: Step) -> Result<usize, Failure> {
+    match step.blocking() {
+        Step::Moved(n) => Ok(n),
+        Step::Retry => Ok(0),
+        Step::Failed(f) => Err(f),
+        // `blocking` turned it into a timeout.
+        Step::Again => Err(Failure::Timeout),
     }
 }
