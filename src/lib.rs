@@ -21,6 +21,7 @@
 //! | [`limits`] | RLIMIT_NOFILE |
 //! | [`logging`] | stderr / journal / syslog log sink |
 //! | [`stats`] | counters |
+//! | [`udp`] | UDP echo: batches, source guard, per-source rate |
 //! | [`client`] | `echo-labctl connect` |
 //! | [`bench`] | `echo-labctl bench` |
 
@@ -43,6 +44,7 @@ pub mod protocol;
 pub mod server;
 pub mod stats;
 pub mod timeouts;
+pub mod udp;
 pub mod worker;
 
 /// sysexits(3) EX_CONFIG: the config is invalid.

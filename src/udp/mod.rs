@@ -1,0 +1,161 @@
+//! UDP echo (RFC 862): each datagram sent back, unchanged, to its source —
+//! unless that would make echo-lab part of a loop or a flood.
+//!
+//! UDP needs nothing the TCP side has: no connection, no per-client state
+//! beyond a rate, no idle timeout, no drain (a datagram has no session to
+//! finish). So the UDP service is separate from the TCP worker pool: one
+//! thread of its own ([`serve`]) owns every UDP socket, waits for any of
+//! them in one epoll set (mio), and serves a readable socket in batches of
+//! [`batch::BATCH`] datagrams, one `recvmmsg` and one `sendmmsg` per batch.
+//! A UDP flood therefore costs one core at most and never delays a TCP
+//! worker, and a TCP crowd never delays UDP.
+//!
+//! Each datagram passes three checks before it is echoed, each counted
+//! when it refuses ([`UdpSnapshot`]):
+//!
+//! 1. [`guard`]: its source is not a well-known port, NFS, broadcast,
+//!    multicast, unspecified or mapped address (OpenBSD inetd's rule), so
+//!    no loop with another UDP service and no broadcast storm;
+//! 2. its size: at most 65 507 bytes (the largest IPv4 UDP payload), and
+//!    not cut by the kernel;
+//! 3. [`bucket`]: its source is within its packet and byte rate, so a
+//!    forged source cannot aim echo-lab at a victim.
+//!
+//! The echo is the received bytes, never more. [`UdpService`] is the handle
+//! the daemon holds: start it on bound sockets, swap the sockets or the
+//! limits on reload (the daemon binds new sockets first, so a failed bind
+//! changes nothing), read its counters, stop it.
+
+pub mod batch;
+pub mod bucket;
+pub mod counters;
+pub mod guard;
+mod serve;
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub use bucket::RateLimit;
+pub use counters::{UdpSnapshot, UdpStats};
+
+/// Messages to the UDP thread.
+pub(crate) enum UdpCommand {
+    /// Serve these sockets instead (the old ones close).
+    SetSockets(Vec<UdpSocket>),
+    /// New rate limits; the interface broadcast list is read again too.
+    SetLimit(RateLimit),
+    /// Close the sockets and exit.
+    Stop,
+}
+
+/// The running UDP echo service.
+pub struct UdpService {
+    tx: Sender<UdpCommand>,
+    waker: mio::Waker,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<UdpStats>,
+    /// Our handles on the sockets (the thread owns duplicates): for
+    /// addresses and the fd store.
+    sockets: Vec<UdpSocket>,
+    limit: RateLimit,
+}
+
+impl UdpService {
+    /// Starts the UDP thread on already-bound sockets.
+    pub fn start(sockets: Vec<UdpSocket>, limit: RateLimit) -> io::Result<UdpService> {
+        let stats = Arc::new(UdpStats::default());
+        let theirs = duplicate(&sockets)?;
+        let (tx, waker, thread) = serve::spawn(theirs, limit, stats.clone())?;
+        Ok(UdpService {
+            tx,
+            waker,
+            thread: Some(thread),
+            stats,
+            sockets,
+            limit,
+        })
+    }
+
+    fn send(&self, cmd: UdpCommand) {
+        if self.tx.send(cmd).is_ok() {
+            if let Err(e) = self.waker.wake() {
+                log::error!("cannot wake the UDP thread: {e}");
+            }
+        }
+    }
+
+    /// Serves `sockets` from now on; the old ones are closed once the
+    /// thread has the new ones. Fails (changing nothing) only if the
+    /// sockets cannot be duplicated.
+    pub fn set_sockets(&mut self, sockets: Vec<UdpSocket>) -> io::Result<()> {
+        let theirs = duplicate(&sockets)?;
+        self.send(UdpCommand::SetSockets(theirs));
+        self.sockets = sockets;
+        Ok(())
+    }
+
+    /// Applies new rate limits (and re-reads the interfaces' broadcast
+    /// addresses). Sources keep their buckets only if the limits are equal.
+    pub fn set_limit(&mut self, limit: RateLimit) {
+        self.limit = limit;
+        self.send(UdpCommand::SetLimit(limit));
+    }
+
+    /// The limits in force.
+    pub fn limit(&self) -> RateLimit {
+        self.limit
+    }
+
+    /// The addresses served (empty once stopped).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    /// The sockets served (for the service manager's fd store).
+    pub fn sockets(&self) -> &[UdpSocket] {
+        &self.sockets
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> UdpSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// The thread's loop counter, for the watchdog.
+    pub fn heartbeat(&self) -> u64 {
+        self.stats.heartbeat.load(Relaxed)
+    }
+
+    /// True while the thread runs.
+    pub fn running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Closes every socket and ends the thread; returns once it has.
+    pub fn stop(&mut self) {
+        self.send(UdpCommand::Stop);
+        self.sockets.clear();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("the UDP thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for UdpService {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn duplicate(sockets: &[UdpSocket]) -> io::Result<Vec<UdpSocket>> {
+    sockets.iter().map(|s| s.try_clone()).collect()
+}

@@ -1,0 +1,273 @@
+//! The UDP thread: one epoll set over every UDP socket, and the per-batch
+//! decision of what to echo.
+//!
+//! The thread sleeps in `epoll_wait` until a socket is readable, a command
+//! arrives (its waker) or the heartbeat period passes. A readable socket
+//! is served batch by batch until the kernel has nothing more queued (a
+//! short batch says so, since `recvmmsg` with `MSG_DONTWAIT` stops at the
+//! first empty read) or [`TURN_BATCHES`] batches have gone by; then the
+//! other sockets and the commands get their turn and the busy socket is
+//! served again at once. Commands are therefore never stuck behind a
+//! flood, and one flooded socket cannot starve another.
+
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::batch::{Batch, MAX_DATAGRAM};
+use super::bucket::{RateLimit, SourceTable};
+use super::counters::UdpStats;
+use super::guard::{BadSource, Guard};
+use super::UdpCommand;
+
+const WAKER: Token = Token(usize::MAX);
+
+/// Loop period when idle (heartbeat for the watchdog).
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Batches one socket gets before the others and the commands get a turn.
+const TURN_BATCHES: usize = 16;
+
+/// At most one log line about refused sources per this interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// One socket being served.
+struct Served {
+    socket: UdpSocket,
+    /// IPv6 socket that also receives IPv4 (sources appear v4-mapped).
+    dual_stack: bool,
+}
+
+struct Service {
+    poll: Poll,
+    inbox: Receiver<UdpCommand>,
+    sockets: Vec<Served>,
+    guard: Guard,
+    table: SourceTable,
+    stats: Arc<UdpStats>,
+    epoch: Instant,
+    /// Refused sources since the last log line, and the latest one.
+    refused: (u64, Option<(SocketAddr, BadSource)>),
+    last_logged: Option<Instant>,
+}
+
+/// Starts the thread; returns its inbox, its waker and its handle.
+pub(super) fn spawn(
+    sockets: Vec<std::net::UdpSocket>,
+    limit: RateLimit,
+    stats: Arc<UdpStats>,
+) -> io::Result<(Sender<UdpCommand>, Waker, JoinHandle<()>)> {
+    let poll = Poll::new()?;
+    let waker = Waker::new(poll.registry(), WAKER)?;
+    let (tx, inbox) = std::sync::mpsc::channel();
+    let mut service = Service {
+        poll,
+        inbox,
+        sockets: Vec::new(),
+        guard: Guard::from_interfaces(),
+        table: SourceTable::new(limit),
+        stats,
+        epoch: Instant::now(),
+        refused: (0, None),
+        last_logged: None,
+    };
+    service.set_sockets(sockets)?;
+    let thread = std::thread::Builder::new()
+        .name("udp".into())
+        .spawn(move || service.run())?;
+    Ok((tx, waker, thread))
+}
+
+impl Service {
+    fn set_sockets(&mut self, sockets: Vec<std::net::UdpSocket>) -> io::Result<()> {
+        let mut new = Vec::with_capacity(sockets.len());
+        for (i, s) in sockets.into_iter().enumerate() {
+            s.set_nonblocking(true)?;
+            let dual_stack = matches!(s.local_addr()?, SocketAddr::V6(_))
+                && !socket2::SockRef::from(&s).only_v6()?;
+            let mut socket = UdpSocket::from_std(s);
+            self.poll
+                .registry()
+                .register(&mut socket, Token(i), Interest::READABLE)?;
+            new.push(Served { socket, dual_stack });
+        }
+        // Dropping the old ones closes them (and leaves the epoll set).
+        self.sockets = new;
+        Ok(())
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(64);
+        let mut batch = Batch::new();
+        // Sockets that had more queued when their turn ended.
+        let mut busy: Vec<usize> = (0..self.sockets.len()).collect();
+        loop {
+            let timeout = if busy.is_empty() {
+                HEARTBEAT
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    log::error!("UDP loop poll failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            UdpStats::add(&self.stats.heartbeat, 1);
+            match self.read_commands() {
+                Turn::Exit => return,
+                Turn::NewSockets => busy = (0..self.sockets.len()).collect(),
+                Turn::Same => {}
+            }
+            for e in events.iter().filter(|e| e.token() != WAKER) {
+                if !busy.contains(&e.token().0) {
+                    busy.push(e.token().0);
+                }
+            }
+            let turn = std::mem::take(&mut busy);
+            for i in turn {
+                if self.serve_socket(i, &mut batch) {
+                    busy.push(i);
+                }
+            }
+        }
+    }
+
+    /// Applies queued commands.
+    fn read_commands(&mut self) -> Turn {
+        let mut turn = Turn::Same;
+        loop {
+            match self.inbox.try_recv() {
+                Ok(UdpCommand::SetSockets(s)) => {
+                    if let Err(e) = self.set_sockets(s) {
+                        log::error!("cannot use the new UDP sockets: {e}");
+                    }
+                    turn = Turn::NewSockets;
+                }
+                Ok(UdpCommand::SetLimit(limit)) => {
+                    if limit != self.table.limit() {
+                        self.table = SourceTable::new(limit);
+                    }
+                    self.guard = Guard::from_interfaces();
+                }
+                Ok(UdpCommand::Stop) | Err(TryRecvError::Disconnected) => {
+                    self.sockets.clear();
+                    return Turn::Exit;
+                }
+                Err(TryRecvError::Empty) => return turn,
+            }
+        }
+    }
+
+    /// Serves socket `i` for one turn; true if more may be queued.
+    fn serve_socket(&mut self, i: usize, batch: &mut Batch) -> bool {
+        let Some(served) = self.sockets.get(i) else {
+            return false;
+        };
+        let fd = served.socket.as_raw_fd();
+        let dual_stack = served.dual_stack;
+        for _ in 0..TURN_BATCHES {
+            let n = match batch.recv(fd) {
+                Ok(n) => n,
+                Err(e) => {
+                    // Rare on an unconnected socket; the next datagram's
+                    // edge brings the loop back.
+                    log::debug!("udp receive: {e}");
+                    return false;
+                }
+            };
+            if n == 0 {
+                return false;
+            }
+            self.echo_batch(batch, fd, n, dual_stack);
+            if n < super::batch::BATCH {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Decides about each of the `n` datagrams just received, then sends
+    /// the echoes in one call.
+    fn echo_batch(&mut self, batch: &mut Batch, fd: i32, n: usize, dual_stack: bool) {
+        let now_ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let (mut bad, mut rate, mut large) = (0u64, 0u64, 0u64);
+        for i in 0..n {
+            let Some(d) = batch.datagram(i) else {
+                bad += 1;
+                continue;
+            };
+            if let Err(why) = self.guard.check(&d.src, dual_stack) {
+                bad += 1;
+                self.refused.0 += 1;
+                self.refused.1 = Some((d.src, why));
+                continue;
+            }
+            if d.truncated || d.data.len() > MAX_DATAGRAM {
+                large += 1;
+                continue;
+            }
+            if !self.table.allow(d.src.ip(), d.data.len(), now_ns) {
+                rate += 1;
+                continue;
+            }
+            batch.pick(i);
+        }
+        let sent = batch.send(fd);
+        let s = &self.stats;
+        UdpStats::add(&s.received, n as u64);
+        UdpStats::add(&s.recv_calls, 1);
+        UdpStats::add(&s.send_calls, sent.calls as u64);
+        UdpStats::add(&s.echoed, sent.sent as u64);
+        UdpStats::add(&s.send_errors, sent.failed as u64);
+        UdpStats::add(&s.bytes_echoed, sent.bytes);
+        UdpStats::add(&s.bad_source, bad);
+        UdpStats::add(&s.rate_limited, rate);
+        UdpStats::add(&s.too_large, large);
+        s.sources.store(
+            self.table.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.log_refused();
+    }
+
+    /// Says, at most once per interval, that sources were refused.
+    fn log_refused(&mut self) {
+        let (count, Some((src, why))) = self.refused else {
+            return;
+        };
+        if self.last_logged.is_some_and(|t| t.elapsed() < LOG_INTERVAL) {
+            return;
+        }
+        log::warn!(
+            "udp: refused {count} datagram(s) from sources that must not get an echo (latest: {src}, {})",
+            describe(why)
+        );
+        self.refused = (0, None);
+        self.last_logged = Some(Instant::now());
+    }
+}
+
+/// What the commands changed.
+enum Turn {
+    Same,
+    NewSockets,
+    Exit,
+}
+
+fn describe(why: BadSource) -> String {
+    match why {
+        BadSource::Port(p) => format!("source port {p} is a well-known service port"),
+        BadSource::Unspecified => "unspecified source address".into(),
+        BadSource::Broadcast => "broadcast source address".into(),
+        BadSource::Multicast => "multicast source address".into(),
+        BadSource::Mapped => "IPv4-mapped or -compatible source address".into(),
+    }
+}
