@@ -1,5 +1,6 @@
 //! Listening sockets: resolving the configured host, binding with the
-//! configured backlog, and changing the backlog of a socket in place.
+//! configured backlog, and changing the backlog of a socket in place; and
+//! binding the UDP sockets of the UDP echo service the same way.
 //!
 //! std's `TcpListener::bind` hard-codes the listen(2) backlog, so sockets
 //! are made with socket2. `SO_REUSEADDR` lets a restarted daemon bind while
@@ -11,7 +12,7 @@
 //! nothing in the accept queue is lost on reload.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -60,6 +61,36 @@ pub fn bind_all(host: &str, port: u16, backlog: u32) -> io::Result<Vec<TcpListen
             port = l.local_addr()?.port();
         }
         out.push(l);
+    }
+    Ok(out)
+}
+
+/// Binds a UDP socket on one address, with the same rules as [`bind`]:
+/// `SO_REUSEADDR`, and an IPv6 socket v6-only unless it is the wildcard.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    if let SocketAddr::V6(v6) = addr {
+        socket.set_only_v6(!v6.ip().is_unspecified())?;
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Binds a UDP socket on every address `host` resolves to. With port 0
+/// the first socket picks the port and the others reuse it.
+pub fn bind_all_udp(host: &str, port: u16) -> io::Result<Vec<UdpSocket>> {
+    let mut out: Vec<UdpSocket> = Vec::new();
+    let mut port = port;
+    for mut addr in resolve(host, port)? {
+        addr.set_port(port);
+        let s = bind_udp(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}/udp: {e}")))?;
+        if port == 0 {
+            port = s.local_addr()?.port();
+        }
+        out.push(s);
     }
     Ok(out)
 }
