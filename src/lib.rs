@@ -23,12 +23,14 @@
 //! | [`stats`] | counters |
 //! | [`udp`] | UDP echo: batches, source guard, per-source rate |
 //! | [`client`] | `echo-labctl connect` |
+//! | [`client_udp`] | `echo-labctl connect --udp` |
 //! | [`bench`] | `echo-labctl bench` |
 
 pub mod activation;
 pub mod affinity;
 pub mod bench;
 pub mod client;
+pub mod client_udp;
 pub mod config;
 pub mod connection;
 pub mod control;

@@ -14,7 +14,8 @@
 //! * [`wire`]: what one read or write result means, for every engine;
 //! * [`tally`]: per-thread latency histograms and failure counts;
 //! * [`report`]: the text and JSON results;
-//! * [`cpu`]: the generator's own CPU time and the server's.
+//! * [`cpu`]: the generator's own CPU time and the server's;
+//! * [`udp`]: `--udp`, ping-pong over UDP with loss and jitter.
 //!
 //! Three ways to load. **Ping-pong** (the default) keeps every connection
 //! busy with one message in flight: write it, wait for its whole echo,
@@ -55,6 +56,7 @@ mod reactor;
 pub mod report;
 mod single;
 pub mod tally;
+pub mod udp;
 mod wire;
 
 use std::io::{IsTerminal, Write as _};
@@ -148,6 +150,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// Ping-pong over UDP (see `udp`): --connections flows, one datagram in
+    /// flight each; reports loss, RTT percentiles and jitter.
+    #[arg(long, conflicts_with_all = ["mode", "rate", "server_pid"])]
+    pub udp: bool,
 }
 
 /// Parses a number of seconds such as `5` or `0.5`.
@@ -174,6 +181,9 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 pub fn run(args: &BenchArgs, default_addr: &str) -> anyhow::Result<i32> {
     let addr_text = args.addr.as_deref().unwrap_or(default_addr);
     let addr = resolve(addr_text)?;
+    if args.udp {
+        return udp::run(args, addr);
+    }
     let connections = args.connections as usize;
     if args.mode == Mode::Hold && args.rate.is_some() {
         bail!("--rate applies to ping-pong, not to --mode hold");

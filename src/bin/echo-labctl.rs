@@ -36,6 +36,9 @@ enum Command {
         /// Connect and echo timeout, in seconds.
         #[arg(long, default_value_t = 5.0, value_name = "SECS")]
         timeout: f64,
+        /// Over UDP: each line is one datagram, each echo is printed.
+        #[arg(long)]
+        udp: bool,
     },
     /// Show the daemon's state: version, pid, uptime, addresses, counters,
     /// last reload.
@@ -261,8 +264,12 @@ fn default_addr() -> String {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Connect { addr, timeout } => {
+        Command::Connect { addr, timeout, udp } => {
             let timeout = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(5));
+            if udp {
+                let addr = addr.unwrap_or_else(default_addr);
+                std::process::exit(echo_lab::client_udp::run(&addr, timeout));
+            }
             echo_lab::client::run(&echo_lab::client::Options {
                 addr: addr.unwrap_or_else(default_addr),
                 timeout,
