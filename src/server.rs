@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use threadpool::ThreadPool;
 
 use crate::affinity;
-use crate::config::{format_duration, Config};
+use crate::config::{self, Apply, Config};
 use crate::listener::{self, AcceptCommand, AcceptorHandle, Workers};
 use crate::net;
 use crate::stats::{ServerStats, Snapshot, WorkerStats};
@@ -280,61 +280,10 @@ impl Server {
     pub fn reload(&mut self, new: Config) -> Result<ReloadReport, ReloadError> {
         let old = self.config.clone();
         let mut report = ReloadReport::default();
-        let mut change = |what: &str, from: String, to: String| {
-            if from != to {
-                report.changes.push(format!("{what}: {from} -> {to}"));
-            }
-        };
-        change("host", old.host.clone(), new.host.clone());
-        change("port", old.port.to_string(), new.port.to_string());
-        change("backlog", old.backlog.to_string(), new.backlog.to_string());
-        change(
-            "pool_size",
-            old.pool_size.to_string(),
-            new.pool_size.to_string(),
-        );
-        change(
-            "idle_timeout",
-            format_duration(old.idle_timeout),
-            format_duration(new.idle_timeout),
-        );
-        change(
-            "max_connections",
-            old.max_connections.to_string(),
-            new.max_connections.to_string(),
-        );
-        change(
-            "drain_timeout",
-            format_duration(old.drain_timeout),
-            format_duration(new.drain_timeout),
-        );
-        change(
-            "max_pending_bytes",
-            old.max_pending_bytes.to_string(),
-            new.max_pending_bytes.to_string(),
-        );
-        change(
-            "busy_poll",
-            format_duration(old.busy_poll),
-            format_duration(new.busy_poll),
-        );
-        change(
-            "log.level",
-            format!("{:?}", old.log.level).to_lowercase(),
-            format!("{:?}", new.log.level).to_lowercase(),
-        );
-        change(
-            "log.target",
-            format!("{:?}", old.log.target).to_lowercase(),
-            format!("{:?}", new.log.target).to_lowercase(),
-        );
-        for (what, differs) in [
-            ("cpu_affinity", old.cpu_affinity != new.cpu_affinity),
-            ("control_socket", old.control_socket != new.control_socket),
-            ("control_group", old.control_group != new.control_group),
-        ] {
-            if differs {
-                report.deferred.push(what.to_string());
+        for change in config::changes(&old, &new) {
+            match change.apply {
+                Apply::Live => report.changes.push(change.to_string()),
+                Apply::AtRestart => report.deferred.push(change.key),
             }
         }
 

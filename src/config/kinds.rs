@@ -1,0 +1,414 @@
+//! The kinds of value a key can hold: how each is read from the file,
+//! range-checked with the range quoted in its message, and rendered back.
+//!
+//! A kind is a small value written in a key's declaration (`Int(0, 65535)`,
+//! `Seconds { max: 3600, note: "" }`); the field's type says what it
+//! produces. A new kind of value is a new type here implementing
+//! [`Kind`]; a new key of an existing kind needs nothing here.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_spanned::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::section::{Apply, Change, Kind, Reader, Rendered, Section};
+
+/// An integer in `min..=max` (the two fields), of whatever integer type
+/// the field has.
+pub(super) struct Int(pub i64, pub i64);
+
+impl<T> Kind<T> for Int
+where
+    T: TryFrom<i64> + Copy + PartialEq,
+    i64: TryFrom<T>,
+{
+    fn read(&self, value: &Spanned<DeValue<'_>>, key: &str, r: &mut Reader<'_>) -> Option<T> {
+        let n: i64 = r.deserialize(value, key)?;
+        let Int(min, max) = *self;
+        match T::try_from(n) {
+            Ok(x) if (min..=max).contains(&n) => Some(x),
+            _ => {
+                r.fail(
+                    value,
+                    key,
+                    format!("{n} is out of range; allowed: {min} to {max}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn render(&self, value: &T) -> Rendered {
+        // Every value read passed the i64 range check above.
+        i64::try_from(*value).map_or(Rendered::Unset, |n| Rendered::Value(n.into()))
+    }
+}
+
+/// `true` or `false`.
+pub(super) struct Flag;
+
+impl Kind<bool> for Flag {
+    fn read(&self, value: &Spanned<DeValue<'_>>, key: &str, r: &mut Reader<'_>) -> Option<bool> {
+        r.deserialize(value, key)
+    }
+
+    fn render(&self, value: &bool) -> Rendered {
+        Rendered::Value((*value).into())
+    }
+}
+
+/// A host name or an IPv4/IPv6 literal (brackets around IPv6 dropped).
+pub(super) struct Host;
+
+impl Kind<String> for Host {
+    fn read(&self, value: &Spanned<DeValue<'_>>, key: &str, r: &mut Reader<'_>) -> Option<String> {
+        let s: String = r.deserialize(value, key)?;
+        let s = s.trim();
+        if s.is_empty() || s.chars().any(|ch| ch.is_whitespace() || ch == '/') {
+            r.fail(
+                value,
+                key,
+                "must be a host name or an IPv4/IPv6 address".into(),
+            );
+            return None;
+        }
+        Some(s.trim_start_matches('[').trim_end_matches(']').to_string())
+    }
+
+    fn render(&self, value: &String) -> Rendered {
+        Rendered::Value(value.clone().into())
+    }
+}
+
+/// An absolute path that fits in a Unix socket address.
+pub(super) struct SocketPath;
+
+impl Kind<PathBuf> for SocketPath {
+    fn read(&self, value: &Spanned<DeValue<'_>>, key: &str, r: &mut Reader<'_>) -> Option<PathBuf> {
+        let s: String = r.deserialize(value, key)?;
+        let problem = if s.is_empty() || !s.starts_with('/') {
+            "must be an absolute path"
+        } else if s.len() > 107 {
+            "must be at most 107 bytes long (a Unix socket address)"
+        } else {
+            return Some(PathBuf::from(s));
+        };
+        r.fail(value, key, problem.into());
+        None
+    }
+
+    fn render(&self, value: &PathBuf) -> Rendered {
+        Rendered::Value(value.display().to_string().into())
+    }
+}
+
+/// A non-empty string; the field is what an empty one is told.
+pub(super) struct NonEmpty(pub &'static str);
+
+impl Kind<String> for NonEmpty {
+    fn read(&self, value: &Spanned<DeValue<'_>>, key: &str, r: &mut Reader<'_>) -> Option<String> {
+        let s: String = r.deserialize(value, key)?;
+        if s.is_empty() {
+            r.fail(value, key, self.0.into());
+            return None;
+        }
+        Some(s)
+    }
+
+    fn render(&self, value: &String) -> Rendered {
+        Rendered::Value(value.clone().into())
+    }
+}
+
+/// One of a fixed set of words: an enum with serde's derives (its refusal
+/// lists the words: "unknown variant `loud`, expected one of ...").
+pub(super) struct Word;
+
+impl<T> Kind<T> for Word
+where
+    T: for<'de> Deserialize<'de> + Serialize + PartialEq,
+{
+    fn read(&self, value: &Spanned<DeValue<'_>>, key: &str, r: &mut Reader<'_>) -> Option<T> {
+        r.deserialize(value, key)
+    }
+
+    fn render(&self, value: &T) -> Rendered {
+        // A unit variant always serializes, to its name.
+        toml::Value::try_from(value).map_or(Rendered::Unset, Rendered::Value)
+    }
+}
+
+/// A key that may be left out (`None`); the field is the kind when set.
+pub(super) struct Optional<K>(pub K);
+
+impl<T: PartialEq, K: Kind<T>> Kind<Option<T>> for Optional<K> {
+    fn read(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+        r: &mut Reader<'_>,
+    ) -> Option<Option<T>> {
+        self.0.read(value, key, r).map(Some)
+    }
+
+    fn render(&self, value: &Option<T>) -> Rendered {
+        value.as_ref().map_or(Rendered::Unset, |v| self.0.render(v))
+    }
+}
+
+/// A table (`[log]`) whose keys a [`Section`] declares.
+pub(super) struct Table;
+
+impl<S: Section + PartialEq> Kind<S> for Table {
+    fn read(&self, value: &Spanned<DeValue<'_>>, key: &str, r: &mut Reader<'_>) -> Option<S> {
+        let table = expect_table(value, key, r)?;
+        Some(S::read(table, key, r))
+    }
+
+    fn render(&self, value: &S) -> Rendered {
+        Rendered::Table(value.render())
+    }
+
+    fn changes(&self, key: &str, old: &S, new: &S, apply: Apply, out: &mut Vec<Change>) {
+        S::changes(old, new, key, apply, out);
+    }
+}
+
+/// An array of tables (`[[listen]]`), each element a [`Section`]; element
+/// `i`'s keys are named `key[i].name` in diagnostics. A change anywhere in
+/// the array is reported as the whole array's.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "for the first [[array]] key; tested now")
+)]
+pub(super) struct Tables;
+
+impl<S: Section + PartialEq> Kind<Vec<S>> for Tables {
+    fn read(&self, value: &Spanned<DeValue<'_>>, key: &str, r: &mut Reader<'_>) -> Option<Vec<S>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            r.with_serde(value, key, |d| {
+                serde::Deserializer::deserialize_any(d, Refuse("an array of tables"))
+            })?;
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{key}[{i}]");
+            match expect_table(item, &at, r) {
+                Some(table) => out.push(S::read(table, &at, r)),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn render(&self, value: &Vec<S>) -> Rendered {
+        Rendered::Tables(value.iter().map(|s| Rendered::Table(s.render())).collect())
+    }
+}
+
+/// `value` as a table, or a refusal in serde's words ("invalid type:
+/// integer `5`, expected a table").
+fn expect_table<'a, 'de>(
+    value: &'a Spanned<DeValue<'de>>,
+    key: &str,
+    r: &mut Reader<'_>,
+) -> Option<&'a DeTable<'de>> {
+    if let DeValue::Table(t) = value.get_ref() {
+        return Some(t);
+    }
+    r.with_serde(value, key, |d| {
+        serde::Deserializer::deserialize_any(d, Refuse("a table"))
+    })?;
+    None
+}
+
+/// A serde visitor that accepts nothing: deserializing with it yields
+/// serde's "invalid type: X, expected <the field>" for any value.
+struct Refuse(&'static str);
+
+impl serde::de::Visitor<'_> for Refuse {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// A duration in whole seconds, at most `max` of them; `note` (if not
+/// empty) ends the quoted range.
+pub(super) struct Seconds {
+    pub max: u64,
+    pub note: &'static str,
+}
+
+impl Kind<Duration> for Seconds {
+    fn read(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+        r: &mut Reader<'_>,
+    ) -> Option<Duration> {
+        let range = format!(
+            "allowed: 0 to {} seconds ({}), as an integer number of seconds or a string like \"90s\", \"5m\"{}",
+            self.max,
+            format_duration(Duration::from_secs(self.max)),
+            if self.note.is_empty() { String::new() } else { format!("; {}", self.note) }
+        );
+        read_duration(value, key, r, Unit::Seconds, self.max, &range)
+    }
+
+    fn render(&self, value: &Duration) -> Rendered {
+        Rendered::Value(format_duration(*value).into())
+    }
+}
+
+/// A short duration in whole microseconds, at most `max` of them; 0 = off.
+pub(super) struct Micros {
+    pub max: u64,
+}
+
+impl Kind<Duration> for Micros {
+    fn read(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+        r: &mut Reader<'_>,
+    ) -> Option<Duration> {
+        let range = format!(
+            "allowed: 0 (off) to {} microseconds, as an integer number of microseconds or a string like \"50us\", \"1ms\"",
+            self.max
+        );
+        read_duration(value, key, r, Unit::Micros, self.max, &range)
+    }
+
+    fn render(&self, value: &Duration) -> Rendered {
+        Rendered::Value(format_duration(*value).into())
+    }
+}
+
+/// A duration written as a bare number of `unit`s or a string like "90s";
+/// refused unless a whole number of `unit`s, at most `max` of them.
+/// `range` ends every message.
+fn read_duration(
+    value: &Spanned<DeValue<'_>>,
+    key: &str,
+    r: &mut Reader<'_>,
+    unit: Unit,
+    max: u64,
+    range: &str,
+) -> Option<Duration> {
+    let raw = r.with_serde(value, key, |d| {
+        serde::Deserializer::deserialize_any(d, RawDurationVisitor(unit))
+    })?;
+    let parsed = match raw {
+        RawDuration::Count(n) if n >= 0 => Ok(unit.times(n as u64)),
+        RawDuration::Count(n) => Err(format!("{n} is out of range; {range}")),
+        RawDuration::Text(t) => match t.trim().parse::<u64>() {
+            Ok(n) => Ok(unit.times(n)),
+            Err(_) => humantime::parse_duration(t.trim())
+                .map_err(|e| format!("\"{t}\" is not a duration ({e}); {range}")),
+        },
+    };
+    let message = match parsed {
+        Ok(d) if d.as_nanos() % unit.nanos() != 0 => {
+            format!("must be a whole number of {}; {range}", unit.name())
+        }
+        Ok(d) if d <= unit.times(max) => return Some(d),
+        Ok(d) => format!("{} is out of range; {range}", format_duration(d)),
+        Err(m) => m,
+    };
+    r.fail(value, key, message);
+    None
+}
+
+/// A duration as written: a bare number of the key's unit, or a string
+/// like "90s", "5m" or "50us".
+enum RawDuration {
+    Count(i64),
+    Text(String),
+}
+
+struct RawDurationVisitor(Unit);
+
+impl serde::de::Visitor<'_> for RawDurationVisitor {
+    type Value = RawDuration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Unit::Seconds => {
+                f.write_str("integer seconds or a duration string like \"90s\" or \"5m\"")
+            }
+            Unit::Micros => {
+                f.write_str("integer microseconds or a duration string like \"50us\" or \"1ms\"")
+            }
+        }
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<RawDuration, E> {
+        Ok(RawDuration::Count(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawDuration, E> {
+        i64::try_from(v)
+            .map(RawDuration::Count)
+            .map_err(|_| E::custom("duration out of range"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<RawDuration, E> {
+        Ok(RawDuration::Text(v.to_string()))
+    }
+}
+
+/// The unit a bare number in a duration setting counts.
+#[derive(Clone, Copy)]
+enum Unit {
+    Seconds,
+    Micros,
+}
+
+impl Unit {
+    fn times(self, n: u64) -> Duration {
+        match self {
+            Unit::Seconds => Duration::from_secs(n),
+            Unit::Micros => Duration::from_micros(n),
+        }
+    }
+
+    fn nanos(self) -> u128 {
+        self.times(1).as_nanos()
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Seconds => "seconds",
+            Unit::Micros => "microseconds",
+        }
+    }
+}
+
+/// Formats a duration the way the config accepts it ("0s", "90s", "5m",
+/// and below a second "50us", "2ms").
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 {
+        let us = d.as_micros();
+        if us.is_multiple_of(1000) {
+            format!("{}ms", us / 1000)
+        } else {
+            format!("{us}us")
+        }
+    } else if secs == 0 {
+        "0s".to_string()
+    } else if secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else if secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
