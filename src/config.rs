@@ -321,6 +321,281 @@ mod tests {
     }
 }
 
+/// The reload report and the live/restart marks, from the declarations.
+#[cfg(test)]
+mod change_report {
+    use super::*;
+
+    /// A config in which every key differs from [`Config::default`]
+    /// (a struct literal, so a new key cannot be forgotten here).
+    fn every_key_changed() -> (Config, Config) {
+        let old = Config {
+            pool_size: 1,
+            ..Config::default()
+        };
+        let new = Config {
+            host: "::1".into(),
+            port: 7,
+            backlog: 16,
+            pool_size: 4,
+            idle_timeout: Duration::from_secs(90),
+            max_connections: 5,
+            drain_timeout: Duration::from_secs(3),
+            max_pending_bytes: 4096,
+            busy_poll: Duration::from_micros(50),
+            cpu_affinity: false,
+            control_socket: Some("/tmp/x.sock".into()),
+            control_group: Some("adm".into()),
+            log: LogConfig {
+                level: LogLevel::Debug,
+                target: Some(LogTarget::Syslog),
+            },
+        };
+        (old, new)
+    }
+
+    fn table(changes: &[Change]) -> Vec<(&str, &str, &str, Apply)> {
+        changes
+            .iter()
+            .map(|c| (c.key.as_str(), c.from.as_str(), c.to.as_str(), c.apply))
+            .collect()
+    }
+
+    #[test]
+    fn every_key_is_reported_with_both_values_and_its_mark() {
+        use Apply::{AtRestart, Live};
+        let (old, new) = every_key_changed();
+        assert_eq!(
+            table(&changes(&old, &new)),
+            vec![
+                ("host", "127.0.0.1", "::1", Live),
+                ("port", "7007", "7", Live),
+                ("backlog", "1024", "16", Live),
+                ("pool_size", "1", "4", Live),
+                ("idle_timeout", "5m", "90s", Live),
+                ("max_connections", "10000", "5", Live),
+                ("drain_timeout", "10s", "3s", Live),
+                ("max_pending_bytes", "65536", "4096", Live),
+                ("busy_poll", "0s", "50us", Live),
+                ("cpu_affinity", "true", "false", AtRestart),
+                ("control_socket", "unset", "/tmp/x.sock", AtRestart),
+                ("control_group", "unset", "adm", AtRestart),
+                ("log.level", "info", "debug", Live),
+                ("log.target", "unset", "syslog", Live),
+            ]
+        );
+        // And back: the same keys, values swapped.
+        let back = changes(&new, &old);
+        assert_eq!(back.len(), 14);
+        assert_eq!(back[9].to_string(), "cpu_affinity: false -> true");
+        assert_eq!(back[13].to_string(), "log.target: syslog -> unset");
+    }
+
+    #[test]
+    fn only_what_differs_is_reported() {
+        let c = Config::default();
+        assert!(changes(&c, &c.clone()).is_empty());
+        let mut new = c.clone();
+        new.idle_timeout = Duration::from_secs(2);
+        new.log.level = LogLevel::Warn;
+        let got: Vec<String> = changes(&c, &new).iter().map(|c| c.to_string()).collect();
+        assert_eq!(got, ["idle_timeout: 5m -> 2s", "log.level: info -> warn"]);
+    }
+
+    #[test]
+    fn a_parsed_file_reports_as_it_was_written() {
+        let old = Config::parse("idle_timeout = 60\n", "a").unwrap();
+        let new = Config::parse("idle_timeout = \"1s\"\nbusy_poll = \"2ms\"\n", "b").unwrap();
+        let got: Vec<String> = changes(&old, &new).iter().map(|c| c.to_string()).collect();
+        assert_eq!(got, ["idle_timeout: 1m -> 1s", "busy_poll: 0s -> 2ms"]);
+    }
+
+    /// The man page's `reload: yes/no` for each key, keyed by dotted path.
+    fn man_page_marks() -> Vec<(String, bool)> {
+        let man = include_str!("../man/echo-lab.toml.5");
+        let mut marks = Vec::new();
+        let mut table = String::new();
+        let mut key: Option<String> = None;
+        for line in man.lines() {
+            if let Some(rest) = line.strip_prefix(".Ss The [") {
+                table = rest.split(']').next().unwrap_or("").to_string();
+            } else if let Some(rest) = line.strip_prefix(".It Ic ") {
+                let name = rest.split_whitespace().next().unwrap_or("");
+                key = Some(section::join_key(&table, name));
+            } else if let Some(rest) = line.strip_prefix(".Sy reload: ") {
+                if let Some(k) = key.take() {
+                    marks.push((k, rest.starts_with("yes")));
+                }
+            }
+        }
+        marks
+    }
+
+    #[test]
+    fn the_man_page_documents_every_key_with_its_reload_mark() {
+        let (old, new) = every_key_changed();
+        let declared: Vec<(String, bool)> = changes(&old, &new)
+            .into_iter()
+            .map(|c| (c.key, c.apply == Apply::Live))
+            .collect();
+        assert_eq!(man_page_marks(), declared);
+    }
+
+    #[test]
+    fn the_shipped_config_shows_every_key() {
+        let shipped = include_str!("../config/echo-lab.toml");
+        let (old, new) = every_key_changed();
+        for c in changes(&old, &new) {
+            let (table, name) = c.key.rsplit_once('.').unwrap_or(("", &c.key));
+            let at = if table.is_empty() {
+                0
+            } else {
+                shipped
+                    .find(&format!("\n[{table}]\n"))
+                    .unwrap_or_else(|| panic!("no [{table}] in config/echo-lab.toml"))
+            };
+            let written = shipped[at..].lines().any(|l| {
+                let l = l.trim_start_matches('#');
+                l.starts_with(&format!("{name} =")) || l.starts_with(&format!("{name}="))
+            });
+            assert!(written, "config/echo-lab.toml does not show {}", c.key);
+        }
+    }
+}
+
+/// The design takes nested tables and arrays of tables (`[[listen]]`)
+/// without change: a section declared here, as a new key would be.
+#[cfg(test)]
+mod nested {
+    use super::kinds::Tables;
+    use super::*;
+
+    section! {
+        /// A file with an array of tables and a restart-only table.
+        struct Demo {
+            /// A plain key.
+            name: String = "demo".to_string(), NonEmpty("must not be empty"), Live;
+            /// `[[listen]]`.
+            listen: Vec<Listen> = Vec::new(), Tables, Live;
+            /// `[frozen]`: its keys apply at restart whatever they say.
+            frozen: Frozen = Frozen::default(), Table, AtRestart;
+        }
+    }
+
+    section! {
+        /// One `[[listen]]` element.
+        struct Listen {
+            /// Address.
+            host: String = "127.0.0.1".to_string(), Host, Live;
+            /// Port.
+            port: u16 = 7, Int(0, 65535), Live;
+        }
+    }
+
+    section! {
+        /// `[frozen]`.
+        struct Frozen {
+            /// Marked live, but inside a restart-only table.
+            depth: u32 = 1, Int(1, 9), Live;
+        }
+    }
+
+    fn read(text: &str) -> Result<Demo, Vec<Diagnostic>> {
+        let src = Source {
+            text,
+            file: "n.toml",
+        };
+        let table =
+            DeTable::parse(text).map_err(|e| src.syntax_error(&e).diagnostics().to_vec())?;
+        let mut r = Reader::new(&src);
+        let demo = Demo::read(table.get_ref(), "", &mut r);
+        let diags = r.finish();
+        if diags.is_empty() {
+            Ok(demo)
+        } else {
+            Err(diags)
+        }
+    }
+
+    fn located(d: &[Diagnostic]) -> Vec<(usize, usize, &str)> {
+        d.iter()
+            .map(|d| (d.line, d.column, d.key.as_deref().unwrap_or("")))
+            .collect()
+    }
+
+    #[test]
+    fn arrays_of_tables_are_read_in_order() {
+        let demo = read("[[listen]]\nport = 1\n[[listen]]\nhost = \"::1\"\nport = 2\n").unwrap();
+        let got: Vec<(&str, u16)> = demo
+            .listen
+            .iter()
+            .map(|l| (l.host.as_str(), l.port))
+            .collect();
+        assert_eq!(got, [("127.0.0.1", 1), ("::1", 2)]);
+    }
+
+    #[test]
+    fn nested_keys_are_checked_and_located_by_element() {
+        let d = read("[[listen]]\nport = 1\n[[listen]]\nprot = 2\nport = 70000\n").unwrap_err();
+        assert_eq!(
+            located(&d),
+            [(4, 1, "listen[1].prot"), (5, 8, "listen[1].port")]
+        );
+        assert!(
+            d[0].message.contains("did you mean 'listen[1].port'?"),
+            "{}",
+            d[0].message
+        );
+        assert!(
+            d[1].message.contains("allowed: 0 to 65535"),
+            "{}",
+            d[1].message
+        );
+        let d = read("listen = 5\n").unwrap_err();
+        assert_eq!(located(&d), [(1, 10, "listen")]);
+        assert!(
+            d[0].message.contains("expected an array of tables"),
+            "{}",
+            d[0].message
+        );
+        let d = read("listen = [{ port = 1 }, 3]\n").unwrap_err();
+        assert_eq!(located(&d), [(1, 25, "listen[1]")]);
+        assert!(
+            d[0].message.contains("expected a table"),
+            "{}",
+            d[0].message
+        );
+    }
+
+    #[test]
+    fn arrays_of_tables_render_and_read_back() {
+        let text = "name = \"x\"\n[[listen]]\nport = 1\n[[listen]]\nhost = \"::1\"\nport = 2\n[frozen]\ndepth = 3\n";
+        let demo = read(text).unwrap();
+        let printed = toml::to_string(&Rendered::Table(demo.render())).unwrap();
+        assert!(printed.contains("[[listen]]"), "{printed}");
+        assert_eq!(read(&printed).unwrap(), demo, "{printed}");
+    }
+
+    #[test]
+    fn a_restart_only_table_caps_its_keys_and_arrays_report_whole() {
+        let old = read("").unwrap();
+        let new = read("[frozen]\ndepth = 2\n[[listen]]\nport = 9\n").unwrap();
+        let mut out = Vec::new();
+        Demo::changes(&old, &new, "", Apply::Live, &mut out);
+        let got: Vec<(String, Apply)> = out.iter().map(|c| (c.to_string(), c.apply)).collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "listen: [] -> [{ host = \"127.0.0.1\", port = 9 }]".to_string(),
+                    Apply::Live
+                ),
+                ("frozen.depth: 1 -> 2".to_string(), Apply::AtRestart),
+            ]
+        );
+    }
+}
+
 #[cfg(test)]
 mod properties {
     use super::*;
