@@ -223,3 +223,26 @@ fn drain_timeout_and_pending_cap_are_reloadable() {
     );
     let _ = stay.write_all(b"late");
 }
+
+#[test]
+fn restart_only_keys_are_reported_as_deferred_and_left_alone() {
+    let d = Daemon::start("cpu_affinity = false\nidle_timeout = 60\n");
+    let control = d.control_path();
+    rewrite(
+        &d,
+        &format!(
+            "host = \"127.0.0.1\"\nport = 0\ncontrol_socket = {:?}\ncpu_affinity = true\n\
+             idle_timeout = 30\n[log]\ntarget = \"stderr\"\n",
+            control.to_str().unwrap()
+        ),
+    );
+    hup(&d);
+    let line = d.wait_for_log("idle_timeout: 1m -> 30s", IO_TIMEOUT);
+    assert!(line.contains("log.target: unset -> stderr"), "{line}");
+    assert!(line.ends_with("(at next restart: cpu_affinity)"), "{line}");
+    // Deferred means not applied: the workers stay unpinned.
+    let status = ctl_status(&d);
+    let workers = status["stats"]["workers"].as_array().expect("workers");
+    assert!(!workers.is_empty());
+    assert!(workers.iter().all(|w| w["cpu"].is_null()), "{status}");
+}
