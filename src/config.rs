@@ -12,7 +12,7 @@
 //!
 //! ## A key is declared once
 //!
-//! Each key is one line of a [`section!`] declaration below:
+//! Each key is one line of a `section!` declaration below:
 //!
 //! ```text
 //! /// What it does (the field's documentation).
@@ -24,7 +24,7 @@
 //! refusal and suggestions), reading and range-checking (the `kind`, e.g.
 //! `Int(1, 1024)`, whose message quotes the range), `--print-config`
 //! rendering, and the reload report with its live/restart classification
-//! ([`changes`]). To add a key:
+//! (`changes`). To add a key:
 //!
 //! 1. add its line to the section it belongs to, with an existing kind from
 //!    `kinds` or a new one there (a type implementing `section::Kind`);
