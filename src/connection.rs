@@ -25,7 +25,9 @@ use std::net::Shutdown;
 
 use mio::net::TcpStream;
 
+use crate::affinity::Steer;
 use crate::protocol::{Detector, Notice, Scan};
+use crate::stats::Open;
 
 /// At most this many reads per readiness event before yielding to other
 /// connections (fairness: one fast client cannot monopolise a worker).
@@ -33,7 +35,7 @@ const READ_BUDGET: usize = 16;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Echoing.
     Open,
     /// A final notice is queued; close once it is flushed.
@@ -44,7 +46,7 @@ pub enum Phase {
 
 /// What the worker must do after an event was handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Nothing special; wait for the next event.
     Wait,
     /// The read budget ran out with input possibly left: handle again soon.
@@ -55,7 +57,7 @@ pub enum Step {
 
 /// Result of one readable event, for the worker's bookkeeping.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ReadReport {
+pub(crate) struct ReadReport {
     /// Bytes read from the client.
     pub bytes_in: usize,
     /// The client said `disconnect`.
@@ -100,11 +102,11 @@ impl Pending {
 }
 
 /// How many data-bearing reads between placement checks.
-pub const PLACEMENT_EVERY: u32 = 64;
+pub(crate) const PLACEMENT_EVERY: u32 = 64;
 
 /// A client connection owned by one worker.
 #[derive(Debug)]
-pub struct Connection {
+pub(crate) struct Connection {
     /// The client's socket (non-blocking, registered with the worker).
     stream: TcpStream,
     /// Echo (and notices) accepted from the client but not yet written.
@@ -123,11 +125,15 @@ pub struct Connection {
     /// Reads that brought data since the worker last asked where this
     /// connection's packets arrive (see [`Connection::placement_due`]).
     reads_since_placed: u32,
+    /// When it may move to another worker (`cpu_affinity`).
+    steer: Steer,
+    /// Counts the connection as open while it lives.
+    _open: Open,
 }
 
 impl Connection {
-    /// Wraps an accepted, non-blocking stream.
-    pub fn new(stream: TcpStream) -> Self {
+    /// Wraps an accepted, non-blocking stream; `open` counts it.
+    pub(crate) fn new(stream: TcpStream, open: Open) -> Self {
         Connection {
             stream,
             pending: Pending::default(),
@@ -137,13 +143,26 @@ impl Connection {
             read_closed: false,
             paused: false,
             reads_since_placed: 0,
+            steer: Steer::placed_at(std::time::Instant::now()),
+            _open: open,
         }
+    }
+
+    /// Restarts the dwell time: the connection arrived on a new worker.
+    pub(crate) fn placed(&mut self, now: std::time::Instant) {
+        self.steer = Steer::placed_at(now);
+        self.reads_since_placed = 0;
+    }
+
+    /// Its placement history, to decide whether it moves.
+    pub(crate) fn steer_mut(&mut self) -> &mut Steer {
+        &mut self.steer
     }
 
     /// Counts a read that brought data; true every [`PLACEMENT_EVERY`]th,
     /// when the worker checks that the connection is on the CPU its
     /// packets arrive on (one getsockopt per that many reads).
-    pub fn placement_due(&mut self) -> bool {
+    pub(crate) fn placement_due(&mut self) -> bool {
         self.reads_since_placed += 1;
         if self.reads_since_placed >= PLACEMENT_EVERY {
             self.reads_since_placed = 0;
@@ -154,23 +173,23 @@ impl Connection {
     }
 
     /// The socket, for (de)registration with a poller.
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
+    pub(crate) fn stream_mut(&mut self) -> &mut TcpStream {
         &mut self.stream
     }
 
     /// The socket, for asking about it.
-    pub fn stream(&self) -> &TcpStream {
+    pub(crate) fn stream(&self) -> &TcpStream {
         &self.stream
     }
 
     /// The current phase.
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         self.phase
     }
 
     /// Reads and echoes what the client sent, within the read budget.
     /// `buf` is the worker's scratch buffer; `cap` the pending-bytes cap.
-    pub fn on_readable(
+    pub(crate) fn on_readable(
         &mut self,
         buf: &mut [u8],
         cap: usize,
@@ -239,7 +258,7 @@ impl Connection {
 
     /// Writes what is pending; resumes reading if backpressure eased.
     /// Returns `Again` when reading should resume right away.
-    pub fn on_writable(&mut self, cap: usize) -> Step {
+    pub(crate) fn on_writable(&mut self, cap: usize) -> Step {
         if let Err(step) = self.flush() {
             return step;
         }
@@ -256,7 +275,7 @@ impl Connection {
 
     /// Queues a notice and keeps the connection open (used for the drain
     /// notice: the client may go on).
-    pub fn notify(&mut self, notice: Notice) -> Step {
+    pub(crate) fn notify(&mut self, notice: Notice) -> Step {
         self.queue_notice(notice);
         match self.flush() {
             Ok(()) => Step::Wait,
@@ -265,7 +284,7 @@ impl Connection {
     }
 
     /// Sends a final notice, then closes (lingering).
-    pub fn finish(&mut self, notice: Notice) -> Step {
+    pub(crate) fn finish(&mut self, notice: Notice) -> Step {
         if self.phase != Phase::Open {
             return Step::Wait;
         }
@@ -361,7 +380,7 @@ impl Connection {
 
     /// Best-effort single write of a notice on a socket that is about to be
     /// dropped (busy refusals, forced closes at the drain deadline).
-    pub fn send_last_words(stream: &mut impl Write, notice: Notice) -> io::Result<()> {
+    pub(crate) fn send_last_words(stream: &mut impl Write, notice: Notice) -> io::Result<()> {
         stream.write_all(notice.line().as_bytes())
     }
 }

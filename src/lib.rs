@@ -8,11 +8,13 @@
 //! |---|---|
 //! | [`config`] | the config file: keys, defaults, parsing, located errors |
 //! | [`net`] | binding listening sockets with a backlog |
-//! | [`listener`] | the accept loop: the only thread touching listeners |
-//! | [`worker`] | a pool thread's event loop and the connections it owns |
-//! | [`connection`] | one client: echo, backpressure, closing |
+//! | `listener` | the accept loop: the only thread touching listeners |
+//! | `pool` | the workers: their table, where each connection goes, resizing, replacing |
+//! | `worker` | a pool thread's event loop and the connections it owns |
+//! | `connection` | one client: echo, backpressure, closing |
 //! | [`protocol`] | what bytes mean: `disconnect`, notices |
-//! | [`timeouts`] | O(1) idle deadlines (a FIFO per timeout value) |
+//! | `timeouts` | O(1) idle deadlines (a FIFO per timeout value) |
+//! | [`affinity`] | CPUs: pinning, arrival CPU, the placement policy |
 //! | [`server`] | starting, reloading and draining the whole |
 //! | [`daemon`] | the supervisor: signals and requests to actions |
 //! | [`notify`] | the systemd notify protocol and watchdog |
@@ -20,11 +22,14 @@
 //! | [`control`] | the control socket and its access rule |
 //! | [`limits`] | RLIMIT_NOFILE |
 //! | [`logging`] | stderr / journal / syslog log sink |
-//! | [`stats`] | counters |
+//! | [`stats`] | counters and the merged snapshot `status` shows |
 //! | [`udp`] | UDP echo: batches, source guard, per-source rate |
 //! | [`client`] | `echo-labctl connect` |
 //! | [`client_udp`] | `echo-labctl connect --udp` |
 //! | [`bench`] | `echo-labctl bench` |
+//! | `fault` | test-only fault hooks (feature `fault-injection`) |
+//!
+//! Modules without a link are internal (`pub(crate)`).
 
 pub mod activation;
 pub mod affinity;
@@ -32,22 +37,23 @@ pub mod bench;
 pub mod client;
 pub mod client_udp;
 pub mod config;
-pub mod connection;
+pub(crate) mod connection;
 pub mod control;
 pub mod daemon;
 #[cfg(feature = "fault-injection")]
-pub mod fault;
+pub(crate) mod fault;
 pub mod limits;
-pub mod listener;
+pub(crate) mod listener;
 pub mod logging;
 pub mod net;
 pub mod notify;
+pub(crate) mod pool;
 pub mod protocol;
 pub mod server;
 pub mod stats;
-pub mod timeouts;
+pub(crate) mod timeouts;
 pub mod udp;
-pub mod worker;
+pub(crate) mod worker;
 
 /// sysexits(3) EX_CONFIG: the config is invalid.
 pub const EX_CONFIG: i32 = 78;

@@ -1,13 +1,11 @@
 //! The accept loop: the only thread that touches the listening sockets.
 //!
 //! It accepts connections as fast as the kernel hands them over, refuses
-//! those beyond `max_connections` with a one-line busy notice, and deals the
-//! rest to the workers, waking each worker once per batch rather than once
-//! per connection: to the worker running on the CPU the connection's
-//! packets arrive on when workers are pinned (see [`crate::affinity`]),
-//! else round-robin (memcached's dispatch). It never reads
-//! from or writes to a client otherwise, so a slow client cannot slow
-//! accepting.
+//! those beyond `max_connections` with a one-line busy notice, and hands
+//! the rest to the pool's [`Dealer`] in batches (which worker gets each is
+//! the pool's business: see [`crate::pool`]), with the CPU the connection
+//! arrived on when workers are pinned. It never reads from or writes to a
+//! client otherwise, so a slow client cannot slow accepting.
 //!
 //! Accept errors never kill the loop. Running out of file descriptors
 //! (EMFILE, ENFILE) or kernel memory leaves the connection in the queue and
@@ -22,7 +20,7 @@
 use std::io::{self, ErrorKind};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -31,9 +29,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::affinity;
 use crate::connection::Connection;
+use crate::pool::{Batch, Dealer};
 use crate::protocol::Notice;
-use crate::stats::ServerStats;
-use crate::worker::{Command, WorkerHandle};
+use crate::stats::{Open, ServerStats};
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -50,11 +48,8 @@ const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// commands again.
 const BATCH: usize = 256;
 
-/// The workers connections are dealt to; replaced when the pool resizes.
-pub type Workers = Arc<RwLock<Vec<WorkerHandle>>>;
-
 /// Messages to the accept loop.
-pub enum AcceptCommand {
+pub(crate) enum AcceptCommand {
     /// Replace the listening sockets (old ones are closed).
     SetListeners(Vec<std::net::TcpListener>),
     /// New connection limit.
@@ -64,7 +59,7 @@ pub enum AcceptCommand {
 }
 
 /// Handle on the running accept loop.
-pub struct AcceptorHandle {
+pub(crate) struct AcceptorHandle {
     tx: Sender<AcceptCommand>,
     waker: Waker,
     thread: Option<JoinHandle<()>>,
@@ -72,7 +67,7 @@ pub struct AcceptorHandle {
 
 impl AcceptorHandle {
     /// Sends a command and wakes the loop.
-    pub fn send(&self, cmd: AcceptCommand) {
+    pub(crate) fn send(&self, cmd: AcceptCommand) {
         if self.tx.send(cmd).is_ok() {
             if let Err(e) = self.waker.wake() {
                 log::error!("cannot wake the accept loop: {e}");
@@ -82,7 +77,7 @@ impl AcceptorHandle {
 
     /// Stops accepting: the listening sockets are closed when this returns,
     /// so new connects are refused.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.send(AcceptCommand::Stop);
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
@@ -103,11 +98,9 @@ struct Acceptor {
     poll: Poll,
     listeners: Vec<TcpListener>,
     inbox: Receiver<AcceptCommand>,
-    workers: Workers,
+    dealer: Dealer,
     stats: Arc<ServerStats>,
     max_connections: usize,
-    /// Round-robin position.
-    next: usize,
     /// When to retry accepting after a resource error.
     retry_at: Option<Instant>,
     /// When the last resource error was logged.
@@ -117,9 +110,9 @@ struct Acceptor {
 }
 
 /// Starts the accept loop on its own thread.
-pub fn spawn(
+pub(crate) fn spawn(
     listeners: Vec<std::net::TcpListener>,
-    workers: Workers,
+    dealer: Dealer,
     stats: Arc<ServerStats>,
     max_connections: usize,
 ) -> io::Result<AcceptorHandle> {
@@ -130,10 +123,9 @@ pub fn spawn(
         poll,
         listeners: Vec::new(),
         inbox,
-        workers,
+        dealer,
         stats,
         max_connections,
-        next: 0,
         retry_at: None,
         last_logged: None,
         suppressed: 0,
@@ -220,24 +212,18 @@ impl Acceptor {
         }
     }
 
-    /// Accepts what listener `i` has queued (up to a batch), dispatching
-    /// each connection; wakes each worker that got one.
+    /// Accepts what listener `i` has queued (up to a batch), dealing each
+    /// connection to the pool.
     fn accept_from(&mut self, i: usize) {
-        // The read guard is held for the whole batch: a pool shrink takes
-        // the write lock before retiring workers, so no connection is ever
-        // queued to a worker after its retirement notice.
-        let shared = self.workers.clone();
-        let workers = shared.read().unwrap_or_else(|p| p.into_inner());
-        if workers.is_empty() {
+        let dealer = self.dealer.clone();
+        let mut batch = dealer.batch();
+        if batch.is_empty() {
             // Not yet (or no longer) anyone to serve: keep the connections
             // queued and look again soon, as the edge will not fire again.
             self.retry_at = Some(Instant::now() + RETRY);
             return;
         }
-        let mut woken = vec![false; workers.len()];
-        // Connections dealt to each worker in this batch, which their
-        // counters do not show yet.
-        let mut dealt = vec![0usize; workers.len()];
+        let pinned = batch.pinned();
         let mut drained = false;
         for _ in 0..BATCH {
             let Some(listener) = self.listeners.get(i) else {
@@ -247,9 +233,7 @@ impl Acceptor {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     log::debug!("connection from {peer}");
-                    if let Some(w) = self.dispatch(stream, &workers, &mut dealt) {
-                        woken[w] = true;
-                    }
+                    self.admit(stream, pinned, &mut batch);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     drained = true;
@@ -265,11 +249,6 @@ impl Acceptor {
                 Err(e) => log::debug!("accept: {e}"),
             }
         }
-        for (w, handle) in workers.iter().enumerate() {
-            if woken[w] {
-                handle.wake();
-            }
-        }
         // A full batch means more may be queued: come back next turn (the
         // edge-triggered poller will not say so again).
         if !drained && self.retry_at.is_none() {
@@ -277,17 +256,9 @@ impl Acceptor {
         }
     }
 
-    /// Hands a new connection to a worker, or refuses it when at the
-    /// limit; returns the worker to wake. With pinned workers, the one on
-    /// the CPU the connection's packets arrive on is preferred (see
-    /// [`affinity`]); otherwise, or when that one has too many already,
-    /// round-robin.
-    fn dispatch(
-        &mut self,
-        mut stream: mio::net::TcpStream,
-        workers: &[WorkerHandle],
-        dealt: &mut [usize],
-    ) -> Option<usize> {
+    /// Refuses a new connection when at the limit, else deals it (with the
+    /// CPU its packets arrive on, when workers are pinned).
+    fn admit(&mut self, mut stream: mio::net::TcpStream, pinned: bool, batch: &mut Batch<'_>) {
         self.stats.accepted.fetch_add(1, Relaxed);
         if self.stats.active.load(Relaxed) >= self.max_connections {
             self.stats.refused.fetch_add(1, Relaxed);
@@ -297,25 +268,17 @@ impl Acceptor {
             );
             let _ = Connection::send_last_words(&mut stream, Notice::Busy(self.max_connections));
             let _ = stream.shutdown(std::net::Shutdown::Write);
-            return None;
+            return;
         }
         // Echo is interactive: never hold back a small write.
         let _ = stream.set_nodelay(true);
-        self.stats.active.fetch_add(1, Relaxed);
         // Asking the kernel costs a system call: only when workers are pinned.
-        let w = affinity::any_pinned(workers)
-            .then(|| affinity::incoming_cpu(&stream))
-            .flatten()
-            .and_then(|cpu| affinity::pick(workers, cpu, dealt))
-            .unwrap_or(self.next % workers.len());
-        self.next = self.next.wrapping_add(1);
-        dealt[w] += 1;
-        if workers[w].queue(Command::Adopt(Connection::new(stream))) {
-            Some(w)
+        let hint = if pinned {
+            affinity::incoming_cpu(&stream)
         } else {
-            self.stats.active.fetch_sub(1, Relaxed);
             None
-        }
+        };
+        batch.deal(Connection::new(stream, Open::new(&self.stats)), hint);
     }
 
     fn log_resource_error(&mut self, e: &io::Error) {

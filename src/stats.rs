@@ -6,15 +6,22 @@
 //! lines, so the hot path never contends), and readers merge them on
 //! demand into a [`Snapshot`]. The few counters shared by the accept loop
 //! and the workers live in [`ServerStats`].
+//!
+//! The count of open connections is kept by ownership, not by hand: every
+//! served connection carries an [`Open`] token that counts it in when it is
+//! made and out when it is dropped, wherever that happens (a close, a
+//! worker that died, a queue that was dropped), so it can never drift.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Counters written by one worker.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-pub struct WorkerStats {
-    /// Connections this worker owns now.
+pub(crate) struct WorkerStats {
+    /// Connections this worker owns or has queued to adopt: its load, as
+    /// the pool deals by it.
     pub connections: AtomicUsize,
     /// Bytes read from clients and echoed.
     pub bytes: AtomicU64,
@@ -32,17 +39,9 @@ pub struct WorkerStats {
     pub cpu: Option<usize>,
 }
 
-impl WorkerStats {
-    /// Adds `n` to a counter (single writer: no read-modify-write needed
-    /// across threads, but `fetch_add` on an uncontended line is as cheap).
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
-    }
-}
-
 /// Counters shared by the accept loop and the workers.
 #[derive(Debug)]
-pub struct ServerStats {
+pub(crate) struct ServerStats {
     /// When the server started.
     pub started: Instant,
     /// Connections open now (accepted and not yet closed).
@@ -64,6 +63,25 @@ impl Default for ServerStats {
             refused: AtomicU64::new(0),
             accept_heartbeat: AtomicU64::new(0),
         }
+    }
+}
+
+/// One open connection, counted in [`ServerStats::active`] for as long as
+/// this token lives.
+#[derive(Debug)]
+pub(crate) struct Open(Arc<ServerStats>);
+
+impl Open {
+    /// Counts a new connection in.
+    pub(crate) fn new(stats: &Arc<ServerStats>) -> Self {
+        stats.active.fetch_add(1, Relaxed);
+        Open(stats.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
     }
 }
 
@@ -107,7 +125,7 @@ pub struct WorkerLoad {
 
 impl Snapshot {
     /// Merges the shared counters and every worker's.
-    pub fn collect<'a>(
+    pub(crate) fn collect<'a>(
         server: &ServerStats,
         workers: impl Iterator<Item = &'a WorkerStats>,
     ) -> Self {

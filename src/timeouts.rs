@@ -48,11 +48,13 @@ impl Default for TimeoutQueue {
 
 impl TimeoutQueue {
     /// Number of slots in the queue.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// True if no slot is queued.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

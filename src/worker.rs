@@ -8,21 +8,28 @@
 //! and an epoll registration, never a thread, so `pool_size` threads hold
 //! tens of thousands of clients. Apache's event MPM (one poller handing
 //! ready connections to workers) was the alternative; it pays a cross-thread
-//! wakeup per message, which is what keeps tokio's echo far above the
-//! syscall floor on one connection. Here a message costs `epoll_wait`,
-//! `read`, `write` on the thread that was already waiting.
+//! wakeup per message. Here a message costs `epoll_wait`, `read`, `write` on
+//! the thread that was already waiting.
 //!
 //! The loop never blocks except in `epoll_wait`, whose timeout is the
 //! nearest deadline (idle, lingering close, drain) or the heartbeat period.
 //! Commands from the rest of the daemon (a new connection, new settings,
-//! drain, stop, retire) arrive on a channel, with a [`mio::Waker`] to
-//! interrupt the wait. A panic while serving one connection closes that
-//! connection only; the loop and every other client carry on.
+//! drain, stop, retire) arrive in the worker's [`Mailbox`], with a
+//! [`mio::Waker`] to interrupt the wait. A panic while serving one
+//! connection closes that connection only; the loop and every other client
+//! carry on.
+//!
+//! A worker knows nothing of the pool's table: where a connection should
+//! move, and who takes a connection it cannot keep, it asks through the
+//! [`Peers`] seam that the pool implements. When a worker ends, whatever
+//! way, its mailbox is closed first (a sender then gets its connection
+//! back) and connections still queued in it go to a peer, or, if none is
+//! left, are told `shutting down` and closed: none is dropped unheard.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -30,9 +37,8 @@ use slab::Slab;
 
 use crate::affinity;
 use crate::connection::{Connection, Phase, Step};
-use crate::listener::Workers;
 use crate::protocol::Notice;
-use crate::stats::{ServerStats, WorkerStats};
+use crate::stats::WorkerStats;
 use crate::timeouts::TimeoutQueue;
 
 /// Token of the waker; connection tokens are slab keys.
@@ -66,12 +72,20 @@ impl Readiness {
         writable: false,
         read_closed: false,
     };
+
+    fn of(event: &mio::event::Event) -> Self {
+        Readiness {
+            readable: event.is_readable() || event.is_read_closed() || event.is_error(),
+            writable: event.is_writable() || event.is_write_closed() || event.is_error(),
+            read_closed: event.is_read_closed(),
+        }
+    }
 }
 
 /// The settings a worker applies to its connections; replaced whole on
 /// reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Close connections idle this long; zero = never.
     pub idle_timeout: Duration,
     /// Per-connection cap on unsent echo.
@@ -83,7 +97,7 @@ pub struct Settings {
 }
 
 /// Messages to a worker.
-pub enum Command {
+pub(crate) enum Command {
     /// Serve this connection from now on.
     Adopt(Connection),
     /// Apply new settings (reload).
@@ -98,39 +112,95 @@ pub enum Command {
     Retire(Sender<Vec<Connection>>),
 }
 
+/// A worker's inbox: the sending side, which the worker closes when it
+/// ends, and the waker that interrupts its wait.
+struct Mailbox {
+    /// `None` once the worker has ended: nothing can be queued any more.
+    tx: Mutex<Option<Sender<Command>>>,
+    waker: Waker,
+}
+
+impl Mailbox {
+    /// Closes the inbox; true if it was open.
+    fn close(&self) -> bool {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take().is_some()
+    }
+}
+
 /// The rest of the daemon's handle on a running worker.
 #[derive(Clone)]
-pub struct WorkerHandle {
-    tx: Sender<Command>,
-    waker: Arc<Waker>,
+pub(crate) struct WorkerHandle {
+    /// Unique for the life of the process (positions in the pool change).
+    pub id: u64,
+    mailbox: Arc<Mailbox>,
     /// The worker's counters (and the CPU it is pinned to).
     pub stats: Arc<WorkerStats>,
 }
 
 impl WorkerHandle {
     /// Queues a command without waking the worker (see [`Self::wake`]);
-    /// false if the worker is gone.
-    pub fn queue(&self, cmd: Command) -> bool {
-        self.tx.send(cmd).is_ok()
+    /// gives it back if the worker has ended.
+    /// A connection queued counts in the worker's load at once, so the
+    /// next one dealt sees it; it is counted under the mailbox's lock, so
+    /// never after the worker has ended.
+    pub fn queue(&self, cmd: Command) -> Result<(), Command> {
+        let tx = self.mailbox.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = tx.as_ref() else {
+            return Err(cmd);
+        };
+        let adopting = matches!(cmd, Command::Adopt(_));
+        if adopting {
+            self.stats.connections.fetch_add(1, Relaxed);
+        }
+        tx.send(cmd).map_err(|e| {
+            if adopting {
+                self.stats.connections.fetch_sub(1, Relaxed);
+            }
+            e.0
+        })
     }
 
     /// Interrupts the worker's wait so it reads its commands.
     pub fn wake(&self) {
-        if let Err(e) = self.waker.wake() {
+        if let Err(e) = self.mailbox.waker.wake() {
             log::error!("cannot wake worker: {e}");
         }
     }
 
-    /// Queues a command and wakes the worker.
-    pub fn send(&self, cmd: Command) -> bool {
-        let ok = self.queue(cmd);
+    /// Queues a command and wakes the worker; gives it back if the worker
+    /// has ended.
+    pub fn send(&self, cmd: Command) -> Result<(), Command> {
+        self.queue(cmd)?;
         self.wake();
-        ok
+        Ok(())
+    }
+
+    /// Hands a connection over; gives it back if the worker has ended.
+    pub fn adopt(&self, conn: Connection) -> Result<(), Connection> {
+        match self.send(Command::Adopt(conn)) {
+            Ok(()) => Ok(()),
+            Err(Command::Adopt(conn)) => Err(conn),
+            Err(_) => unreachable!("send gives back what it was given"),
+        }
     }
 }
 
+/// What a worker may ask of the rest of the pool; implemented by the pool's
+/// table, which the worker never sees.
+pub(crate) trait Peers: Send + Sync {
+    /// The worker that a connection served by worker `me`, whose packets now
+    /// arrive on `cpu`, should move to: one pinned to `cpu` that the balance
+    /// allows, never `me`.
+    fn local_to(&self, me: u64, cpu: usize) -> Option<WorkerHandle>;
+    /// The live workers other than `me`, least loaded first, to take
+    /// connections `me` cannot keep.
+    fn others(&self, me: u64) -> Vec<WorkerHandle>;
+}
+
 /// A worker's event loop and the connections it owns.
-pub struct Worker {
+pub(crate) struct Worker {
+    /// Same as its handle's.
+    id: u64,
     /// Readiness of this worker's sockets.
     poll: Poll,
     /// The connections, keyed by their poll token.
@@ -143,65 +213,73 @@ pub struct Worker {
     again: Vec<usize>,
     /// Commands from the rest of the daemon.
     inbox: Receiver<Command>,
+    /// Closed when the worker ends.
+    mailbox: Arc<Mailbox>,
     /// Current settings.
     settings: Arc<Settings>,
     /// This worker's counters.
     stats: Arc<WorkerStats>,
-    /// Counters shared with the accept loop (`active`).
-    server: Arc<ServerStats>,
     /// Scratch read buffer.
     buf: Box<[u8]>,
     /// Set once draining: when to close whatever is left.
     drain_deadline: Option<Instant>,
-    /// Every worker of the pool, to hand a connection to the one on the
-    /// CPU its packets arrive on.
-    peers: Workers,
+    /// Until when the loop polls instead of sleeping (`busy_poll`).
+    spin_until: Option<Instant>,
+    /// The rest of the pool.
+    peers: Arc<dyn Peers>,
 }
 
 impl Drop for Worker {
     /// Whatever way the loop ended (even a panic outside the per-connection
-    /// guard), the connections it still owns close here: keep the shared
-    /// count of open connections true.
+    /// guard): nothing more can be queued, and connections still queued go
+    /// to a peer or are told the server is going away.
     fn drop(&mut self) {
-        let left = self.conns.len();
-        if left > 0 {
-            self.server.active.fetch_sub(left, Relaxed);
-            self.stats.connections.fetch_sub(left, Relaxed);
+        self.mailbox.close();
+        let late: Vec<Connection> = self.take_inbox();
+        for conn in late {
+            self.pass_on(conn);
         }
+        self.stats.connections.store(0, Relaxed);
     }
 }
 
 impl Worker {
-    /// Creates a worker and its handle; run it with [`Worker::run`] on a
+    /// Creates worker `id` and its handle; run it with [`Worker::run`] on a
     /// pool thread, which it pins to `cpu` if given.
     pub fn new(
+        id: u64,
         settings: Arc<Settings>,
-        server: Arc<ServerStats>,
         cpu: Option<usize>,
-        peers: Workers,
+        peers: Arc<dyn Peers>,
     ) -> std::io::Result<(Worker, WorkerHandle)> {
         let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let waker = Waker::new(poll.registry(), WAKER)?;
         let (tx, inbox) = std::sync::mpsc::channel();
+        let mailbox = Arc::new(Mailbox {
+            tx: Mutex::new(Some(tx)),
+            waker,
+        });
         let stats = Arc::new(WorkerStats {
             cpu,
             ..WorkerStats::default()
         });
         let worker = Worker {
+            id,
             poll,
             conns: Slab::new(),
             idle: TimeoutQueue::default(),
             linger: TimeoutQueue::default(),
             again: Vec::new(),
             inbox,
+            mailbox: mailbox.clone(),
             settings,
             stats: stats.clone(),
-            server,
             buf: vec![0; READ_BUF].into_boxed_slice(),
             drain_deadline: None,
+            spin_until: None,
             peers,
         };
-        Ok((worker, WorkerHandle { tx, waker, stats }))
+        Ok((worker, WorkerHandle { id, mailbox, stats }))
     }
 
     /// Runs the event loop until told to stop, retire, or drained.
@@ -211,10 +289,9 @@ impl Worker {
     /// that long before it sleeps. A sleeping thread costs the client a
     /// wakeup on its next message: an inter-processor interrupt, and on a
     /// virtual machine whose idle CPU halted, an exit to the hypervisor.
-    /// That is most of a round trip on one connection. HAProxy's
-    /// `busy-polling` and Linux's `net.core.busy_poll` make the same trade:
-    /// a core's worth of CPU while traffic flows for latency, off by
-    /// default.
+    /// HAProxy's `busy-polling` and Linux's `net.core.busy_poll` make the
+    /// same trade: a core's worth of CPU while traffic flows for latency,
+    /// off by default.
     pub fn run(mut self) {
         if let Some(cpu) = self.stats.cpu {
             // The worker then runs wherever the scheduler puts it.
@@ -223,69 +300,82 @@ impl Worker {
             }
         }
         let mut events = Events::with_capacity(1024);
-        let mut again = Vec::new();
-        // Until when the loop polls instead of sleeping.
-        let mut spin_until: Option<Instant> = None;
         loop {
-            let mut now = Instant::now();
-            let mut timeout = self.poll_timeout(now);
-            if let Some(until) = spin_until {
-                if now < until {
-                    timeout = Duration::ZERO;
-                } else {
-                    spin_until = None;
-                }
+            if !self.wait(&mut events) {
+                self.close_all();
+                return;
             }
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    log::error!("worker poll failed: {e}; closing its connections");
-                    self.close_all();
-                    return;
-                }
-            }
-            if timeout.is_zero() && events.is_empty() && self.again.is_empty() {
-                // Spinning and nothing came: let a thread that shares
-                // this CPU (a local client, say) run before asking again.
-                std::thread::yield_now();
-            }
-            now = Instant::now();
+            let now = Instant::now();
             self.stats.heartbeat.fetch_add(1, Relaxed);
-            if !self.settings.busy_poll.is_zero() && events.iter().any(|e| e.token() != WAKER) {
-                spin_until = Some(now + self.settings.busy_poll);
-            }
-            std::mem::swap(&mut again, &mut self.again);
-            for event in events.iter() {
-                if event.token() == WAKER {
-                    continue;
-                }
-                let ready = Readiness {
-                    readable: event.is_readable() || event.is_read_closed() || event.is_error(),
-                    writable: event.is_writable() || event.is_write_closed() || event.is_error(),
-                    read_closed: event.is_read_closed(),
-                };
-                self.serve(event.token().0, ready, now);
-            }
-            for slot in again.drain(..) {
-                self.serve(slot, Readiness::AGAIN, now);
-            }
+            self.serve_ready(&events, now);
             if !self.read_commands(now) {
                 return;
             }
             self.expire(now);
-            if let Some(deadline) = self.drain_deadline {
-                if self.conns.is_empty() {
-                    return;
-                }
-                if now >= deadline {
-                    log::info!(
-                        "drain deadline reached; closing {} connection(s)",
-                        self.conns.len()
-                    );
-                    self.close_all();
-                    return;
-                }
+            if self.drain_finished(now) {
+                return;
             }
         }
+    }
+
+    /// Waits for readiness, or spins while busy polling; false if the
+    /// poller failed.
+    fn wait(&mut self, events: &mut Events) -> bool {
+        let now = Instant::now();
+        let mut timeout = self.poll_timeout(now);
+        match self.spin_until {
+            Some(until) if now < until => timeout = Duration::ZERO,
+            Some(_) => self.spin_until = None,
+            None => {}
+        }
+        if let Err(e) = self.poll.poll(events, Some(timeout)) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                log::error!("worker poll failed: {e}; closing its connections");
+                return false;
+            }
+        }
+        if timeout.is_zero() && events.is_empty() && self.again.is_empty() {
+            // Spinning and nothing came: let a thread that shares
+            // this CPU (a local client, say) run before asking again.
+            std::thread::yield_now();
+        }
+        true
+    }
+
+    /// Serves every connection the poller reported, then those that used
+    /// up their read budget last turn.
+    fn serve_ready(&mut self, events: &Events, now: Instant) {
+        let again = std::mem::take(&mut self.again);
+        let mut served = false;
+        for event in events.iter().filter(|e| e.token() != WAKER) {
+            served = true;
+            self.serve(event.token().0, Readiness::of(event), now);
+        }
+        if served && !self.settings.busy_poll.is_zero() {
+            self.spin_until = Some(now + self.settings.busy_poll);
+        }
+        for slot in again {
+            self.serve(slot, Readiness::AGAIN, now);
+        }
+    }
+
+    /// True when a drain is over: every client left, or the deadline came.
+    fn drain_finished(&mut self, now: Instant) -> bool {
+        let Some(deadline) = self.drain_deadline else {
+            return false;
+        };
+        if self.conns.is_empty() {
+            return true;
+        }
+        if now < deadline {
+            return false;
+        }
+        log::info!(
+            "drain deadline reached; closing {} connection(s)",
+            self.conns.len()
+        );
+        self.close_all();
+        true
     }
 
     fn poll_timeout(&self, now: Instant) -> Duration {
@@ -314,7 +404,11 @@ impl Worker {
             return;
         }
         let result = catch_unwind(AssertUnwindSafe(|| self.serve_inner(slot, ready, now)));
-        if result.is_err() {
+        if let Err(panic) = result {
+            #[cfg(feature = "fault-injection")]
+            crate::fault::propagate_worker_kill(panic);
+            #[cfg(not(feature = "fault-injection"))]
+            drop(panic);
             self.stats.panics.fetch_add(1, Relaxed);
             log::error!("panic while serving a connection; closed it, others unaffected");
             self.close(slot);
@@ -322,21 +416,16 @@ impl Worker {
     }
 
     fn serve_inner(&mut self, slot: usize, ready: Readiness, now: Instant) {
-        let Readiness {
-            readable,
-            writable,
-            read_closed,
-        } = ready;
         let cap = self.settings.max_pending_bytes;
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
         let mut step = Step::Wait;
-        if writable {
+        if ready.writable {
             step = conn.on_writable(cap);
         }
-        if step != Step::Close && (readable || step == Step::Again) {
-            let (s, report) = conn.on_readable(&mut self.buf, cap, read_closed);
+        if step != Step::Close && (ready.readable || step == Step::Again) {
+            let (s, report) = conn.on_readable(&mut self.buf, cap, ready.read_closed);
             step = s;
             if report.disconnected {
                 self.stats.disconnects.fetch_add(1, Relaxed);
@@ -347,7 +436,7 @@ impl Worker {
                 let due = self.stats.cpu.is_some() && conn.placement_due();
                 self.after(slot, step, now);
                 if due {
-                    self.place(slot);
+                    self.steer(slot, now);
                 }
                 return;
             }
@@ -355,47 +444,53 @@ impl Worker {
         self.after(slot, step, now);
     }
 
-    /// With pinned workers: if the connection's packets now arrive on
-    /// another CPU (its client moved, or the accept-time guess was wrong),
-    /// hands it to the worker pinned there, when the balance allows (see
-    /// [`affinity::pick`]). The connection leaves with its unsent echo and
-    /// state; the new worker's poller reports whatever input is waiting.
-    fn place(&mut self, slot: usize) {
-        let Some(conn) = self.conns.get(slot) else {
+    /// With pinned workers: if the connection's packets keep arriving on
+    /// another CPU (and it has dwelt here long enough: see
+    /// [`affinity::Steer`]), hands it to the worker pinned there, when the
+    /// balance allows. It leaves with its unsent echo and state; the new
+    /// worker's poller reports whatever input is waiting.
+    fn steer(&mut self, slot: usize, now: Instant) {
+        let (Some(mine), None) = (self.stats.cpu, self.drain_deadline) else {
             return;
         };
-        if conn.phase() != Phase::Open || self.drain_deadline.is_some() {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.phase() != Phase::Open {
             return;
         }
         let Some(cpu) = affinity::incoming_cpu(conn.stream()) else {
             return;
         };
-        if Some(cpu) == self.stats.cpu {
+        if !conn.steer_mut().should_move(now, mine, cpu) {
             return;
         }
-        // Held while queuing, as the accept loop does: a shrinking pool
-        // takes the write lock before retiring workers.
-        let peers = self.peers.clone();
-        let workers = peers.read().unwrap_or_else(|p| p.into_inner());
-        let Some(to) = affinity::pick(&workers, cpu, &[]) else {
+        let Some(target) = self.peers.local_to(self.id, cpu) else {
             return;
         };
-        let target = &workers[to];
-        if target.stats.cpu != Some(cpu) || Arc::ptr_eq(&target.stats, &self.stats) {
+        let Some(conn) = self.release(slot) else {
             return;
+        };
+        match target.adopt(conn) {
+            Ok(()) => {
+                self.stats.moved_out.fetch_add(1, Relaxed);
+            }
+            // The target has ended: keep serving it here.
+            Err(conn) => {
+                self.stats.connections.fetch_add(1, Relaxed);
+                self.adopt(conn, now);
+            }
         }
-        let Some(mut conn) = self.conns.try_remove(slot) else {
-            return;
-        };
+    }
+
+    /// Takes a connection out of this worker's care without closing it.
+    fn release(&mut self, slot: usize) -> Option<Connection> {
+        let mut conn = self.conns.try_remove(slot)?;
         let _ = self.poll.registry().deregister(conn.stream_mut());
         self.idle.remove(slot);
         self.linger.remove(slot);
         self.stats.connections.fetch_sub(1, Relaxed);
-        self.stats.moved_out.fetch_add(1, Relaxed);
-        if !target.send(Command::Adopt(conn)) {
-            // The target is gone: the connection closed as it dropped.
-            self.server.active.fetch_sub(1, Relaxed);
-        }
+        Some(conn)
     }
 
     /// Applies the outcome of handling a connection.
@@ -454,11 +549,11 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("cannot register connection: {e}");
-            self.server.active.fetch_sub(1, Relaxed);
+            self.stats.connections.fetch_sub(1, Relaxed);
             return;
         }
+        conn.placed(now);
         entry.insert(conn);
-        self.stats.connections.fetch_add(1, Relaxed);
         self.idle.touch(slot, now);
         // A connection moved from a retiring worker may already be closing.
         self.after(slot, Step::Wait, now);
@@ -503,11 +598,11 @@ impl Worker {
 
     fn close(&mut self, slot: usize) {
         if self.conns.try_remove(slot).is_some() {
-            // Dropping the socket removes it from epoll: no deregister call.
+            // Dropping the socket removes it from epoll and counts the
+            // connection out.
             self.idle.remove(slot);
             self.linger.remove(slot);
             self.stats.connections.fetch_sub(1, Relaxed);
-            self.server.active.fetch_sub(1, Relaxed);
         }
     }
 
@@ -522,17 +617,38 @@ impl Worker {
         }
     }
 
+    /// Closes the mailbox and gives every connection, owned or still
+    /// queued, back through `back`.
     fn retire(&mut self, back: Sender<Vec<Connection>>) {
-        let mut out = Vec::with_capacity(self.conns.len());
-        for mut conn in self.conns.drain() {
-            let _ = self.poll.registry().deregister(conn.stream_mut());
-            out.push(conn);
+        self.mailbox.close();
+        let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        let mut out: Vec<Connection> = slots.into_iter().filter_map(|s| self.release(s)).collect();
+        out.extend(self.take_inbox());
+        // If nobody takes them, they close as they drop.
+        let _ = back.send(out);
+    }
+
+    /// Empties the inbox, keeping the connections it held. Call after the
+    /// mailbox is closed, so nothing arrives after.
+    fn take_inbox(&mut self) -> Vec<Connection> {
+        let mut late = Vec::new();
+        while let Ok(cmd) = self.inbox.try_recv() {
+            if let Command::Adopt(conn) = cmd {
+                late.push(conn);
+            }
         }
-        self.stats.connections.store(0, Relaxed);
-        if let Err(e) = back.send(out) {
-            // Nobody to take them: they close as they drop.
-            let n = e.0.len();
-            self.server.active.fetch_sub(n, Relaxed);
+        late
+    }
+
+    /// Gives a connection this ended worker cannot serve to a live peer;
+    /// if none is left, says the server is going away and closes it.
+    fn pass_on(&self, mut conn: Connection) {
+        for peer in self.peers.others(self.id) {
+            match peer.adopt(conn) {
+                Ok(()) => return,
+                Err(back) => conn = back,
+            }
         }
+        let _ = Connection::send_last_words(conn.stream_mut(), Notice::ShuttingDown);
     }
 }
