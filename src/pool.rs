@@ -223,7 +223,11 @@ impl Pool {
     }
 
     /// Builds worker `pos` (its CPU follows from the position).
-    fn build(&mut self, pos: usize, settings: &Arc<Settings>) -> io::Result<(Worker, WorkerHandle)> {
+    fn build(
+        &mut self,
+        pos: usize,
+        settings: &Arc<Settings>,
+    ) -> io::Result<(Worker, WorkerHandle)> {
         let cpu = (!self.cpus.is_empty()).then(|| self.cpus[pos % self.cpus.len()]);
         let id = self.next_id;
         self.next_id += 1;
@@ -414,5 +418,102 @@ impl Drop for Pool {
     fn drop(&mut self) {
         self.stop();
         self.threads.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::stats::Open;
+
+    fn settings() -> Arc<Settings> {
+        Arc::new(Settings {
+            idle_timeout: Duration::ZERO,
+            max_pending_bytes: 1024,
+            busy_poll: Duration::ZERO,
+        })
+    }
+
+    /// A connected pair: the server side wrapped as a counted connection,
+    /// and the client.
+    fn pair(l: &TcpListener, stats: &Arc<ServerStats>) -> (Connection, std::net::TcpStream) {
+        let client = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (server, _) = l.accept().expect("accept");
+        server.set_nonblocking(true).expect("nonblocking");
+        let conn = Connection::new(mio::net::TcpStream::from_std(server), Open::new(stats));
+        (conn, client)
+    }
+
+    #[test]
+    fn connections_queued_to_a_worker_that_ends_go_to_a_peer_or_hear_why() {
+        let stats = Arc::new(ServerStats::default());
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let table = Arc::new(Table::default());
+        let peers: Arc<dyn Peers> = table.clone();
+        // Two workers that never run: their inboxes only fill.
+        let (a, ha) = Worker::new(1, settings(), None, peers.clone()).expect("worker a");
+        let (b, hb) = Worker::new(2, settings(), None, peers).expect("worker b");
+        table.write().extend([ha.clone(), hb.clone()]);
+        let (conn, mut client) = pair(&l, &stats);
+        assert!(ha.adopt(conn).is_ok());
+        assert_eq!(stats.active.load(Relaxed), 1);
+        assert_eq!(ha.stats.connections.load(Relaxed), 1);
+
+        // a ends with the connection still queued: it goes to b.
+        drop(a);
+        assert!(
+            ha.adopt(pair(&l, &stats).0).is_err(),
+            "a's mailbox is closed"
+        );
+        assert_eq!(hb.stats.connections.load(Relaxed), 1);
+        assert_eq!(stats.active.load(Relaxed), 1, "moved, not lost");
+
+        // b ends too: no live peer is left, so the client hears why.
+        drop(b);
+        assert_eq!(stats.active.load(Relaxed), 0, "counted out");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).expect("read");
+        assert_eq!(got, Notice::ShuttingDown.line().as_bytes());
+    }
+
+    #[test]
+    fn a_batch_skips_a_worker_that_has_ended() {
+        let stats = Arc::new(ServerStats::default());
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let table = Arc::new(Table::default());
+        let peers: Arc<dyn Peers> = table.clone();
+        let (a, ha) = Worker::new(1, settings(), None, peers.clone()).expect("worker a");
+        let (_b, hb) = Worker::new(2, settings(), None, peers).expect("worker b");
+        table.write().extend([ha.clone(), hb.clone()]);
+        drop(a);
+        let dealer = Dealer(table.clone());
+        let mut batch = dealer.batch();
+        for _ in 0..3 {
+            batch.deal(pair(&l, &stats).0, None);
+        }
+        drop(batch);
+        assert_eq!(hb.stats.connections.load(Relaxed), 3);
+        assert_eq!(stats.active.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn a_prepared_resize_changes_nothing_until_applied() {
+        let mut pool = Pool::start(1, (*settings()).clone(), false).expect("pool");
+        let new = Arc::new(Settings {
+            idle_timeout: Duration::from_secs(2),
+            max_pending_bytes: 4096,
+            busy_poll: Duration::from_micros(50),
+        });
+        let prepared = pool.prepare(3, new.clone()).expect("prepare");
+        assert_eq!(pool.len(), 1, "preparing changes nothing");
+        pool.apply(prepared);
+        assert_eq!(pool.len(), 3);
+        assert_eq!(*pool.settings, *new);
     }
 }

@@ -123,7 +123,11 @@ struct Mailbox {
 impl Mailbox {
     /// Closes the inbox; true if it was open.
     fn close(&self) -> bool {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take().is_some()
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some()
     }
 }
 

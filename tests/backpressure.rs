@@ -38,13 +38,18 @@ fn flood(mut s: TcpStream, done: Arc<AtomicBool>) -> (usize, bool) {
 
 #[test]
 fn a_client_that_never_reads_costs_at_most_the_cap() {
-    let d = Daemon::start(&format!("pool_size = 2\nmax_pending_bytes = {CAP}\n"));
-    // Warm up both workers (round-robin) so their lazily touched buffers
-    // are in the baseline.
+    let d = Daemon::start(&format!(
+        "pool_size = 2\ncpu_affinity = false\nmax_pending_bytes = {CAP}\n"
+    ));
+    // Warm up both workers so their lazily touched buffers are in the
+    // baseline; status shows that each served one.
     let mut other = connect(d.addr());
     round_trip(&mut other, b"warm up\n");
     let mut spare = connect(d.addr());
     round_trip(&mut spare, b"warm up\n");
+    wait_until(IO_TIMEOUT, "a warm-up client on each worker", || {
+        per_worker(&d) == vec![1, 1]
+    });
     drop(spare);
     let base = d.rss_kib();
 

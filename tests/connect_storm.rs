@@ -19,8 +19,7 @@ fn five_thousand_connects_that_close_at_once_leak_nothing() {
     wait_until(IO_TIMEOUT, "the warm-up connection closed", || {
         d.stat("active") == 0
     });
-    let fds_before = d.fd_count();
-    let threads_before = d.thread_count();
+    let before = d.resources();
 
     let started = Instant::now();
     let stormers: Vec<_> = (0..THREADS)
@@ -46,17 +45,12 @@ fn five_thousand_connects_that_close_at_once_leak_nothing() {
     wait_until(IO_TIMEOUT * 2, "stats.active back to 0", || {
         d.stat("active") == 0
     });
-    wait_until(IO_TIMEOUT, "descriptors back to the baseline", || {
-        d.fd_count() == fds_before
-    });
-    assert_eq!(d.thread_count(), threads_before);
+    let leaks = d.assert_back_to(before);
     let total = d.stat("total");
     eprintln!(
-        "connect storm: {CONNECTS} connect+close ({} with RST) in {:.2}s; daemon accepted {total}; fds {fds_before} -> {}; threads {threads_before} -> {}",
+        "connect storm: {CONNECTS} connect+close ({} with RST) in {:.2}s; daemon accepted {total}; {leaks}",
         CONNECTS.div_ceil(3),
         storm.as_secs_f64(),
-        d.fd_count(),
-        d.thread_count()
     );
     let mut c = connect(d.addr());
     round_trip(&mut c, b"served after the storm\n");

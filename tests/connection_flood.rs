@@ -18,8 +18,7 @@ const THREADS: usize = 6;
 #[test]
 fn three_hundred_past_the_limit_are_refused_and_the_fifty_are_served() {
     let d = Daemon::start(&format!("pool_size = 2\nmax_connections = {MAX}\n"));
-    let fds_before = d.fd_count();
-    let threads_before = d.thread_count();
+    let before = d.resources();
     let established: Vec<_> = (0..MAX)
         .map(|i| {
             let mut s = connect(d.addr());
@@ -88,10 +87,7 @@ fn three_hundred_past_the_limit_are_refused_and_the_fifty_are_served() {
     wait_until(IO_TIMEOUT, "stats.active back to 0", || {
         d.stat("active") == 0
     });
-    wait_until(IO_TIMEOUT, "descriptors back to the baseline", || {
-        d.fd_count() == fds_before
-    });
-    assert_eq!(d.thread_count(), threads_before);
+    d.assert_back_to(before);
     // The slots are free again.
     let again: Vec<_> = (0..MAX)
         .map(|i| {

@@ -20,8 +20,7 @@ fn ten_seconds_of_sighup_at_100_per_second_fail_no_round_trip() {
     let d = Daemon::start("pool_size = 2\n");
     let mut probe = connect(d.addr());
     round_trip(&mut probe, b"warm\n");
-    let fds_before = d.fd_count();
-    let threads_before = d.thread_count();
+    let before = d.resources();
 
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENTS)
@@ -70,18 +69,14 @@ fn ten_seconds_of_sighup_at_100_per_second_fail_no_round_trip() {
     // Signals may merge, but the last one is always handled; let the
     // supervisor finish the queue, then compare.
     let last = ctl_status(&d);
-    wait_until(IO_TIMEOUT, "descriptor count back to its level", || {
-        d.fd_count() == fds_before
-    });
+    let leaks = d.assert_back_to(before);
     let reloads = d.log_count("reloaded ");
     eprintln!(
-        "hup storm: {sent} SIGHUPs in {:.1}s, {reloads} reloads done (signals merge); {CLIENTS} clients: {} round trips, {} failed; {}; fds {fds_before} -> {}; threads {threads_before} -> {}",
+        "hup storm: {sent} SIGHUPs in {:.1}s, {reloads} reloads done (signals merge); {CLIENTS} clients: {} round trips, {} failed; {}; {leaks}",
         storm.as_secs_f64(),
         lat.len(),
         failures.len(),
         lat.summary(),
-        d.fd_count(),
-        d.thread_count()
     );
     assert!(
         failures.is_empty(),
@@ -92,5 +87,4 @@ fn ten_seconds_of_sighup_at_100_per_second_fail_no_round_trip() {
     assert!(lat.len() > CLIENTS, "the clients hardly ran");
     assert!(reloads > 0, "no reload happened");
     assert!(last["last_reload"]["applied"].is_string(), "{last}");
-    assert_eq!(d.thread_count(), threads_before);
 }

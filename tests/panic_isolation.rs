@@ -38,8 +38,7 @@ fn provoke(s: &mut TcpStream) -> Vec<u8> {
 
 #[test]
 fn a_panic_closes_one_connection_and_nothing_else() {
-    let d = Daemon::start(&format!("pool_size = {POOL}\n"));
-    // Clients on both workers (round-robin).
+    let d = Daemon::start(&format!("pool_size = {POOL}\ncpu_affinity = false\n"));
     let mut others: Vec<TcpStream> = (0..OTHERS)
         .map(|i| {
             let mut s = connect(d.addr());
@@ -47,8 +46,13 @@ fn a_panic_closes_one_connection_and_nothing_else() {
             s
         })
         .collect();
-    let threads_before = d.thread_count();
-    let fds_before = d.fd_count();
+    // Clients on every worker, as status shows (not as dealing is assumed).
+    let loads = per_worker(&d);
+    assert!(
+        loads.len() as u64 == POOL && loads.iter().all(|&n| n > 0),
+        "clients on every worker: {loads:?}"
+    );
+    let before = d.resources();
 
     // One panic.
     let mut victim = connect(d.addr());
@@ -67,7 +71,7 @@ fn a_panic_closes_one_connection_and_nothing_else() {
     assert_eq!(s["stats"]["panics"], 1);
     assert_eq!(s["stats"]["pool_size"], POOL);
     assert_eq!(s["stats"]["active"], OTHERS as u64);
-    assert_eq!(d.thread_count(), threads_before);
+    assert_eq!(d.thread_count(), before.threads);
 
     // Fifty in a row, with the others echoing between them.
     for k in 0..MANY {
@@ -87,22 +91,13 @@ fn a_panic_closes_one_connection_and_nothing_else() {
     assert_eq!(s["stats"]["pool_size"], POOL);
     assert_eq!(s["stats"]["active"], OTHERS as u64, "{s}");
     assert_eq!(s["stats"]["total"], (OTHERS + 1 + MANY) as u64, "{s}");
-    assert_eq!(
-        d.thread_count(),
-        threads_before,
-        "threads after {MANY} panics"
-    );
-    wait_until(IO_TIMEOUT, "descriptors back to the baseline", || {
-        d.fd_count() == fds_before
-    });
+    let leaks = d.assert_back_to(before);
     assert_eq!(d.log_count("panic while serving a connection"), 1 + MANY);
     assert_eq!(d.log_count("stopped unexpectedly"), 0, "a worker died");
     eprintln!(
-        "panic isolation: {} panics; pool_size {POOL}, threads {threads_before} -> {}, active {}, fds {fds_before} -> {}",
+        "panic isolation: {} panics; pool_size {POOL}, active {}, {leaks}",
         1 + MANY,
-        d.thread_count(),
         s["stats"]["active"],
-        d.fd_count()
     );
 
     // Everyone is still served, and newcomers too.

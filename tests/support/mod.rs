@@ -715,3 +715,46 @@ pub fn write_until_stalled(s: &mut TcpStream, total: usize, stall: Duration) -> 
     }
     (sent, false)
 }
+
+/// The daemon's descriptors and threads at one moment, to show later that
+/// a test left nothing behind.
+#[derive(Debug, Clone, Copy)]
+pub struct Resources {
+    pub fds: usize,
+    pub threads: u64,
+}
+
+impl Daemon {
+    /// Descriptors and threads now.
+    pub fn resources(&self) -> Resources {
+        Resources {
+            fds: self.fd_count(),
+            threads: self.thread_count(),
+        }
+    }
+
+    /// Waits until the descriptor count is back to `base` and asserts the
+    /// thread count is too; returns "fds A -> B; threads X -> Y" for the
+    /// test's report.
+    pub fn assert_back_to(&self, base: Resources) -> String {
+        wait_until(IO_TIMEOUT, "descriptors back to the baseline", || {
+            self.fd_count() == base.fds
+        });
+        let now = self.resources();
+        assert_eq!(now.threads, base.threads, "threads before and after");
+        format!(
+            "fds {} -> {}; threads {} -> {}",
+            base.fds, now.fds, base.threads, now.threads
+        )
+    }
+}
+
+/// Connections per worker, in pool order, from `echo-labctl status --json`.
+pub fn per_worker(d: &Daemon) -> Vec<u64> {
+    ctl_status(d)["stats"]["workers"]
+        .as_array()
+        .expect("stats.workers")
+        .iter()
+        .map(|w| w["connections"].as_u64().expect("connections"))
+        .collect()
+}
