@@ -111,14 +111,15 @@ fn workers_are_pinned_one_per_cpu_unless_turned_off() {
         return;
     };
     let d = Daemon::start("pool_size = 2\n");
-    wait_until(IO_TIMEOUT, "two worker threads", || {
-        worker_cpu_lists(&d).len() == 2
-    });
-    let mut lists = worker_cpu_lists(&d);
-    lists.sort();
+    // A worker thread is named when it starts and pins itself just after:
+    // wait for both to have done so.
     let mut want = vec![a.to_string(), b.to_string()];
     want.sort();
-    assert_eq!(lists, want, "each worker on one CPU of its own");
+    wait_until(IO_TIMEOUT, "each worker on one CPU of its own", || {
+        let mut lists = worker_cpu_lists(&d);
+        lists.sort();
+        lists == want
+    });
     let mut cpus: Vec<Option<u64>> = workers(&d).iter().map(|w| w.0).collect();
     cpus.sort();
     assert_eq!(cpus, vec![Some(a as u64), Some(b as u64)]);
