@@ -104,6 +104,15 @@ impl Pending {
 /// How many data-bearing reads between placement checks.
 pub(crate) const PLACEMENT_EVERY: u32 = 64;
 
+/// Who a connection is between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ends {
+    /// The client: the TCP peer, or the source a PROXY header names.
+    pub peer: std::net::SocketAddr,
+    /// The address the client reached (the listener's), if known.
+    pub local: Option<std::net::SocketAddr>,
+}
+
 /// A client connection owned by one worker.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -129,11 +138,13 @@ pub(crate) struct Connection {
     steer: Steer,
     /// Counts the connection as open while it lives.
     _open: Open,
+    /// Who it is between.
+    ends: Ends,
 }
 
 impl Connection {
     /// Wraps an accepted, non-blocking stream; `open` counts it.
-    pub(crate) fn new(stream: TcpStream, open: Open) -> Self {
+    pub(crate) fn new(stream: TcpStream, open: Open, ends: Ends) -> Self {
         Connection {
             stream,
             pending: Pending::default(),
@@ -145,7 +156,13 @@ impl Connection {
             reads_since_placed: 0,
             steer: Steer::placed_at(std::time::Instant::now()),
             _open: open,
+            ends,
         }
+    }
+
+    /// Who the connection is between.
+    pub(crate) fn ends(&self) -> Ends {
+        self.ends
     }
 
     /// Restarts the dwell time: the connection arrived on a new worker.

@@ -28,7 +28,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::affinity;
-use crate::connection::Connection;
+use crate::connection::{Connection, Ends};
 use crate::pool::{Batch, Dealer};
 use crate::protocol::Notice;
 use crate::stats::{Open, ServerStats};
@@ -224,6 +224,8 @@ impl Acceptor {
             return;
         }
         let pinned = batch.pinned();
+        // The address clients reached, named in the session's log line.
+        let local = self.listeners.get(i).and_then(|l| l.local_addr().ok());
         let mut drained = false;
         for _ in 0..BATCH {
             let Some(listener) = self.listeners.get(i) else {
@@ -233,7 +235,8 @@ impl Acceptor {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     log::debug!("connection from {peer}");
-                    self.admit(stream, pinned, &mut batch);
+                    let ends = Ends { peer, local };
+                    self.admit(stream, ends, pinned, &mut batch);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     drained = true;
@@ -258,7 +261,13 @@ impl Acceptor {
 
     /// Refuses a new connection when at the limit, else deals it (with the
     /// CPU its packets arrive on, when workers are pinned).
-    fn admit(&mut self, mut stream: mio::net::TcpStream, pinned: bool, batch: &mut Batch<'_>) {
+    fn admit(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        ends: Ends,
+        pinned: bool,
+        batch: &mut Batch<'_>,
+    ) {
         self.stats.accepted.fetch_add(1, Relaxed);
         if self.stats.active.load(Relaxed) >= self.max_connections {
             self.stats.refused.fetch_add(1, Relaxed);
@@ -278,7 +287,8 @@ impl Acceptor {
         } else {
             None
         };
-        batch.deal(Connection::new(stream, Open::new(&self.stats)), hint);
+        let conn = Connection::new(stream, Open::new(&self.stats), ends);
+        batch.deal(Box::new(conn), hint);
     }
 
     fn log_resource_error(&mut self, e: &io::Error) {

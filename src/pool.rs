@@ -124,7 +124,7 @@ impl Batch<'_> {
     /// Gives a new connection to the worker chosen for it (`hint`: the CPU
     /// its packets arrive on), or to any other if that one has ended; if
     /// none is left, says the server is going away and closes it.
-    pub(crate) fn deal(&mut self, mut conn: Connection, hint: Option<usize>) {
+    pub(crate) fn deal(&mut self, mut conn: Box<Connection>, hint: Option<usize>) {
         let first = affinity::choose(&loads(&self.workers), hint).unwrap_or(0);
         let order = (0..self.workers.len()).map(|i| (first + i) % self.workers.len());
         for w in order {
@@ -322,7 +322,7 @@ impl Pool {
         let dealer = self.dealer();
         let mut batch = dealer.batch();
         for conn in moved {
-            batch.deal(conn, None);
+            batch.deal(Box::new(conn), None);
         }
         drop(batch);
         self.retired.extend(leaving.iter().map(|w| w.stats.clone()));
@@ -439,12 +439,20 @@ mod tests {
 
     /// A connected pair: the server side wrapped as a counted connection,
     /// and the client.
-    fn pair(l: &TcpListener, stats: &Arc<ServerStats>) -> (Connection, std::net::TcpStream) {
+    fn pair(l: &TcpListener, stats: &Arc<ServerStats>) -> (Box<Connection>, std::net::TcpStream) {
         let client = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
-        let (server, _) = l.accept().expect("accept");
+        let (server, peer) = l.accept().expect("accept");
         server.set_nonblocking(true).expect("nonblocking");
-        let conn = Connection::new(mio::net::TcpStream::from_std(server), Open::new(stats));
-        (conn, client)
+        let ends = crate::connection::Ends {
+            peer,
+            local: server.local_addr().ok(),
+        };
+        let conn = Connection::new(
+            mio::net::TcpStream::from_std(server),
+            Open::new(stats),
+            ends,
+        );
+        (Box::new(conn), client)
     }
 
     #[test]

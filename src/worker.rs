@@ -98,8 +98,8 @@ pub(crate) struct Settings {
 
 /// Messages to a worker.
 pub(crate) enum Command {
-    /// Serve this connection from now on.
-    Adopt(Connection),
+    /// Serve this connection from now on (boxed: a message stays small).
+    Adopt(Box<Connection>),
     /// Apply new settings (reload).
     Settings(Arc<Settings>),
     /// Tell every client the server is going away, serve them until they
@@ -180,7 +180,7 @@ impl WorkerHandle {
     }
 
     /// Hands a connection over; gives it back if the worker has ended.
-    pub fn adopt(&self, conn: Connection) -> Result<(), Connection> {
+    pub fn adopt(&self, conn: Box<Connection>) -> Result<(), Box<Connection>> {
         match self.send(Command::Adopt(conn)) {
             Ok(()) => Ok(()),
             Err(Command::Adopt(conn)) => Err(conn),
@@ -239,9 +239,9 @@ impl Drop for Worker {
     /// to a peer or are told the server is going away.
     fn drop(&mut self) {
         self.mailbox.close();
-        let late: Vec<Connection> = self.take_inbox();
+        let late = self.take_inbox();
         for conn in late {
-            self.pass_on(conn);
+            self.pass_on(Box::new(conn));
         }
         self.stats.connections.store(0, Relaxed);
     }
@@ -414,7 +414,9 @@ impl Worker {
             #[cfg(not(feature = "fault-injection"))]
             drop(panic);
             self.stats.panics.fetch_add(1, Relaxed);
-            log::error!("panic while serving a connection; closed it, others unaffected");
+            let from = self.conns.get(slot).map(|c| c.ends().peer);
+            let from = from.map_or_else(String::new, |p| format!(" from {p}"));
+            log::error!("panic while serving a connection{from}; closed it, others unaffected");
             self.close(slot);
         }
     }
@@ -475,14 +477,14 @@ impl Worker {
         let Some(conn) = self.release(slot) else {
             return;
         };
-        match target.adopt(conn) {
+        match target.adopt(Box::new(conn)) {
             Ok(()) => {
                 self.stats.moved_out.fetch_add(1, Relaxed);
             }
             // The target has ended: keep serving it here.
             Err(conn) => {
                 self.stats.connections.fetch_add(1, Relaxed);
-                self.adopt(conn, now);
+                self.adopt(*conn, now);
             }
         }
     }
@@ -524,7 +526,7 @@ impl Worker {
     fn read_commands(&mut self, now: Instant) -> bool {
         loop {
             match self.inbox.try_recv() {
-                Ok(Command::Adopt(conn)) => self.adopt(conn, now),
+                Ok(Command::Adopt(conn)) => self.adopt(*conn, now),
                 Ok(Command::Settings(s)) => self.settings = s,
                 Ok(Command::Drain(deadline)) => self.drain(deadline, now),
                 Ok(Command::Stop) => {
@@ -638,7 +640,7 @@ impl Worker {
         let mut late = Vec::new();
         while let Ok(cmd) = self.inbox.try_recv() {
             if let Command::Adopt(conn) = cmd {
-                late.push(conn);
+                late.push(*conn);
             }
         }
         late
@@ -646,7 +648,7 @@ impl Worker {
 
     /// Gives a connection this ended worker cannot serve to a live peer;
     /// if none is left, says the server is going away and closes it.
-    fn pass_on(&self, mut conn: Connection) {
+    fn pass_on(&self, mut conn: Box<Connection>) {
         for peer in self.peers.others(self.id) {
             match peer.adopt(conn) {
                 Ok(()) => return,
