@@ -6,8 +6,10 @@
 //! and are ignored) and `LISTEN_FDNAMES`. Two kinds arrive that way:
 //!
 //! * sockets of a `.socket` unit (socket activation): the daemon uses them
-//!   as they are and ignores `host`/`port` — the unit decides the address,
-//!   the backlog, and may bind a privileged port for an unprivileged
+//!   as they are and ignores `host`/`port` (and `udp`) — the unit decides
+//!   the address, the backlog, and may bind a privileged port for an
+//!   unprivileged service. `ListenStream=` sockets (listening TCP) go to
+//!   the accept loop, `ListenDatagram=` sockets (bound UDP) to the UDP echo
 //!   service;
 //! * sockets the daemon itself stored in the fd store before a restart
 //!   (named [`FDSTORE_NAME`]): reused when they still match the configured
@@ -18,7 +20,7 @@
 //! so they never leak to a child, and this must run before any thread
 //! starts (changing the environment is only sound then).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{FromRawFd, RawFd};
 
 use socket2::{Socket, Type};
@@ -28,8 +30,10 @@ use crate::notify::FDSTORE_NAME;
 /// Sockets received from the service manager.
 #[derive(Debug, Default)]
 pub struct Inherited {
-    /// From a `.socket` unit.
+    /// From a `.socket` unit: `ListenStream=`.
     pub activated: Vec<TcpListener>,
+    /// From a `.socket` unit: `ListenDatagram=`.
+    pub datagram: Vec<UdpSocket>,
     /// From our own fd store.
     pub stored: Vec<TcpListener>,
 }
@@ -50,29 +54,42 @@ pub unsafe fn take() -> Inherited {
         }
     };
     for (fd, name) in fds {
-        match listening_socket(fd) {
-            Some(l) if name == FDSTORE_NAME => out.stored.push(l),
-            Some(l) => out.activated.push(l),
-            None => log::warn!("fd {fd} ({name}) passed by the service manager is not a listening TCP socket; ignored"),
+        match classify(fd) {
+            Some(Passed::Stream(l)) if name == FDSTORE_NAME => out.stored.push(l),
+            Some(Passed::Stream(l)) => out.activated.push(l),
+            Some(Passed::Datagram(s)) => out.datagram.push(s),
+            None => log::warn!("fd {fd} ({name}) passed by the service manager is neither a listening TCP socket nor a bound UDP socket; ignored"),
         }
     }
     out
 }
 
-/// Wraps `fd` if it is a listening stream socket (else closes it).
-fn listening_socket(fd: RawFd) -> Option<TcpListener> {
+/// A socket the service manager passed, by kind.
+enum Passed {
+    Stream(TcpListener),
+    Datagram(UdpSocket),
+}
+
+/// Wraps `fd` if it is a listening TCP or a bound UDP socket on an IP
+/// address (else closes it).
+fn classify(fd: RawFd) -> Option<Passed> {
     // SAFETY: systemd passed us this fd and nobody else owns it.
     let socket = unsafe { Socket::from_raw_fd(fd) };
-    let is_stream = socket.r#type().ok() == Some(Type::STREAM);
-    let listening = socket.is_listener().unwrap_or(false);
     let inet = socket
         .local_addr()
         .ok()
         .and_then(|a| a.as_socket())
-        .is_some();
-    if is_stream && listening && inet {
+        .is_some_and(|a| a.port() != 0);
+    if !inet {
+        return None;
+    }
+    let kind = socket.r#type().ok()?;
+    if kind == Type::STREAM && socket.is_listener().unwrap_or(false) {
         let _ = socket.set_nonblocking(true);
-        Some(socket.into())
+        Some(Passed::Stream(socket.into()))
+    } else if kind == Type::DGRAM {
+        let _ = socket.set_nonblocking(true);
+        Some(Passed::Datagram(socket.into()))
     } else {
         None
     }

@@ -24,6 +24,8 @@ use crate::net;
 use crate::notify::{borrow_all, Notifier};
 use crate::server::Server;
 use crate::stats::Snapshot;
+use crate::udp::listeners::{describe_limit, UdpListeners, UdpSpec};
+use crate::udp::{RateLimit, UdpSnapshot};
 
 /// How often the supervisor wakes when nothing happens (drain progress).
 const TICK: Duration = Duration::from_millis(50);
@@ -103,6 +105,12 @@ pub struct Status {
     pub draining: bool,
     /// Counters.
     pub stats: Snapshot,
+    /// Addresses UDP echo is served on.
+    #[serde(default)]
+    pub udp_listen: Vec<String>,
+    /// UDP counters, when UDP is served.
+    #[serde(default)]
+    pub udp: Option<UdpSnapshot>,
     /// The last reload, if any.
     pub last_reload: Option<LastReload>,
 }
@@ -131,6 +139,8 @@ pub fn forward_signals(tx: Sender<Event>) -> std::io::Result<()> {
 pub struct Daemon {
     /// The echo server being supervised.
     server: Server,
+    /// The UDP echo side (no thread when no UDP address is configured).
+    udp: UdpListeners,
     /// Where the config came from (a reload reads it again).
     source: ConfigSource,
     /// Outcome of the last reload, for status.
@@ -147,9 +157,15 @@ pub struct Daemon {
 
 impl Daemon {
     /// Wraps a started server.
-    pub fn new(server: Server, source: ConfigSource, notifier: Notifier) -> Self {
+    pub fn new(
+        server: Server,
+        udp: UdpListeners,
+        source: ConfigSource,
+        notifier: Notifier,
+    ) -> Self {
         Daemon {
             server,
+            udp,
             source,
             last_reload: None,
             drain_started: None,
@@ -168,8 +184,17 @@ impl Daemon {
     /// The one-line state for systemd's STATUS.
     fn status_line(&self) -> String {
         let s = self.server.snapshot();
+        let udp = match self.udp.snapshot() {
+            Some(u) => format!(
+                "; udp on {}: {} echoed, {} dropped",
+                net::describe(&self.udp.local_addrs()),
+                u.echoed,
+                u.dropped_bad_source + u.dropped_rate + u.dropped_too_large
+            ),
+            None => String::new(),
+        };
         format!(
-            "serving {} connection(s) on {} (pool {}; {} total, {} refused)",
+            "serving {} connection(s) on {} (pool {}; {} total, {} refused){udp}",
             s.active,
             net::describe(&self.server.local_addrs()),
             s.pool_size,
@@ -201,8 +226,17 @@ impl Daemon {
         self.last_status = (line, Instant::now());
     }
 
-    /// Logs the start line tests and operators look for.
+    /// Logs the start line tests and operators look for (the UDP line
+    /// first, so the `listening on` line means everything is up).
     pub fn log_listening(&self) {
+        let udp = self.udp.local_addrs();
+        if !udp.is_empty() {
+            log::info!(
+                "udp echo on {} (rate limit: {})",
+                net::describe(&udp),
+                describe_limit(&self.udp.limit())
+            );
+        }
         let c = self.server.config();
         let how = if self.server.activated() {
             " [sockets from the service manager; host and port ignored]"
@@ -235,6 +269,7 @@ impl Daemon {
                 Ok(Event::Terminate) => {
                     if self.drain_started.is_some() {
                         log::warn!("second stop signal: closing all connections now");
+                        self.udp.stop();
                         self.server.stop_now();
                         self.server.wait_workers(DRAIN_MARGIN);
                         return 0;
@@ -254,7 +289,9 @@ impl Daemon {
             if self.drain_started.is_none() {
                 self.server.reap();
             }
-            self.notifier.watchdog_tick(self.server.heartbeats());
+            let mut beats = self.server.heartbeats();
+            beats.extend(self.udp.heartbeat());
+            self.notifier.watchdog_tick(beats);
             self.refresh_status();
             if let Some(started) = self.drain_started {
                 if self.server.wait_workers(Duration::ZERO) {
@@ -282,6 +319,8 @@ impl Daemon {
         self.notifier
             .stopping(&format!("draining {n} connection(s)"));
         self.drain_started = Some(Instant::now());
+        // UDP has no sessions to finish: it stops at once.
+        self.udp.stop();
         self.server.drain(timeout);
     }
 
@@ -292,6 +331,7 @@ impl Daemon {
         }
         self.notifier.reloading();
         let before = self.server.local_addrs();
+        let udp_before = self.udp.local_addrs();
         let explicit = match &self.source {
             ConfigSource::File(p) => Some(p.clone()),
             ConfigSource::Embedded => None,
@@ -300,16 +340,11 @@ impl Daemon {
             Err(e) => Err(format!(
                 "config not reloaded, the running config is unchanged:\n{e}"
             )),
-            Ok((config, source)) => match self.server.reload(config) {
-                Ok(report) => {
-                    crate::logging::apply(&self.server.config().log, self.default_log_target);
-                    self.source = source;
-                    Ok(report.summary())
-                }
-                Err(e) => Err(format!(
-                    "config not reloaded, the running config is unchanged: {e}"
-                )),
-            },
+            Ok((config, source)) => self.apply(config).map(|summary| {
+                crate::logging::apply(&self.server.config().log, self.default_log_target);
+                self.source = source;
+                summary
+            }),
         };
         match &result {
             Ok(summary) => log::info!("reloaded {}: {summary}", self.source.describe()),
@@ -318,6 +353,15 @@ impl Daemon {
                     log::error!("{line}");
                 }
             }
+        }
+        if self.udp.local_addrs() != udp_before {
+            log::info!(
+                "udp echo now on {}",
+                match self.udp.local_addrs() {
+                    a if a.is_empty() => "no address".to_string(),
+                    a => net::describe(&a),
+                }
+            );
         }
         if self.server.local_addrs() != before {
             log::info!(
@@ -348,6 +392,30 @@ impl Daemon {
         result
     }
 
+    /// Applies a valid config to the TCP and the UDP side: UDP sockets are
+    /// bound first, then the TCP side reloads (binding what it needs), and
+    /// only when both succeeded are the UDP sockets put in service. Any
+    /// failure changes nothing.
+    fn apply(&mut self, config: Config) -> Result<String, String> {
+        let unchanged = |e: &dyn std::fmt::Display| {
+            format!("config not reloaded, the running config is unchanged: {e}")
+        };
+        let tcp_port = self.server.local_addrs().first().map(|a| a.port());
+        let (wanted, limit) = udp_plan(&config, tcp_port);
+        let prepared = self.udp.prepare(&wanted, limit).map_err(|e| unchanged(&e))?;
+        let mut report = self.server.reload(config).map_err(|e| unchanged(&e))?;
+        match self.udp.apply(prepared) {
+            Ok(changes) => report.changes.extend(changes),
+            Err(e) => log::error!("cannot change the UDP side: {e}; it serves as before"),
+        }
+        if self.udp.is_activated() && !wanted.is_empty() {
+            report
+                .deferred
+                .push("udp addresses (sockets come from the service manager)".into());
+        }
+        Ok(report.summary())
+    }
+
     fn status(&self) -> Status {
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -362,7 +430,22 @@ impl Daemon {
             socket_activated: self.server.activated(),
             draining: self.drain_started.is_some(),
             stats: self.server.snapshot(),
+            udp_listen: self
+                .udp
+                .local_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            udp: self.udp.snapshot(),
             last_reload: self.last_reload.clone(),
         }
     }
+}
+
+/// The UDP addresses and limits a config asks for. `tcp_port` is the port
+/// the TCP side listens on, which `udp = true` shares (it matters when the
+/// configured port is 0).
+pub fn udp_plan(config: &Config, tcp_port: Option<u16>) -> (Vec<UdpSpec>, RateLimit) {
+    let _ = (config, tcp_port);
+    (Vec::new(), RateLimit::DEFAULT)
 }

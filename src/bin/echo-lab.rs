@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use echo_lab::activation::{self, Inherited};
+use echo_lab::udp::listeners::UdpListeners;
 use echo_lab::config::{Config, LogTarget};
 use echo_lab::control::{self, Access};
 use echo_lab::daemon::{self, ConfigSource, Daemon};
@@ -72,12 +73,32 @@ fn real_main() -> i32 {
     }
     logging::init(config.log.level.filter());
     // SAFETY: no other thread exists yet.
-    let inherited = unsafe { activation::take() };
-    let (listeners, activated) = match listeners(&config, inherited) {
+    let mut inherited = unsafe { activation::take() };
+    let datagram = std::mem::take(&mut inherited.datagram);
+    let any_activated = !inherited.activated.is_empty() || !datagram.is_empty();
+    let (listeners, activated) = match listeners(&config, inherited, any_activated) {
         Ok(x) => x,
         Err(e) => {
             log::error!("{e}");
             return EX_OSERR;
+        }
+    };
+    // UDP sockets are bound here, before a fork, so a bind error reaches
+    // the terminal; the UDP thread starts with the server.
+    let tcp_port = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
+    let (udp_wanted, udp_limit) = daemon::udp_plan(&config, tcp_port);
+    let udp_prepared = if activated {
+        UdpListeners::adopt(datagram, udp_limit)
+    } else {
+        match UdpListeners::new(udp_limit).prepare(&udp_wanted, udp_limit) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("{e}");
+                return EX_OSERR;
+            }
         }
     };
     if args.daemon {
@@ -134,6 +155,11 @@ fn real_main() -> i32 {
             return EX_OSERR;
         }
     };
+    let mut udp = UdpListeners::new(udp_limit);
+    if let Err(e) = udp.apply(udp_prepared) {
+        log::error!("cannot start the UDP echo service: {e}");
+        return EX_OSERR;
+    }
     // Kept alive until exit; removes the socket file when dropped.
     let _control = match control::spawn(&control_path, access, tx) {
         Ok(c) => {
@@ -149,7 +175,7 @@ fn real_main() -> i32 {
         }
     };
     let mut daemon =
-        Daemon::new(server, source, Notifier::from_env()).with_default_log_target(default_target);
+        Daemon::new(server, udp, source, Notifier::from_env()).with_default_log_target(default_target);
     daemon.log_listening();
     daemon.announce_ready();
     let code = daemon.run(rx);
@@ -186,8 +212,14 @@ fn check(loaded: Result<(Config, ConfigSource), echo_lab::config::ConfigError>) 
 
 /// The listening sockets: from socket activation, else our own from the
 /// fd store if they still match the config, else freshly bound.
-fn listeners(config: &Config, inherited: Inherited) -> Result<(Vec<TcpListener>, bool), String> {
-    if !inherited.activated.is_empty() {
+/// Any socket from a `.socket` unit (`activated`) means the unit decides
+/// every address, TCP and UDP.
+fn listeners(
+    config: &Config,
+    inherited: Inherited,
+    activated: bool,
+) -> Result<(Vec<TcpListener>, bool), String> {
+    if activated {
         return Ok((inherited.activated, true));
     }
     if !inherited.stored.is_empty() {

@@ -155,6 +155,17 @@ fn print_status(s: &Status) {
         "  closes:        {} idle, {} disconnect",
         st.idle_closes, st.disconnects
     );
+    if let Some(u) = &s.udp {
+        println!("  udp on:        {}", s.udp_listen.join(", "));
+        println!(
+            "  udp datagrams: {} received, {} echoed ({} bytes), {} send errors",
+            u.received, u.echoed, u.bytes_echoed, u.send_errors
+        );
+        println!(
+            "  udp dropped:   {} bad source, {} over rate, {} too large; {} sources tracked",
+            u.dropped_bad_source, u.dropped_rate, u.dropped_too_large, u.sources
+        );
+    }
     match &s.last_reload {
         None => println!("  last reload:   never"),
         Some(r) => {

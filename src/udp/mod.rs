@@ -30,6 +30,7 @@ pub mod batch;
 pub mod bucket;
 pub mod counters;
 pub mod guard;
+pub mod listeners;
 mod serve;
 
 use std::io;
