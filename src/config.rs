@@ -56,7 +56,9 @@ use serde::{Deserialize, Serialize};
 use toml::de::DeTable;
 
 use diagnostic::Source;
-use kinds::{Flag, Host, Int, Micros, NonEmpty, Optional, Seconds, SocketPath, Table, Word};
+use kinds::{
+    Address, Flag, Host, Int, Micros, NonEmpty, Optional, Seconds, SocketPath, Table, Tables, Word,
+};
 use section::{Reader, Rendered, Section};
 
 pub use diagnostic::{ConfigError, Diagnostic};
@@ -102,12 +104,25 @@ section! {
         /// Pin worker k to the k-th allowed CPU and deal each connection to
         /// the worker on the CPU its packets arrive on (see `affinity`).
         cpu_affinity: bool = true, Flag, AtRestart;
+        /// Also serve UDP echo on `host:port` (same port number as TCP).
+        udp: bool = false, Flag, Live;
+        /// Datagrams per second echoed to one source address, and its
+        /// burst; 0 = no packet limit.
+        udp_rate_packets: u32 = 100, Int(0, 10_000_000), Live;
+        /// Bytes per second echoed to one source address, and its burst (a
+        /// larger datagram is never echoed); 0 = no byte limit.
+        udp_rate_bytes: u32 = 64 * 1024, Int(0, 1 << 30), Live;
+        /// Source addresses the UDP rate limit tracks at once (82 bytes
+        /// each); when full, the one first seen longest ago gives way.
+        udp_rate_sources: usize = 16_384, Int(1, 1 << 20), Live;
         /// Unix control socket path; `None` = the platform default.
         control_socket: Option<PathBuf> = None, Optional(SocketPath), AtRestart;
         /// Group (besides root and the daemon's own user) allowed on the
         /// control socket.
         control_group: Option<String> = None,
             Optional(NonEmpty("must be a group name or number")), AtRestart;
+        /// Extra addresses to serve (`[[listen]]` tables).
+        listen: Vec<Listen> = Vec::new(), Tables, Live;
         /// Logging settings (`[log]`).
         log: LogConfig = LogConfig::default(), Table, Live;
     }
@@ -120,6 +135,82 @@ section! {
         level: LogLevel = LogLevel::Info, Word, Live;
         /// Where log lines go; unset = stderr, or syslog with `--daemon`.
         target: Option<LogTarget> = None, Optional(Word), Live;
+    }
+}
+
+section! {
+    /// One `[[listen]]` table: an extra address to serve.
+    pub struct Listen {
+        /// `HOST:PORT`, IPv6 in brackets (`[::1]:7007`); required.
+        address: Endpoint = Endpoint::default(), Address, Live;
+        /// `tcp` or `udp`.
+        protocol: Protocol = Protocol::Tcp, Word, Live;
+    }
+}
+
+/// `[[listen]] protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// A host (name or literal, IPv6 without brackets) and a port.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Parses `HOST:PORT` (`[V6]:PORT` for IPv6 literals); the error says
+    /// what is wrong.
+    pub fn parse(text: &str) -> Result<Endpoint, &'static str> {
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (h, p) = rest
+                .split_once("]:")
+                .ok_or("an IPv6 address needs brackets and a port")?;
+            h.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| "not an IPv6 address in the brackets")?;
+            (h, p)
+        } else {
+            let (h, p) = text.rsplit_once(':').ok_or("no port")?;
+            if h.contains(':') {
+                return Err("an IPv6 address must be in brackets");
+            }
+            (h, p)
+        };
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err("no host");
+        }
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| "the port must be 0 to 65535")?;
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// The same place, whatever the spelling (`::1` and `0:0::1` agree;
+    /// names compare case-insensitively).
+    fn same_as(&self, other: &Endpoint) -> bool {
+        let norm = |h: &str| match h.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => h.to_ascii_lowercase(),
+        };
+        self.port == other.port && self.port != 0 && norm(&self.host) == norm(&other.host)
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -178,6 +269,85 @@ impl Config {
         }
     }
 
+    /// The TCP and UDP endpoints served by `host`/`port`/`udp` and every
+    /// `[[listen]]` table, in that order.
+    pub fn endpoints(&self) -> Vec<(Endpoint, Protocol)> {
+        let main = Endpoint {
+            host: self.host.clone(),
+            port: self.port,
+        };
+        let mut out = vec![(main.clone(), Protocol::Tcp)];
+        if self.udp {
+            out.push((main, Protocol::Udp));
+        }
+        out.extend(self.listen.iter().map(|l| (l.address.clone(), l.protocol)));
+        out
+    }
+
+    /// What one `[[listen]]` table cannot say alone: its address is
+    /// required, and no address may be served twice with one protocol
+    /// (counting `host`/`port` and `udp`).
+    fn check_listen(&self, table: &DeTable<'_>, r: &mut Reader<'_>) {
+        let Some(items) = table.iter().find_map(|(k, v)| match v.get_ref() {
+            toml::de::DeValue::Array(items) if k.get_ref() == "listen" => Some(items),
+            _ => None,
+        }) else {
+            return;
+        };
+        let main = self.endpoints().len() - self.listen.len();
+        for (i, (listen, item)) in self.listen.iter().zip(items).enumerate() {
+            let at = format!("listen[{i}]");
+            let Some(address) = (match item.get_ref() {
+                toml::de::DeValue::Table(t) => t
+                    .iter()
+                    .find(|(k, _)| k.get_ref() == "address")
+                    .map(|(_, v)| v),
+                _ => None,
+            }) else {
+                r.fail(item, &at, format!("{at} has no 'address' (HOST:PORT)"));
+                continue;
+            };
+            if listen.address.host.is_empty() {
+                continue; // refused already
+            }
+            if listen.protocol == Protocol::Tcp {
+                r.fail(
+                    item,
+                    &at,
+                    format!(
+                        "{at}: extra TCP listeners are not served yet; \
+                         set protocol = \"udp\", or serve TCP on host/port"
+                    ),
+                );
+                continue;
+            }
+            let endpoints = self.endpoints();
+            let clash = endpoints[..main + i]
+                .iter()
+                .position(|(e, p)| *p == listen.protocol && e.same_as(&listen.address));
+            if let Some(j) = clash {
+                let other = if j < main {
+                    if endpoints[j].1 == Protocol::Udp {
+                        "host/port with udp = true".to_string()
+                    } else {
+                        "host/port".to_string()
+                    }
+                } else {
+                    format!("listen[{}]", j - main)
+                };
+                let proto = match listen.protocol {
+                    Protocol::Tcp => "tcp",
+                    Protocol::Udp => "udp",
+                };
+                r.fail(
+                    address,
+                    &format!("{at}.address"),
+                    format!("{} ({proto}) is already served by {other}", listen.address),
+                );
+            }
+        }
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
@@ -193,6 +363,7 @@ impl Config {
         let table = DeTable::parse(text).map_err(|e| src.syntax_error(&e))?;
         let mut reader = Reader::new(&src);
         let config = Config::read(table.get_ref(), "", &mut reader);
+        config.check_listen(table.get_ref(), &mut reader);
         let diags = reader.finish();
         if diags.is_empty() {
             Ok(config)
@@ -315,6 +486,98 @@ mod tests {
     }
 
     #[test]
+    fn udp_and_listen_tables_parse() {
+        let c = Config::parse(
+            "udp = true\nudp_rate_packets = 0\n[[listen]]\naddress = \"[::1]:7008\"\nprotocol = \"udp\"\n\
+             [[listen]]\naddress = \"localhost:7009\"\nprotocol = \"udp\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert!(c.udp);
+        assert_eq!(c.udp_rate_packets, 0);
+        let got: Vec<(String, Protocol)> = c
+            .endpoints()
+            .iter()
+            .map(|(e, p)| (e.to_string(), *p))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("127.0.0.1:7007".to_string(), Protocol::Tcp),
+                ("127.0.0.1:7007".to_string(), Protocol::Udp),
+                ("[::1]:7008".to_string(), Protocol::Udp),
+                ("localhost:7009".to_string(), Protocol::Udp),
+            ]
+        );
+        assert_eq!(Config::parse(&c.to_toml(), "p").unwrap(), c);
+    }
+
+    #[test]
+    fn bad_listen_addresses_are_located() {
+        for (text, needle) in [
+            ("::1:7007", "must be in brackets"),
+            ("[::1]", "needs brackets and a port"),
+            ("[nope]:7", "not an IPv6 address"),
+            ("host:99999", "0 to 65535"),
+            (":7007", "no host"),
+            ("7007", "no port"),
+        ] {
+            let d = err(&format!("[[listen]]\naddress = \"{text}\"\n"));
+            assert_eq!(
+                (d[0].line, d[0].column, d[0].key.as_deref()),
+                (2, 11, Some("listen[0].address")),
+                "{text}"
+            );
+            assert!(d[0].message.contains(needle), "{text}: {}", d[0].message);
+        }
+        let d = err("[[listen]]\nprotocol = \"udp\"\n");
+        assert_eq!((d[0].line, d[0].key.as_deref()), (1, Some("listen[0]")));
+        assert!(d[0].message.contains("no 'address'"), "{}", d[0].message);
+        let d = err("[[listen]]\naddress = \"127.0.0.1:7\"\nprotocol = \"sctp\"\n");
+        assert!(
+            d.iter()
+                .any(|d| d.key.as_deref() == Some("listen[0].protocol") && d.line == 3),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn extra_tcp_listeners_are_refused_until_served() {
+        let d = err("[[listen]]\naddress = \"127.0.0.1:7\"\n");
+        assert_eq!((d[0].line, d[0].key.as_deref()), (1, Some("listen[0]")));
+        assert!(d[0].message.contains("not served yet"), "{}", d[0].message);
+    }
+
+    #[test]
+    fn duplicate_addresses_are_refused_where_they_repeat() {
+        let d = err("udp = true\n[[listen]]\naddress = \"127.0.0.1:7007\"\nprotocol = \"udp\"\n");
+        assert!(
+            d[0].message.contains("host/port with udp = true"),
+            "{}",
+            d[0].message
+        );
+        let d = err("[[listen]]\naddress = \"[::1]:8\"\nprotocol = \"udp\"\n\
+             [[listen]]\naddress = \"[0:0::1]:8\"\nprotocol = \"udp\"\n");
+        assert_eq!(
+            (d[0].line, d[0].key.as_deref()),
+            (5, Some("listen[1].address"))
+        );
+        assert!(
+            d[0].message.contains("already served by listen[0]"),
+            "{}",
+            d[0].message
+        );
+        // The same address over the other protocol, and port 0, are fine.
+        Config::parse(
+            "[[listen]]\naddress = \"127.0.0.1:7007\"\nprotocol = \"udp\"\n\
+             [[listen]]\naddress = \"127.0.0.1:0\"\nprotocol = \"udp\"\n\
+             [[listen]]\naddress = \"127.0.0.1:0\"\nprotocol = \"udp\"\n",
+            "t.toml",
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn print_config_round_trips() {
         let c = Config::default();
         assert_eq!(Config::parse(&c.to_toml(), "p").unwrap(), c);
@@ -344,8 +607,19 @@ mod change_report {
             max_pending_bytes: 4096,
             busy_poll: Duration::from_micros(50),
             cpu_affinity: false,
+            udp: true,
+            udp_rate_packets: 10,
+            udp_rate_bytes: 1000,
+            udp_rate_sources: 8,
             control_socket: Some("/tmp/x.sock".into()),
             control_group: Some("adm".into()),
+            listen: vec![Listen {
+                address: Endpoint {
+                    host: "::1".into(),
+                    port: 9,
+                },
+                protocol: Protocol::Udp,
+            }],
             log: LogConfig {
                 level: LogLevel::Debug,
                 target: Some(LogTarget::Syslog),
@@ -378,17 +652,27 @@ mod change_report {
                 ("max_pending_bytes", "65536", "4096", Live),
                 ("busy_poll", "0s", "50us", Live),
                 ("cpu_affinity", "true", "false", AtRestart),
+                ("udp", "false", "true", Live),
+                ("udp_rate_packets", "100", "10", Live),
+                ("udp_rate_bytes", "65536", "1000", Live),
+                ("udp_rate_sources", "16384", "8", Live),
                 ("control_socket", "unset", "/tmp/x.sock", AtRestart),
                 ("control_group", "unset", "adm", AtRestart),
+                (
+                    "listen",
+                    "[]",
+                    "[{ address = \"[::1]:9\", protocol = \"udp\" }]",
+                    Live
+                ),
                 ("log.level", "info", "debug", Live),
                 ("log.target", "unset", "syslog", Live),
             ]
         );
         // And back: the same keys, values swapped.
         let back = changes(&new, &old);
-        assert_eq!(back.len(), 14);
+        assert_eq!(back.len(), 19);
         assert_eq!(back[9].to_string(), "cpu_affinity: false -> true");
-        assert_eq!(back[13].to_string(), "log.target: syslog -> unset");
+        assert_eq!(back[18].to_string(), "log.target: syslog -> unset");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::config::{format_duration, Config, ConfigError, LogTarget, DEFAULT_PATH};
+use crate::config::{format_duration, Config, ConfigError, LogTarget, Protocol, DEFAULT_PATH};
 use crate::net;
 use crate::notify::{borrow_all, Notifier};
 use crate::server::Server;
@@ -340,10 +340,9 @@ impl Daemon {
             Err(e) => Err(format!(
                 "config not reloaded, the running config is unchanged:\n{e}"
             )),
-            Ok((config, source)) => self.apply(config).map(|summary| {
+            Ok((config, source)) => self.apply(config).inspect(|_| {
                 crate::logging::apply(&self.server.config().log, self.default_log_target);
                 self.source = source;
-                summary
             }),
         };
         match &result {
@@ -402,13 +401,16 @@ impl Daemon {
         };
         let tcp_port = self.server.local_addrs().first().map(|a| a.port());
         let (wanted, limit) = udp_plan(&config, tcp_port);
-        let prepared = self.udp.prepare(&wanted, limit).map_err(|e| unchanged(&e))?;
+        let (was, _) = udp_plan(self.server.config(), tcp_port);
+        let prepared = self
+            .udp
+            .prepare(&wanted, limit)
+            .map_err(|e| unchanged(&e))?;
         let mut report = self.server.reload(config).map_err(|e| unchanged(&e))?;
-        match self.udp.apply(prepared) {
-            Ok(changes) => report.changes.extend(changes),
-            Err(e) => log::error!("cannot change the UDP side: {e}; it serves as before"),
+        if let Err(e) = self.udp.apply(prepared) {
+            log::error!("cannot change the UDP side: {e}; it serves as before");
         }
-        if self.udp.is_activated() && !wanted.is_empty() {
+        if self.udp.is_activated() && wanted != was {
             report
                 .deferred
                 .push("udp addresses (sockets come from the service manager)".into());
@@ -446,6 +448,31 @@ impl Daemon {
 /// the TCP side listens on, which `udp = true` shares (it matters when the
 /// configured port is 0).
 pub fn udp_plan(config: &Config, tcp_port: Option<u16>) -> (Vec<UdpSpec>, RateLimit) {
-    let _ = (config, tcp_port);
-    (Vec::new(), RateLimit::DEFAULT)
+    let limit = RateLimit {
+        packets: config.udp_rate_packets,
+        bytes: config.udp_rate_bytes,
+        max_sources: config.udp_rate_sources,
+    };
+    let mut specs = Vec::new();
+    if config.udp {
+        let port = match config.port {
+            0 => tcp_port.unwrap_or(0),
+            p => p,
+        };
+        specs.push(UdpSpec {
+            host: config.host.clone(),
+            port,
+        });
+    }
+    specs.extend(
+        config
+            .listen
+            .iter()
+            .filter(|l| l.protocol == Protocol::Udp)
+            .map(|l| UdpSpec {
+                host: l.address.host.clone(),
+                port: l.address.port,
+            }),
+    );
+    (specs, limit)
 }

@@ -11,12 +11,12 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use echo_lab::activation::{self, Inherited};
-use echo_lab::udp::listeners::UdpListeners;
 use echo_lab::config::{Config, LogTarget};
 use echo_lab::control::{self, Access};
 use echo_lab::daemon::{self, ConfigSource, Daemon};
 use echo_lab::notify::Notifier;
 use echo_lab::server::Server;
+use echo_lab::udp::listeners::UdpListeners;
 use echo_lab::{limits, logging, net, EX_CONFIG, EX_OSERR};
 
 /// A TCP echo daemon (RFC 862): everything a client sends comes back.
@@ -174,8 +174,8 @@ fn real_main() -> i32 {
             None
         }
     };
-    let mut daemon =
-        Daemon::new(server, udp, source, Notifier::from_env()).with_default_log_target(default_target);
+    let mut daemon = Daemon::new(server, udp, source, Notifier::from_env())
+        .with_default_log_target(default_target);
     daemon.log_listening();
     daemon.announce_ready();
     let code = daemon.run(rx);

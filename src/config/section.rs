@@ -209,10 +209,6 @@ pub(crate) enum Rendered {
     /// A table, its keys in declaration order.
     Table(Vec<(&'static str, Rendered)>),
     /// An array of tables.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "for the first [[array]] key; tested now")
-    )]
     Tables(Vec<Rendered>),
 }
 

@@ -143,30 +143,10 @@ impl UdpListeners {
         })
     }
 
-    /// Puts prepared sockets in service; returns what changed. Fails only
-    /// if the UDP thread cannot be started (the old state is then kept).
-    pub fn apply(&mut self, p: Prepared) -> io::Result<Vec<String>> {
-        let mut changes = Vec::new();
-        if p.limit != self.limit {
-            changes.push(format!(
-                "udp rate: {} -> {}",
-                describe_limit(&self.limit),
-                describe_limit(&p.limit)
-            ));
-        }
+    /// Puts prepared sockets in service. Fails only if the UDP thread
+    /// cannot be started or given the sockets (the old state is then kept).
+    pub fn apply(&mut self, p: Prepared) -> io::Result<()> {
         self.activated |= p.activated;
-        let before: Vec<String> = self.bound.iter().map(|(s, _)| s.describe()).collect();
-        let after: Vec<String> = p.bound.iter().map(|(s, _)| s.describe()).collect();
-        if before != after {
-            let show = |v: &[String]| {
-                if v.is_empty() {
-                    "none".to_string()
-                } else {
-                    v.join(", ")
-                }
-            };
-            changes.push(format!("udp: {} -> {}", show(&before), show(&after)));
-        }
         let mut sockets = Vec::new();
         for (_, socks) in &p.bound {
             for s in socks {
@@ -187,7 +167,7 @@ impl UdpListeners {
         }
         self.bound = p.bound;
         self.limit = p.limit;
-        Ok(changes)
+        Ok(())
     }
 
     /// Closes every UDP socket at once (datagrams have no session to
