@@ -1,36 +1,60 @@
 #!/usr/bin/env bash
-# compare.sh: measure echo-lab against two peers (tokio-echo, thread-echo)
-# in the same run, on loopback, and write the results table and chart.
+# compare.sh: measure echo-lab against its peers (tokio-echo, thread-echo,
+# uring-echo) under three clients in the same run, on loopback, and write
+# the results tables and chart.
 #
 # Usage: bench/compare.sh [--rounds N] [--duration SECS] [--workers N]
-#                         [--out DIR] [--smoke]
+#                         [--rate PER_SEC] [--out DIR] [--smoke]
 #
-#   --rounds N      interleaved rounds (default 3); every figure is a median
+#   --rounds N      interleaved rounds (default 5); every figure is a median,
+#                   printed with its min-max spread over rounds
 #   --duration S    measured seconds per ping-pong point (default 3, plus
-#                   1 s warmup)
+#                   1 s warmup; a whole number, tcp-echo-benchmark's unit)
 #   --workers N     server worker threads: echo-lab pool_size, tokio-echo
-#                   worker_threads (default 2)
+#                   and uring-echo workers (default 2)
+#   --rate R        the fixed-rate point's rate in round trips per second
+#                   (default: half the slowest peer's median at 50
+#                   connections under echo-labctl bench in this run)
 #   --out DIR       where PERFORMANCE.md and perf.svg go (default docs/)
-#   --smoke         one round, ~1 s per point, small connection counts;
-#                   writes to target/bench-smoke/ unless --out is given
+#   --smoke         one round, 1 s per point, two ping-pong points (1 and
+#                   10 connections), small counts; writes to
+#                   target/bench-smoke/ unless --out is given
+#
+# Clients (each ping-pong point runs under every one):
+#   echo-labctl          `echo-labctl bench`, this project's generator
+#   tcp-echo-benchmark   from crates.io, installed here with
+#                        `cargo install --locked tcp-echo-benchmark` if
+#                        missing (--smoke does not install it: it says so
+#                        and runs without it)
+#   tokio-client         bench/tokio-client, written the way tokio's
+#                        examples are
+# For every server, client and point the server's CPU per round trip is
+# recorded: user + system time of the server process (/proc/PID/stat) over
+# the measured window (echo-labctl and tokio-client read it themselves with
+# --server-pid; for tcp-echo-benchmark, which has no warmup, the script
+# reads it around the whole run), divided by the round trips.
 #
 # echo-lab runs twice a round: as shipped (busy_poll off), and with
 # busy_poll = 50us (echo-lab-busy-poll; ping-pong points only), the setting
 # an operator would choose for latency.
 #
 # Rounds are interleaved (echo-lab, echo-lab-busy-poll, tokio-echo,
-# thread-echo, repeat) so that
-# drift on the machine hits all servers alike. echo-lab is skipped, with a
-# message, if target/release/echo-lab is missing or does not start. Every
-# server runs on 127.0.0.1 port 0 and is stopped when the script exits.
+# thread-echo, uring-echo, repeat) so that drift on the machine hits all
+# servers alike; after them come the same interleaved rounds of the
+# fixed-rate point (every server at one offered load, under echo-labctl
+# bench --rate). echo-lab is skipped, with a message, if
+# target/release/echo-lab is missing or does not start; uring-echo if it
+# does not build or start here. Every server runs on 127.0.0.1 port 0 and
+# is stopped when the script exits.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 invocation="bench/compare.sh${*:+ $*}"
-rounds=3
+rounds=5
 duration=3
 warmup=1
 workers=2
+rate=""
 out=""
 smoke=0
 while [ $# -gt 0 ]; do
@@ -38,12 +62,16 @@ while [ $# -gt 0 ]; do
         --rounds) rounds=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
         --workers) workers=$2; shift 2 ;;
+        --rate) rate=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --smoke) smoke=1; shift ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
+case $duration in
+    ''|*[!0-9]*|0) echo "compare.sh: --duration must be a whole number of seconds (at least 1)" >&2; exit 2 ;;
+esac
 
 # Connection counts and times per point.
 if [ "$smoke" = 1 ]; then
@@ -78,11 +106,42 @@ say() { printf '%s\n' "compare.sh: $*" >&2; }
 # --- build -----------------------------------------------------------------
 say "building (release)"
 (cd "$root" && cargo build --release --quiet --bins)
-for pkg in tokio-echo thread-echo report; do
+for pkg in tokio-echo thread-echo tokio-client report; do
     (cd "$root/bench/$pkg" && cargo build --release --quiet)
 done
 ctl=$root/target/release/echo-labctl
 report=$root/bench/report/target/release/bench-report
+tokio_client=$root/bench/tokio-client/target/release/tokio-client
+
+servers=(echo-lab echo-lab-busy-poll tokio-echo thread-echo)
+if [ ! -x "$root/target/release/echo-lab" ]; then
+    say "target/release/echo-lab is missing: skipping echo-lab"
+    servers=(tokio-echo thread-echo)
+fi
+if (cd "$root/bench/uring-echo" && cargo build --release --quiet) 2>"$work/uring-build.err"; then
+    servers+=(uring-echo)
+else
+    say "uring-echo does not build here: skipping it"; sed 's/^/    /' "$work/uring-build.err" >&2
+fi
+
+clients=(echo-labctl tcp-echo-benchmark tokio-client)
+# tcp-echo-benchmark from crates.io, pinned so its output stays the one
+# parsed below.
+teb_version=0.1.1
+cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
+teb=$(command -v tcp-echo-benchmark || true)
+[ -n "$teb" ] || [ ! -x "$cargo_bin/tcp-echo-benchmark" ] || teb=$cargo_bin/tcp-echo-benchmark
+if [ -z "$teb" ]; then
+    if [ "$smoke" = 1 ]; then
+        say "SKIPPING tcp-echo-benchmark in --smoke: it is not installed, and building it takes about a minute (the full run installs it: cargo install --locked tcp-echo-benchmark --version $teb_version)"
+        clients=(echo-labctl tokio-client)
+    else
+        say "installing tcp-echo-benchmark $teb_version (cargo install --locked)"
+        cargo install --locked --quiet tcp-echo-benchmark --version "$teb_version"
+        teb=$cargo_bin/tcp-echo-benchmark
+    fi
+fi
+say "servers: ${servers[*]}; clients: ${clients[*]}"
 
 # The peers listen with their languages' default backlog (128, see
 # `ss -ltn`); echo-lab is configured as an operator expecting bursts of
@@ -92,12 +151,6 @@ report=$root/bench/report/target/release/bench-report
 # descriptor limit.
 ulimit -n "$(ulimit -Hn)"
 clk_tck=$(getconf CLK_TCK)
-
-servers=(echo-lab echo-lab-busy-poll tokio-echo thread-echo)
-if [ ! -x "$root/target/release/echo-lab" ]; then
-    say "target/release/echo-lab is missing: skipping echo-lab"
-    servers=(tokio-echo thread-echo)
-fi
 
 # Prefixes each line of stdin with the time it arrived, until the ready line;
 # then copies the rest unchanged.
@@ -132,6 +185,7 @@ TOML
             cmd=("$root/target/release/echo-lab" --config "$work/echo-lab.toml") ;;
         tokio-echo) cmd=("$root/bench/tokio-echo/target/release/tokio-echo" 127.0.0.1:0 --workers "$workers") ;;
         thread-echo) cmd=("$root/bench/thread-echo/target/release/thread-echo" 127.0.0.1:0) ;;
+        uring-echo) cmd=("$root/bench/uring-echo/target/release/uring-echo" 127.0.0.1:0 --workers "$workers") ;;
     esac
     : > "$log"
     local t0=$EPOCHREALTIME
@@ -180,19 +234,72 @@ results=$work/results.jsonl
 : > "$results"
 emit() { printf '%s\n' "$1" >> "$results"; }
 
-# point ROUND SERVER ID LABEL BENCH-ARGS...: one bench run, recorded.
+# point ROUND SERVER CLIENT ID LABEL CONNECTIONS SIZE: one ping-pong run
+# under one client, recorded with the server's CPU over its measured window.
 point() {
-    local round=$1 server=$2 id=$3 label=$4; shift 4
-    local before after json code=0
-    before=$(cpu_secs "$server_pid")
-    json=$("$ctl" bench "$server_addr" --json "$@" 2>>"$work/bench.err") || code=$?
-    after=$(cpu_secs "$server_pid")
+    local round=$1 server=$2 client=$3 id=$4 label=$5 conns=$6 size=$7
+    local json code=0 cpu=null
+    case $client in
+        echo-labctl)
+            json=$("$ctl" bench "$server_addr" --json --connections "$conns" --size "$size" \
+                --duration "$duration" --warmup "$warmup" --server-pid "$server_pid" \
+                2>>"$work/bench.err") || code=$? ;;
+        tokio-client)
+            json=$("$tokio_client" "$server_addr" "$conns" "$size" "$duration" "$warmup" \
+                --server-pid "$server_pid" 2>>"$work/bench.err") || code=$? ;;
+        tcp-echo-benchmark)
+            teb_point "$conns" "$size" || code=$?
+            json=$teb_json; cpu=$teb_cpu ;;
+    esac
     if [ -z "$json" ]; then
-        say "$server/$id: bench did not run (exit $code)"; json=null
+        say "$server/$client/$id: the client did not run (exit $code)"
+        json='{"errors":{"total":1}}'
     elif [ "$code" != 0 ]; then
-        say "$server/$id: failures (exit $code)"
+        say "$server/$client/$id: failures (exit $code)"
     fi
-    emit "{\"round\":$round,\"server\":\"$server\",\"point\":\"$id\",\"label\":\"$label\",\"bench\":$json,\"server_cpu_secs\":$(awk -v a="$before" -v b="$after" 'BEGIN{print b-a}')}"
+    emit "{\"round\":$round,\"server\":\"$server\",\"client\":\"$client\",\"point\":\"$id\",\"label\":\"$label\",\"bench\":$json,\"server_cpu\":$cpu}"
+}
+
+# teb_point CONNECTIONS SIZE: runs tcp-echo-benchmark (no warmup, whole
+# seconds, counts only: "Total: N requests, M responses") and reads the
+# server's CPU around the whole run. Sets teb_json and teb_cpu.
+teb_point() {
+    local conns=$1 size=$2 before after t0 t1 text code=0 total writes
+    before=$(cpu_secs "$server_pid"); t0=$EPOCHREALTIME
+    text=$("$teb" -a "$server_addr" -l "$size" -c "$conns" -t "$duration" 2>"$work/teb.err") || code=$?
+    t1=$EPOCHREALTIME; after=$(cpu_secs "$server_pid")
+    cat "$work/teb.err" >> "$work/bench.err"
+    total=$(sed -nE 's/^Total: ([0-9]+) requests, ([0-9]+) responses$/\1 \2/p' <<<"$text")
+    # It prints "Write error!" for a connection whose write failed and
+    # panics (non-zero exit) on a connect failure: both are failures here.
+    writes=$(grep -c 'Write error' "$work/teb.err" || true)
+    if [ -z "$total" ]; then
+        teb_json="{\"mode\":\"ping-pong\",\"errors\":{\"total\":$((writes + 1))}}"; teb_cpu=null
+        return "${code/#0/1}"
+    fi
+    teb_json=$(awk -v t="$total" -v d="$duration" -v c="$conns" -v s="$size" -v w="$writes" -v x="$code" 'BEGIN {
+        split(t, n, " ");
+        printf "{\"client\":\"tcp-echo-benchmark\",\"mode\":\"ping-pong\",\"connections\":%d,\"size\":%d,\"duration_secs\":%d,\"requests\":%d,\"round_trips\":%d,\"round_trips_per_sec\":%.1f,\"errors\":{\"total\":%d}}",
+            c, s, d, n[1], n[2], n[2] / d, w + (x != 0) }')
+    teb_cpu=$(awk -v a="$before" -v b="$after" -v t0="$t0" -v t1="$t1" -v t="$total" 'BEGIN {
+        split(t, n, " "); cpu = b - a; wall = t1 - t0;
+        printf "{\"cpu_secs\":%.3f,\"window_secs\":%.3f,\"percent\":%.2f,\"us_per_round_trip\":%s}",
+            cpu, wall, cpu / wall * 100, (n[2] > 0 ? sprintf("%.3f", cpu * 1e6 / n[2]) : "null") }')
+    return "$code"
+}
+
+# rate_point ROUND SERVER: the fixed-rate point at $rate round trips/s.
+rate_point() {
+    local round=$1 server=$2 json code=0
+    json=$("$ctl" bench "$server_addr" --json --rate "$rate" --connections "$conns_mid" --size 64 \
+        --duration "$duration" --warmup "$warmup" --server-pid "$server_pid" \
+        2>>"$work/bench.err") || code=$?
+    if [ -z "$json" ]; then
+        say "$server/rate: bench did not run (exit $code)"; json='{"errors":{"total":1}}'
+    elif [ "$code" != 0 ]; then
+        say "$server/rate: failures (exit $code)"
+    fi
+    emit "{\"round\":$round,\"server\":\"$server\",\"client\":\"echo-labctl\",\"point\":\"rate-mid\",\"label\":\"$rate/s, 64 B, $conns_mid conns\",\"bench\":$json,\"server_cpu\":null}"
 }
 
 # hold_point ROUND SERVER: the held-connections point, with the server's RSS
@@ -222,7 +329,7 @@ hold_point() {
     json=$(cat "$work/hold.json")
     [ -n "$json" ] || json=null
     [ "$code" = 0 ] || say "$server/hold: failures or no run (exit $code)"
-    emit "{\"round\":$round,\"server\":\"$server\",\"point\":\"hold\",\"label\":\"$conns_hold held\",\"bench\":$json,\"rss_before_kb\":$before,\"rss_holding_kb\":$peak}"
+    emit "{\"round\":$round,\"server\":\"$server\",\"client\":\"echo-labctl\",\"point\":\"hold\",\"label\":\"$conns_hold held\",\"bench\":$json,\"rss_before_kb\":$before,\"rss_holding_kb\":$peak}"
 }
 
 # reload ROUND: SIGHUP echo-lab every 100 ms during a 50-connection bench.
@@ -240,10 +347,28 @@ reload_point() {
     json=$(cat "$work/reload.json")
     [ -n "$json" ] || json=null
     [ "$code" = 0 ] || say "echo-lab/reload: failures or no run (exit $code)"
-    emit "{\"round\":$round,\"server\":\"echo-lab\",\"point\":\"reload\",\"label\":\"reload\",\"signals\":$signals,\"bench\":$json}"
+    emit "{\"round\":$round,\"server\":\"echo-lab\",\"client\":\"echo-labctl\",\"point\":\"reload\",\"label\":\"reload\",\"signals\":$signals,\"bench\":$json}"
 }
 
-pp=(--size 64 --duration "$duration" --warmup "$warmup")
+# The ping-pong points: ID|LABEL|CONNECTIONS|SIZE. The smoke keeps two, so
+# that it stays short with every client and server.
+pp_points=("pp-1|64 B, $conns_small conn|$conns_small|64"
+           "pp-mid|64 B, $conns_mid conns|$conns_mid|64"
+           "pp-big|64 B, $conns_big conns|$conns_big|64"
+           "pp-4k|4 KiB, $conns_mid conns|$conns_mid|4096")
+[ "$smoke" = 0 ] || pp_points=("${pp_points[@]:0:2}")
+
+# points SERVER ROUND: every ping-pong point, each under every client in turn.
+points() {
+    local server=$1 round=$2 spec id label conns size client
+    for spec in "${pp_points[@]}"; do
+        IFS='|' read -r id label conns size <<<"$spec"
+        for client in "${clients[@]}"; do
+            point "$round" "$server" "$client" "$id" "$label" "$conns" "$size"
+        done
+    done
+}
+
 for round in $(seq "$rounds"); do
     for server in "${servers[@]}"; do
         say "round $round/$rounds: $server"
@@ -251,15 +376,11 @@ for round in $(seq "$rounds"); do
             say "skipping $server in round $round"
             continue
         fi
-        emit "{\"round\":$round,\"server\":\"$server\",\"point\":\"ready\",\"label\":\"ready\",\"ready_ms\":$ready_ms}"
+        emit "{\"round\":$round,\"server\":\"$server\",\"client\":\"echo-labctl\",\"point\":\"ready\",\"label\":\"ready\",\"ready_ms\":$ready_ms}"
         # The hold point first, so the RSS baseline is a fresh server's.
         # (busy_poll plays no part in it: not repeated for that variant.)
         [ "$server" = echo-lab-busy-poll ] || hold_point "$round" "$server"
-        point "$round" "$server" pp-1 "64 B, $conns_small conn" --connections "$conns_small" "${pp[@]}"
-        point "$round" "$server" pp-mid "64 B, $conns_mid conns" --connections "$conns_mid" "${pp[@]}"
-        point "$round" "$server" pp-big "64 B, $conns_big conns" --connections "$conns_big" "${pp[@]}"
-        point "$round" "$server" pp-4k "4 KiB, $conns_mid conns" --connections "$conns_mid" \
-            --size 4096 --duration "$duration" --warmup "$warmup"
+        points "$server" "$round"
         if [ "$server" = echo-lab ]; then
             reload_point "$round"
         fi
@@ -267,7 +388,25 @@ for round in $(seq "$rounds"); do
     done
 done
 
-context="Measured $(date -u +%Y-%m-%d) on $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), Linux $(uname -r); $rounds rounds, ${duration} s per ping-pong point after ${warmup} s warmup, servers on $workers workers, client and servers on the same machine over loopback. Command: \`$invocation\`."
+# The fixed-rate point: every server at the same offered load, about half
+# of what the slowest peer managed at $conns_mid connections.
+if [ -z "$rate" ]; then
+    rate=$("$report" rate "$results" 2>>"$work/bench.err") || rate=""
+fi
+if [ -n "$rate" ]; then
+    for round in $(seq "$rounds"); do
+        for server in "${servers[@]}"; do
+            say "fixed rate $rate/s, round $round/$rounds: $server"
+            start_server "$server" || { say "skipping $server"; continue; }
+            rate_point "$round" "$server"
+            stop_server
+        done
+    done
+else
+    say "no peer was measured at $conns_mid connections: no fixed-rate point"
+fi
+
+context="Measured $(date -u +%Y-%m-%d) on $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), Linux $(uname -r); $rounds interleaved rounds, ${duration} s per ping-pong point after ${warmup} s warmup (tcp-echo-benchmark: ${duration} s, no warmup), fixed rate ${rate:-none}/s, servers on $workers workers, clients ${clients[*]}, client and servers on the same machine over loopback. Command: \`$invocation\`."
 # Elsewhere than docs/, start from the committed document so the prose is kept.
 if [ "$(cd "$out" && pwd)" != "$root/docs" ]; then
     cp "$root/docs/PERFORMANCE.md" "$out/PERFORMANCE.md"

@@ -172,6 +172,7 @@ async fn main() {
     let us = |q: f64| total.latency.value_at_quantile(q) as f64 / 1000.0;
     let report = serde_json::json!({
         "client": "tokio-client",
+        "mode": "ping-pong",
         "addr": args.addr,
         "connections": args.connections,
         "size": args.size,
