@@ -182,7 +182,11 @@ fn points<'a>(lines: impl Iterator<Item = &'a Value>) -> Vec<(String, String, St
                 .pointer("/bench/mode")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            seen.push((p.to_string(), str_of(l, "label").to_string(), mode.to_string()));
+            seen.push((
+                p.to_string(),
+                str_of(l, "label").to_string(),
+                mode.to_string(),
+            ));
         }
     }
     seen
@@ -211,7 +215,9 @@ fn row(
         let xs: Vec<f64> = mine.iter().filter_map(|l| metric(l)).collect();
         let (min, max) = xs
             .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
         if let Some(m) = median(xs.clone()) {
             values.insert(
                 server.to_string(),
@@ -235,7 +241,8 @@ fn row(
 /// The server's CPU per round trip: from the client's own measurement of
 /// the window (echo-labctl, tokio-client) or the script's (the others).
 fn server_cpu_us(l: &Value) -> Option<f64> {
-    num(l, "/server_cpu/us_per_round_trip").or_else(|| num(l, "/bench/server_cpu/us_per_round_trip"))
+    num(l, "/server_cpu/us_per_round_trip")
+        .or_else(|| num(l, "/bench/server_cpu/us_per_round_trip"))
 }
 
 /// The rows of one client's ping-pong table.
@@ -256,7 +263,10 @@ fn ping_pong_rows(lines: &[&Value]) -> Vec<Row> {
             .iter()
             .any(|l| str_of(l, "point") == point && num(l, "/bench/latency_us/p50").is_some());
         if has_latency {
-            for (name, path) in [("p50", "/bench/latency_us/p50"), ("p99", "/bench/latency_us/p99")] {
+            for (name, path) in [
+                ("p50", "/bench/latency_us/p50"),
+                ("p99", "/bench/latency_us/p99"),
+            ] {
                 rows.push(row(
                     lines,
                     &point,
@@ -277,6 +287,9 @@ fn ping_pong_rows(lines: &[&Value]) -> Vec<Row> {
     rows
 }
 
+/// A figure read from one result line.
+type Metric = dyn Fn(&Value) -> Option<f64>;
+
 /// The rows of the fixed-rate table.
 fn fixed_rate_rows(lines: &[&Value]) -> Vec<Row> {
     let mut rows = Vec::new();
@@ -284,19 +297,39 @@ fn fixed_rate_rows(lines: &[&Value]) -> Vec<Row> {
         if mode != "fixed-rate" {
             continue;
         }
-        let figures: [(&str, Better, &dyn Fn(&Value) -> Option<f64>); 7] = [
-            ("achieved round trips/s", Better::Higher, &|l| num(l, "/bench/round_trips_per_sec")),
-            ("p50 latency (µs)", Better::Lower, &|l| num(l, "/bench/latency_us/p50")),
-            ("p99 latency (µs)", Better::Lower, &|l| num(l, "/bench/latency_us/p99")),
-            ("p99.9 latency (µs)", Better::Lower, &|l| num(l, "/bench/latency_us/p999")),
-            ("max latency (µs)", Better::Lower, &|l| num(l, "/bench/latency_us/max")),
+        let figures: [(&str, Better, &Metric); 7] = [
+            ("achieved round trips/s", Better::Higher, &|l| {
+                num(l, "/bench/round_trips_per_sec")
+            }),
+            ("p50 latency (µs)", Better::Lower, &|l| {
+                num(l, "/bench/latency_us/p50")
+            }),
+            ("p99 latency (µs)", Better::Lower, &|l| {
+                num(l, "/bench/latency_us/p99")
+            }),
+            ("p99.9 latency (µs)", Better::Lower, &|l| {
+                num(l, "/bench/latency_us/p999")
+            }),
+            ("max latency (µs)", Better::Lower, &|l| {
+                num(l, "/bench/latency_us/max")
+            }),
             ("server CPU (% of one CPU)", Better::Lower, &|l| {
                 num(l, "/server_cpu/percent").or_else(|| num(l, "/bench/server_cpu/percent"))
             }),
-            ("server CPU µs per round trip", Better::Lower, &server_cpu_us),
+            (
+                "server CPU µs per round trip",
+                Better::Lower,
+                &server_cpu_us,
+            ),
         ];
         for (name, better, metric) in figures {
-            rows.push(row(lines, &point, format!("{label}: {name}"), better, metric));
+            rows.push(row(
+                lines,
+                &point,
+                format!("{label}: {name}"),
+                better,
+                metric,
+            ));
         }
     }
     rows
@@ -307,9 +340,13 @@ fn server_rows(lines: &[&Value]) -> Vec<Row> {
     let mut rows = Vec::new();
     for (point, label, mode) in points(lines.iter().copied()) {
         if point == "ready" {
-            rows.push(row(lines, &point, "start to ready (ms)".into(), Better::Lower, |l| {
-                num(l, "/ready_ms")
-            }));
+            rows.push(row(
+                lines,
+                &point,
+                "start to ready (ms)".into(),
+                Better::Lower,
+                |l| num(l, "/ready_ms"),
+            ));
         } else if mode == "hold" {
             rows.push(row(
                 lines,
@@ -407,7 +444,10 @@ fn throughput(lines: &[Value]) -> Vec<(String, Vec<(String, f64)>)> {
             });
             (
                 label,
-                r.values.iter().map(|(s, c)| (s.clone(), c.median)).collect(),
+                r.values
+                    .iter()
+                    .map(|(s, c)| (s.clone(), c.median))
+                    .collect(),
             )
         })
         .collect()
@@ -455,7 +495,10 @@ fn fmt_cell(c: &Cell) -> String {
 }
 
 fn table(out: &mut String, rows: &[Row], with_ratio: bool) {
-    let servers = present(rows.iter().flat_map(|r| r.values.keys().map(String::as_str)));
+    let servers = present(
+        rows.iter()
+            .flat_map(|r| r.values.keys().map(String::as_str)),
+    );
     let ours: Vec<&str> = OURS
         .iter()
         .copied()
@@ -500,8 +543,12 @@ fn table(out: &mut String, rows: &[Row], with_ratio: bool) {
                 .filter(|(s, _)| !OURS.contains(&s.as_str()))
                 .map(|(_, c)| c.median);
             let best = match r.better {
-                Better::Higher => peers.fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v)))),
-                Better::Lower => peers.fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.min(v)))),
+                Better::Higher => {
+                    peers.fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))))
+                }
+                Better::Lower => {
+                    peers.fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.min(v))))
+                }
             };
             for o in &ours {
                 match (r.values.get(*o), best) {
@@ -537,7 +584,10 @@ fn render(lines: &[Value], context: &str, svg: &str) -> String {
         out.push('\n');
     }
     for client in skipped {
-        let _ = writeln!(out, "`{client}` was not run (see the script's output for why).\n");
+        let _ = writeln!(
+            out,
+            "`{client}` was not run (see the script's output for why).\n"
+        );
     }
     let all: Vec<&Value> = lines.iter().collect();
     let rate = fixed_rate_rows(&all);
@@ -658,7 +708,10 @@ fn chart(svg: &Path, data: &[(String, Vec<(String, f64)>)]) -> Result<()> {
         RGBColor(0x75, 0x70, 0xb3),
         RGBColor(0x66, 0x66, 0x66),
     ];
-    let servers = present(data.iter().flat_map(|(_, v)| v.iter().map(|(s, _)| s.as_str())));
+    let servers = present(
+        data.iter()
+            .flat_map(|(_, v)| v.iter().map(|(s, _)| s.as_str())),
+    );
     let width = 0.8 / servers.len().max(1) as f64;
     for (j, server) in servers.iter().enumerate() {
         let colour = colours[j % colours.len()];

@@ -107,7 +107,12 @@ fn cpu_of(pid: u32) -> Duration {
         .arg("CLK_TCK")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u64>().ok())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .unwrap_or(100);
     Duration::from_nanos(ticks * 1_000_000_000 / hz.max(1))
 }
@@ -134,7 +139,14 @@ async fn main() {
             // window is measured from there.
             barrier.wait().await;
             let go = Instant::now();
-            ping_pong(stream, conn as u64, size, go + warmup, go + warmup + duration).await
+            ping_pong(
+                stream,
+                conn as u64,
+                size,
+                go + warmup,
+                go + warmup + duration,
+            )
+            .await
         }));
     }
     barrier.wait().await;
