@@ -36,6 +36,17 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// Extra time after the drain deadline for workers to finish closing.
 const DRAIN_MARGIN: Duration = Duration::from_secs(2);
 
+/// How the message of a failed reload starts (control clients and the log
+/// get the whole message; `STATUS=` only the reason).
+const NOT_RELOADED: &str = "config not reloaded, the running config is unchanged:";
+
+/// The reason a reload failed, for `STATUS=`: the message's last line
+/// without [`NOT_RELOADED`].
+fn reason_of(message: &str) -> &str {
+    let last = message.lines().last().unwrap_or("");
+    last.strip_prefix(NOT_RELOADED).unwrap_or(last).trim()
+}
+
 /// Where the config came from; a reload reads the same place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
@@ -337,9 +348,7 @@ impl Daemon {
             ConfigSource::Embedded => None,
         };
         let result = match load_config(explicit.as_deref()) {
-            Err(e) => Err(format!(
-                "config not reloaded, the running config is unchanged:\n{e}"
-            )),
+            Err(e) => Err(format!("{NOT_RELOADED}\n{e}")),
             Ok((config, source)) => self.apply(config).inspect(|_| {
                 crate::logging::apply(&self.server.config().log, self.default_log_target);
                 self.source = source;
@@ -372,10 +381,7 @@ impl Daemon {
         }
         let status = match &result {
             Ok(summary) => format!("reload applied: {summary}; {}", self.status_line()),
-            Err(e) => format!(
-                "reload failed, running config unchanged: {}",
-                e.lines().last().unwrap_or("")
-            ),
+            Err(e) => format!("reload failed, running config unchanged: {}", reason_of(e)),
         };
         self.notifier.ready(&status);
         self.last_status = (status, Instant::now());
@@ -396,9 +402,7 @@ impl Daemon {
     /// only when both succeeded are the UDP sockets put in service. Any
     /// failure changes nothing.
     fn apply(&mut self, config: Config) -> Result<String, String> {
-        let unchanged = |e: &dyn std::fmt::Display| {
-            format!("config not reloaded, the running config is unchanged: {e}")
-        };
+        let unchanged = |e: &dyn std::fmt::Display| format!("{NOT_RELOADED} {e}");
         let tcp_port = self.server.local_addrs().first().map(|a| a.port());
         let (wanted, limit) = udp_plan(&config, tcp_port);
         let (was, _) = udp_plan(self.server.config(), tcp_port);
@@ -475,4 +479,27 @@ pub fn udp_plan(config: &Config, tcp_port: Option<u16>) -> (Vec<UdpSpec>, RateLi
             }),
     );
     (specs, limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_reason_drops_the_preamble() {
+        let bind = format!("{NOT_RELOADED} cannot listen on 127.0.0.1:7: Address already in use");
+        assert_eq!(
+            reason_of(&bind),
+            "cannot listen on 127.0.0.1:7: Address already in use"
+        );
+        let located = format!("{NOT_RELOADED}\n/etc/echo-lab.toml:3:1: unknown key `x`");
+        assert_eq!(
+            reason_of(&located),
+            "/etc/echo-lab.toml:3:1: unknown key `x`"
+        );
+        assert_eq!(
+            reason_of("draining; reload ignored"),
+            "draining; reload ignored"
+        );
+    }
 }
