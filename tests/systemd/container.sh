@@ -7,6 +7,7 @@
 #   container.sh boot NAME           overlay a tmpfs on the cache, boot, wait for "running"
 #   container.sh exec NAME CMD...    run CMD in all namespaces of the container
 #   container.sh put NAME SRC DEST   copy a host file into the running container
+#   container.sh pid NAME            print the host PID of the container's init
 #   container.sh stop NAME           power off, unmount, remove cgroups and state
 #   container.sh list                containers started by this script
 #   container.sh destroy-cache       delete the cached rootfs
@@ -207,6 +208,7 @@ case $sub in
   boot) cmd_boot "$@" ;;
   exec) name=${1:?usage: exec NAME CMD...}; shift; in_ct "$name" "$@" ;;
   put) cmd_put "$@" ;;
+  pid) init_pid "${1:?usage: pid NAME}" || die "container '$1' is not running" ;;
   stop) cmd_stop "$@" ;;
   list) cmd_list ;;
   destroy-cache) rm -rf "$BASE/cache" ;;

@@ -14,8 +14,19 @@
 # the exit status is non-zero when a check failed. Every wait polls with a
 # deadline. Traffic goes to loopback only, on ports 7 (echo-lab.socket) and
 # 17007-17021 (overridable with ECHO_LAB_TEST_PORT_BASE; the ports in use are
-# base+0, +4..+6, +14). Details of a failing check go to
+# base+0, +4..+7, +14). Details of a failing check go to
 # $ECHO_LAB_TEST_LOG (default target/systemd-tests.log).
+#
+# Faults: kill -9 of the daemon under a reconnecting loop (systemd restarts
+# it, the listener survives in the fd store), 10 000 connections with a hog
+# and slow senders measured against the unit's MemoryMax=/TasksMax=, and a
+# reload onto a port another process holds. The memory and task figures
+# come from systemd when the container has the memory and pids controllers;
+# where it has not (a host whose cgroup v1 hierarchies hold them), from
+# cgroup v1 groups on the host that the daemon is started in, with the
+# unit's MemoryMax= and TasksMax= as their limits. The client side of the
+# 10 000 connections needs about 10 300 descriptors (its hard limit must
+# allow that).
 # ECHO_LAB_TEST_DEB=path tests that .deb instead of building one.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,6 +40,7 @@ PORT=$BASE_PORT                  # echo-lab.service (its /etc/echo-lab.toml)
 PORT_A=$((BASE_PORT + 4))        # echo-lab@a.service
 PORT_B=$((BASE_PORT + 5))        # echo-lab@b.service
 PORT_S=$((BASE_PORT + 6))        # echo-lab@PORT_S.socket
+PORT_HELD=$((BASE_PORT + 7))     # held by another process during a reload
 PORT_HOST=$((BASE_PORT + 14))    # echo-lab --daemon on the host
 NAME=echolab-$$
 WAIT=${ECHO_LAB_TEST_TIMEOUT:-20}
@@ -67,9 +79,19 @@ main_pid() { in_ct systemctl show -P MainPID "$1"; }
 
 host_daemon_pid=
 loop_pid=
+holder_pid=
+CG_MEM= CG_PIDS=    # cgroup v1 groups made for the resource check
+cg_remove() {       # cg_remove DIR: move what is left in DIR to its parent, remove it
+  local d=$1 p
+  [ -n "$d" ] && [ -d "$d" ] || return 0
+  for p in $(cat "$d/cgroup.procs" 2>/dev/null); do echo "$p" >"$(dirname "$d")/cgroup.procs" 2>/dev/null; done
+  rmdir "$d" 2>/dev/null || echo "run.sh: cannot remove cgroup $d" >&2
+}
 cleanup() {
   [ -n "$loop_pid" ] && kill "$loop_pid" 2>/dev/null
+  [ -n "$holder_pid" ] && kill "$holder_pid" 2>/dev/null
   [ -n "$host_daemon_pid" ] && kill -KILL "$host_daemon_pid" 2>/dev/null
+  cg_remove "$CG_MEM"; cg_remove "$CG_PIDS"
   "$CT" stop "$NAME" >>"$LOG" 2>&1
   rm -rf "$TMP"
 }
@@ -157,7 +179,7 @@ for unit in echo-lab.service echo-lab@.service; do
 done
 
 # ------------------------------------------------------------------ container
-for p in 7 "$PORT" "$PORT_A" "$PORT_B" "$PORT_S" "$PORT_HOST"; do
+for p in 7 "$PORT" "$PORT_A" "$PORT_B" "$PORT_S" "$PORT_HELD" "$PORT_HOST"; do
   port_free "$p" || { not_ok "TCP port $p is free on the host"; finish; }
 done
 if "$CT" boot "$NAME" >>"$LOG" 2>&1; then ok "container booted with systemd as PID 1"; else not_ok "container booted (see $LOG)"; finish; fi
@@ -270,8 +292,8 @@ verify_installed() {
 }
 check "systemd-analyze verify: installed units (container)" verify_installed
 
-loop_count() { cat "$TMP/loop.stop.count" 2>/dev/null || echo 0; }
-loop_reached() { [ "$(loop_count)" -ge "$1" ]; }
+loop_count() { cat "${2:-$TMP/loop.stop}.count" 2>/dev/null || echo 0; }  # [_ STOPFILE]
+loop_reached() { [ "$(loop_count _ "${2:-}")" -ge "$1" ]; }                # N [STOPFILE]
 restart_loop() {
   local before after rc lrc n stop=$TMP/loop.stop
   before=$(main_pid echo-lab.service)
@@ -291,6 +313,194 @@ restart_loop() {
 }
 if restart_loop >"$TMP/restart" 2>>"$LOG"; then ok "systemctl restart under a connect loop refuses nothing ($(cat "$TMP/restart"))"
 else not_ok "systemctl restart under a connect loop refuses nothing ($(cat "$TMP/restart"))"; fi
+
+# ------------------------------------------------------------------ faults
+# kill -9 of the main process under 4 clients doing round trips on kept
+# connections: systemd restarts it (Restart=on-failure), the new daemon gets
+# the listening socket back from the fd store, and no connect is refused in
+# between (the kernel queues them on the stored socket). The connections
+# open when the daemon died are lost: at most one per client, each
+# replaced by a new one.
+new_main() { local p; p=$(main_pid echo-lab.service); [ -n "$p" ] && [ "$p" != 0 ] && [ "$p" != "$1" ] && unit_is echo-lab.service active; }
+field() { sed -n "s/.*\b$1=\([0-9]*\).*/\1/p" "$2"; }
+kill_loop() {
+  local before after r0 r1 lrc n stop=$TMP/kloop.stop clients=4
+  before=$(main_pid echo-lab.service)
+  r0=$(in_ct systemctl show -P NRestarts echo-lab.service)
+  rm -f "$stop" "$stop.count"
+  tcp reconnect 127.0.0.1 "$PORT" "$stop" "$clients" >"$TMP/kloop.out" 2>&1 &
+  loop_pid=$!
+  wait_for "$WAIT" loop_reached 100 "$stop" || echo "loop not served before the kill" >&2
+  in_ct kill -KILL "$before" || echo "kill -KILL $before failed" >&2
+  wait_for $((WAIT + 5)) new_main "$before" || echo "no new main process" >&2
+  n=$(loop_count _ "$stop")
+  wait_for "$WAIT" loop_reached $((n + 100)) "$stop" || echo "loop not served after the restart" >&2
+  touch "$stop"
+  wait "$loop_pid"; lrc=$?
+  loop_pid=
+  after=$(main_pid echo-lab.service)
+  r1=$(in_ct systemctl show -P NRestarts echo-lab.service)
+  local refused failed reconnects
+  refused=$(field refused "$TMP/kloop.out"); failed=$(field failed "$TMP/kloop.out"); reconnects=$(field reconnects "$TMP/kloop.out")
+  echo "$(cat "$TMP/kloop.out"); MainPID $before -> $after, NRestarts $r0 -> $r1"
+  in_ct journalctl -u echo-lab.service --no-pager -o cat >"$TMP/kloop.journal" 2>&1
+  cat "$TMP/kloop.journal" >>"$LOG"
+  [ "$lrc" = 0 ] || { echo "FAIL: loop exit $lrc (no round trip, or refused connects)" >&2; return 1; }
+  [ "$refused" = 0 ] || { echo "FAIL: refused=$refused" >&2; return 1; }
+  [ -n "$failed" ] && [ "$failed" -le "$clients" ] && [ "$reconnects" -le "$failed" ] || { echo "FAIL: more lost connections than clients" >&2; return 1; }
+  [ "$after" != "$before" ] || { echo "FAIL: MainPID unchanged" >&2; return 1; }
+  [ "$r1" = $((r0 + 1)) ] || { echo "FAIL: NRestarts did not go up by one" >&2; return 1; }
+  grep -q "status=9/KILL" "$TMP/kloop.journal" || { echo "FAIL: journal has no status=9/KILL" >&2; return 1; }
+  in_ct journalctl -u echo-lab.service --no-pager -o cat "_PID=$after" | grep -q "reusing the listening socket kept by the service manager" ||
+    { echo "FAIL: the new daemon did not reuse the stored listener" >&2; return 1; }
+}
+if kill_loop >"$TMP/kill" 2>>"$LOG"; then ok "kill -9 under a reconnecting loop: restarted, stored listener reused, nothing refused ($(cat "$TMP/kill"))"
+else not_ok "kill -9 under a reconnecting loop: restarted, stored listener reused, nothing refused ($(cat "$TMP/kill"))"; fi
+
+# A reload onto a port another process holds: the config checks, the
+# daemon cannot bind it, echo-labctl reload (ExecReload=) reports that, so
+# systemctl reload fails; the old listener keeps serving; systemctl status
+# says why (the daemon's STATUS= and the journal name the address).
+held_port_reload() {
+  local before after rc=0 ready=$TMP/holder.ready st
+  rm -f "$ready"
+  python3 -c 'import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8)
+open(sys.argv[2], "w").close(); time.sleep(600)' "$PORT_HELD" "$ready" &
+  holder_pid=$!
+  wait_for "$WAIT" test -e "$ready" || { echo "no holder on $PORT_HELD"; return 1; }
+  before=$(main_pid echo-lab.service)
+  in_ct cp /etc/echo-lab.toml /tmp/before-held.toml
+  set_conf port "$PORT_HELD" || return 1
+  if in_ct systemctl reload echo-lab; then echo "FAIL: reload succeeded although $PORT_HELD is held"; rc=1; fi
+  st=$(in_ct systemctl status --no-pager --full -n 20 echo-lab.service)
+  echo "$st"
+  grep -F "127.0.0.1:$PORT_HELD" <<<"$st" | grep -q "Address already in use" || { echo "FAIL: status does not say why"; rc=1; }
+  tcp echo 127.0.0.1 "$PORT" || { echo "FAIL: old listener does not serve"; rc=1; }
+  after=$(main_pid echo-lab.service)
+  [ "$before" = "$after" ] && unit_is echo-lab.service active || { echo "FAIL: service restarted or not active"; rc=1; }
+  in_ct cp /tmp/before-held.toml /etc/echo-lab.toml
+  kill "$holder_pid"; wait "$holder_pid" 2>/dev/null; holder_pid=
+  in_ct systemctl reload echo-lab || { echo "FAIL: reload of the old config failed"; rc=1; }
+  tcp echo 127.0.0.1 "$PORT" || rc=1
+  return $rc
+}
+check "reload onto a port another process holds: systemctl reload fails, old listener serves, status names 127.0.0.1:$PORT_HELD" held_port_reload
+
+# Resource limits: 10 000 connections at once (the default max_connections)
+# - idle ones, a hog that sends and never reads, 100 slow senders, a probe -
+# and the 10 001st refused with the busy notice, measured against the
+# unit's MemoryMax= and TasksMax=.
+num() { [[ $1 =~ ^[0-9]+$ ]]; }
+v1_dir() {  # v1_dir CONTROLLER: this shell's group in that cgroup v1 hierarchy
+  local rel
+  rel=$(awk -F: -v c="$1" '$2 == c { print $3 }' /proc/self/cgroup)
+  [ -n "$rel" ] && [ -d "/sys/fs/cgroup/$1$rel" ] && printf '/sys/fs/cgroup/%s%s' "$1" "${rel%/}"
+}
+MEM_SRC=
+# start_accounted: (re)start echo-lab.service so that what the unit's
+# cgroup would be charged is measurable (sets MEM_SRC).
+start_accounted() {
+  local mem_max=$1 tasks_max=$2 cur
+  cur=$(in_ct systemctl show -P MemoryCurrent echo-lab.service)
+  if num "$cur"; then
+    MEM_SRC=systemd
+    in_ct systemctl restart echo-lab
+    return
+  fi
+  # No memory controller in the container: groups in the host's v1
+  # hierarchies, with the unit's limits, entered by the container's init
+  # just for the restart, so the daemon (and its ExecStartPre=) is born in
+  # them and charged from its first page, kernel memory included.
+  local mp pp init om op rc=0
+  mp=$(v1_dir memory) && pp=$(v1_dir pids) || { echo "no memory accounting: systemd has none, no cgroup v1 memory and pids hierarchies"; return 1; }
+  CG_MEM=$mp/echo-lab-$NAME-svc CG_PIDS=$pp/echo-lab-$NAME-svc
+  mkdir -p "$CG_MEM" "$CG_PIDS" || return 1
+  echo "$mem_max" >"$CG_MEM/memory.limit_in_bytes" &&
+    echo "$mem_max" >"$CG_MEM/memory.kmem.tcp.limit_in_bytes" &&  # counts socket buffers too
+    echo "$tasks_max" >"$CG_PIDS/pids.max" || return 1
+  init=$("$CT" pid "$NAME") || return 1
+  om=/sys/fs/cgroup/memory$(awk -F: '$2 == "memory" { print $3 }' "/proc/$init/cgroup")
+  op=/sys/fs/cgroup/pids$(awk -F: '$2 == "pids" { print $3 }' "/proc/$init/cgroup")
+  echo "$init" >"$CG_MEM/cgroup.procs" && echo "$init" >"$CG_PIDS/cgroup.procs" || return 1
+  in_ct systemctl restart echo-lab || rc=1
+  echo "$init" >"$om/cgroup.procs"; echo "$init" >"$op/cgroup.procs"
+  [ $rc = 0 ] || return 1
+  MEM_SRC="cgroup v1 on the host"
+  # Exactly the daemon is left in them.
+  local procs nspid
+  procs=$(cat "$CG_MEM/cgroup.procs")
+  [ "$(wc -w <<<"$procs")" = 1 ] || { echo "expected the daemon alone in $CG_MEM, got: $procs"; return 1; }
+  nspid=$(awk '/^NSpid:/ { print $NF }' "/proc/$procs/status")
+  [ "$nspid" = "$(main_pid echo-lab.service)" ] || { echo "pid $procs (in-container $nspid) in $CG_MEM is not MainPID"; return 1; }
+}
+# sample: prints "MEMORY_BYTES TASKS" now.
+sample() {
+  if [ "$MEM_SRC" = systemd ]; then
+    in_ct systemctl show -P MemoryCurrent -P TasksCurrent echo-lab.service | paste -sd' '
+  else
+    echo "$(($(cat "$CG_MEM/memory.usage_in_bytes") + $(cat "$CG_MEM/memory.kmem.tcp.usage_in_bytes"))) $(cat "$CG_PIDS/pids.current")"
+  fi
+}
+resources() {
+  local mem_max tasks_max pid
+  mem_max=$(in_ct systemctl show -P MemoryMax echo-lab.service)
+  tasks_max=$(in_ct systemctl show -P TasksMax echo-lab.service)
+  num "$mem_max" && num "$tasks_max" || { echo "MemoryMax=$mem_max TasksMax=$tasks_max: not both set in the unit"; return 1; }
+  echo "systemd's own accounting: MemoryCurrent=$(in_ct systemctl show -P MemoryCurrent echo-lab.service) TasksCurrent=$(in_ct systemctl show -P TasksCurrent echo-lab.service)" >&2
+  start_accounted "$mem_max" "$tasks_max" || return 1
+  wait_for "$WAIT" tcp echo 127.0.0.1 "$PORT" || return 1
+  pid=$(main_pid echo-lab.service)
+  local base; base=$(sample)
+  local ready=$TMP/hold.ready stop=$TMP/hold.stop hrc
+  rm -f "$ready" "$stop"
+  TCP_TIMEOUT=$WAIT python3 "$TCP" hold 127.0.0.1 "$PORT" 10000 100 "$ready" "$stop" >"$TMP/hold.out" 2>&1 &
+  loop_pid=$!
+  local deadline=$((SECONDS + 120))
+  until [ -e "$ready" ]; do
+    kill -0 "$loop_pid" 2>/dev/null && [ $SECONDS -lt $deadline ] || { touch "$stop"; wait "$loop_pid"; loop_pid=; echo "FAIL: connections not all up: $(cat "$TMP/hold.out")"; return 1; }
+    sleep 0.1
+  done
+  # 8 s of the hostile load, sampled every 0.2 s.
+  local m t max_m=0 max_t=0 end=$((SECONDS + 8)) samples=0
+  while [ $SECONDS -lt $end ]; do
+    read -r m t <<<"$(sample)"
+    num "$m" && num "$t" || { echo "FAIL: bad sample '$m $t'"; break; }
+    [ "$m" -gt "$max_m" ] && max_m=$m
+    [ "$t" -gt "$max_t" ] && max_t=$t
+    samples=$((samples + 1))
+    sleep 0.2
+  done
+  touch "$stop"
+  wait "$loop_pid"; hrc=$?
+  loop_pid=
+  local src_peak=""
+  if [ "$MEM_SRC" != systemd ]; then
+    # The kernel's own high-water marks, in case a sample missed the top.
+    local pm pt
+    pm=$(($(cat "$CG_MEM/memory.max_usage_in_bytes") + $(cat "$CG_MEM/memory.kmem.tcp.max_usage_in_bytes")))
+    pt=$(cat "$CG_PIDS/pids.peak" 2>/dev/null || echo 0)
+    [ "$pm" -gt "$max_m" ] && max_m=$pm
+    [ "$pt" -gt "$max_t" ] && max_t=$pt
+    src_peak="; socket buffers (memory.kmem.tcp) peak $(($(cat "$CG_MEM/memory.kmem.tcp.max_usage_in_bytes") / 1024)) KiB; limit hits: memory failcnt $(cat "$CG_MEM/memory.failcnt"), tcp failcnt $(cat "$CG_MEM/memory.kmem.tcp.failcnt"), pids $(awk '{print $2}' "$CG_PIDS/pids.events")"
+  fi
+  local after; after=$(sample)
+  local mib=$((1024 * 1024))
+  echo "$(cat "$TMP/hold.out")"
+  echo "source: $MEM_SRC; before the load: $((${base% *} / 1024)) KiB, ${base#* } tasks; after: $((${after% *} / 1024)) KiB, ${after#* } tasks; $samples samples$src_peak"
+  echo "memory peak $((max_m / 1024)) KiB of MemoryMax $((mem_max / mib)) MiB (margin $(((mem_max - max_m) / mib)) MiB, $((100 * max_m / mem_max))% used); tasks peak $max_t of TasksMax $tasks_max (margin $((tasks_max - max_t)))"
+  [ "$hrc" = 0 ] || { echo "FAIL: the clients failed"; return 1; }
+  [ "$max_m" -lt "$mem_max" ] && [ "$max_t" -lt "$tasks_max" ] || { echo "FAIL: at or over a limit"; return 1; }
+  [ "$(main_pid echo-lab.service)" = "$pid" ] && unit_is echo-lab.service active || { echo "FAIL: the daemon did not survive"; return 1; }
+}
+if resources >"$TMP/res" 2>>"$LOG"; then
+  ok "10000 connections (hog, 100 slow senders) stay under MemoryMax= and TasksMax="
+else
+  not_ok "10000 connections (hog, 100 slow senders) stay under MemoryMax= and TasksMax="
+fi
+sed 's/^/#   /' "$TMP/res"
+cat "$TMP/res" >>"$LOG"
+cg_remove "$CG_MEM"; cg_remove "$CG_PIDS"; CG_MEM= CG_PIDS=
 
 drain() {
   tcp drain 127.0.0.1 "$PORT" -- "$CT" exec "$NAME" systemctl stop --no-block echo-lab || return 1
