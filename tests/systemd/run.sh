@@ -462,10 +462,11 @@ resources() {
     sleep 0.1
   done
   # 8 s of the hostile load, sampled every 0.2 s.
-  local m t max_m=0 max_t=0 end=$((SECONDS + 8)) samples=0
+  local m t max_m=0 max_t=0 end=$((SECONDS + 8)) samples=0 first=
   while [ $SECONDS -lt $end ]; do
     read -r m t <<<"$(sample)"
     num "$m" && num "$t" || { echo "FAIL: bad sample '$m $t'"; break; }
+    [ -n "$first" ] || first="$m $t"
     [ "$m" -gt "$max_m" ] && max_m=$m
     [ "$t" -gt "$max_t" ] && max_t=$t
     samples=$((samples + 1))
@@ -487,7 +488,7 @@ resources() {
   local after; after=$(sample)
   local mib=$((1024 * 1024))
   echo "$(cat "$TMP/hold.out")"
-  echo "source: $MEM_SRC; before the load: $((${base% *} / 1024)) KiB, ${base#* } tasks; after: $((${after% *} / 1024)) KiB, ${after#* } tasks; $samples samples$src_peak"
+  echo "source: $MEM_SRC; before the load: $((${base% *} / 1024)) KiB, ${base#* } tasks; all 10000 open: $((${first% *} / 1024)) KiB, ${first#* } tasks; after they closed: $((${after% *} / 1024)) KiB, ${after#* } tasks; $samples samples$src_peak"
   echo "memory peak $((max_m / 1024)) KiB of MemoryMax $((mem_max / mib)) MiB (margin $(((mem_max - max_m) / mib)) MiB, $((100 * max_m / mem_max))% used); tasks peak $max_t of TasksMax $tasks_max (margin $((tasks_max - max_t)))"
   [ "$hrc" = 0 ] || { echo "FAIL: the clients failed"; return 1; }
   [ "$max_m" -lt "$mem_max" ] && [ "$max_t" -lt "$tasks_max" ] || { echo "FAIL: at or over a limit"; return 1; }
