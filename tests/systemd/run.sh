@@ -324,17 +324,17 @@ else not_ok "systemctl restart under a connect loop refuses nothing ($(cat "$TMP
 new_main() { local p; p=$(main_pid echo-lab.service); [ -n "$p" ] && [ "$p" != 0 ] && [ "$p" != "$1" ] && unit_is echo-lab.service active; }
 field() { sed -n "s/.*\b$1=\([0-9]*\).*/\1/p" "$2"; }
 kill_loop() {
-  local before after r0 r1 lrc n stop=$TMP/kloop.stop clients=4
+  local before after r0 r1 lrc n stop=$TMP/kloop.stop clients=4 bad=
   before=$(main_pid echo-lab.service)
   r0=$(in_ct systemctl show -P NRestarts echo-lab.service)
   rm -f "$stop" "$stop.count"
   tcp reconnect 127.0.0.1 "$PORT" "$stop" "$clients" >"$TMP/kloop.out" 2>&1 &
   loop_pid=$!
-  wait_for "$WAIT" loop_reached 100 "$stop" || echo "loop not served before the kill" >&2
-  in_ct kill -KILL "$before" || echo "kill -KILL $before failed" >&2
-  wait_for $((WAIT + 5)) new_main "$before" || echo "no new main process" >&2
+  wait_for "$WAIT" loop_reached 100 "$stop" || bad="loop not served before the kill"
+  in_ct kill -KILL "$before" || bad="kill -KILL $before failed"
+  wait_for $((WAIT + 5)) new_main "$before" || bad="no new main process"
   n=$(loop_count _ "$stop")
-  wait_for "$WAIT" loop_reached $((n + 100)) "$stop" || echo "loop not served after the restart" >&2
+  wait_for "$WAIT" loop_reached $((n + 100)) "$stop" || bad="loop not served after the restart"
   touch "$stop"
   wait "$loop_pid"; lrc=$?
   loop_pid=
@@ -345,6 +345,7 @@ kill_loop() {
   echo "$(cat "$TMP/kloop.out"); MainPID $before -> $after, NRestarts $r0 -> $r1"
   in_ct journalctl -u echo-lab.service --no-pager -o cat >"$TMP/kloop.journal" 2>&1
   cat "$TMP/kloop.journal" >>"$LOG"
+  [ -z "$bad" ] || { echo "FAIL: $bad" >&2; return 1; }
   [ "$lrc" = 0 ] || { echo "FAIL: loop exit $lrc (no round trip, or refused connects)" >&2; return 1; }
   [ "$refused" = 0 ] || { echo "FAIL: refused=$refused" >&2; return 1; }
   [ -n "$failed" ] && [ "$failed" -le "$clients" ] && [ "$reconnects" -le "$failed" ] || { echo "FAIL: more lost connections than clients" >&2; return 1; }
@@ -437,7 +438,7 @@ start_accounted() {
 # sample: prints "MEMORY_BYTES TASKS" now.
 sample() {
   if [ "$MEM_SRC" = systemd ]; then
-    in_ct systemctl show -P MemoryCurrent -P TasksCurrent echo-lab.service | paste -sd' '
+    echo "$(in_ct systemctl show -P MemoryCurrent echo-lab.service) $(in_ct systemctl show -P TasksCurrent echo-lab.service)"
   else
     echo "$(($(cat "$CG_MEM/memory.usage_in_bytes") + $(cat "$CG_MEM/memory.kmem.tcp.usage_in_bytes"))) $(cat "$CG_PIDS/pids.current")"
   fi
