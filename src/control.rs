@@ -389,24 +389,51 @@ fn serve(stream: UnixStream, access: &Access, events: &Sender<Event>) {
     reply(stream, &response);
 }
 
+/// Why a request line was refused, before anything was asked of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The peer closed without sending anything.
+    #[error("empty request")]
+    Empty,
+    /// More than [`MAX_REQUEST`] bytes arrived without a line end.
+    #[error("request too large (max {MAX_REQUEST} bytes)")]
+    TooLarge,
+    /// Not one JSON object naming a known `cmd`.
+    #[error("malformed request: {0} (expected one JSON line like {{\"cmd\":\"status\"}})")]
+    Malformed(String),
+}
+
+/// Parses one request line as read from a peer (its `\n`, if any,
+/// included): at most [`MAX_REQUEST`] bytes of one JSON object whose `cmd`
+/// names a [`Request`]. Pure, so it is fuzzed on its own
+/// (fuzz/fuzz_targets/control.rs).
+pub fn parse(line: &[u8]) -> Result<Request, RequestError> {
+    if line.len() > MAX_REQUEST {
+        return Err(RequestError::TooLarge);
+    }
+    if line.is_empty() {
+        return Err(RequestError::Empty);
+    }
+    // serde reads an internally tagged enum from a JSON array too
+    // (`["stop"]`); the protocol is one object, so nothing else is tried.
+    let first = line
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+    if first != Some(&b'{') {
+        return Err(RequestError::Malformed("expected a JSON object".into()));
+    }
+    serde_json::from_slice(line).map_err(|e| RequestError::Malformed(e.to_string()))
+}
+
 fn answer(stream: &UnixStream, events: &Sender<Event>) -> Response {
     let mut line = Vec::new();
     let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64 + 1));
-    match reader.read_until(b'\n', &mut line) {
-        Ok(_) if line.len() > MAX_REQUEST => {
-            return Response::error(format!("request too large (max {MAX_REQUEST} bytes)"));
-        }
-        Ok(0) => return Response::error("empty request"),
-        Ok(_) => {}
-        Err(e) => return Response::error(format!("cannot read request: {e}")),
+    if let Err(e) = reader.read_until(b'\n', &mut line) {
+        return Response::error(format!("cannot read request: {e}"));
     }
-    let request: Request = match serde_json::from_slice(&line) {
+    let request = match parse(&line) {
         Ok(r) => r,
-        Err(e) => {
-            return Response::error(format!(
-                "malformed request: {e} (expected one JSON line like {{\"cmd\":\"status\"}})"
-            ))
-        }
+        Err(e) => return Response::error(e.to_string()),
     };
     match request {
         Request::Status => {
@@ -498,4 +525,50 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
         ));
     }
     serde_json::from_str(&answer).map_err(|e| ClientError::BadAnswer(format!("{e}: {answer}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_as_the_client_sends_them() {
+        for req in [Request::Status, Request::Reload, Request::Stop] {
+            let mut line = serde_json::to_string(&req).unwrap();
+            line.push('\n');
+            assert_eq!(parse(line.as_bytes()), Ok(req));
+        }
+        // Other members are ignored; the line end is optional.
+        assert_eq!(parse(b"{\"cmd\":\"stop\",\"why\":[1]}"), Ok(Request::Stop));
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(parse(b""), Err(RequestError::Empty));
+        assert_eq!(parse(&[b' '; MAX_REQUEST + 1]), Err(RequestError::TooLarge));
+        for bad in [
+            &b"\n"[..],
+            b"{\"cmd\":\"explode\"}\n",
+            b"{\"cmd\":\n",
+            b"{\"cmd\":\"status\"}garbage\n",
+            b"{}\n",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(RequestError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// Found by fuzz/fuzz_targets/control.rs: serde accepted a JSON array
+    /// whose first element is the command (`["stop"]`) as that command.
+    #[test]
+    fn an_array_is_not_a_request() {
+        for bad in [&b"[\"stop\"\n]"[..], b"[\"status\"]\n", b" [\"reload\"]"] {
+            assert!(
+                matches!(parse(bad), Err(RequestError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+    }
 }
