@@ -310,17 +310,7 @@ impl Config {
             if listen.address.host.is_empty() {
                 continue; // refused already
             }
-            if listen.protocol == Protocol::Tcp {
-                r.fail(
-                    item,
-                    &at,
-                    format!(
-                        "{at}: extra TCP listeners are not served yet; \
-                         set protocol = \"udp\", or serve TCP on host/port"
-                    ),
-                );
-                continue;
-            }
+
             let endpoints = self.endpoints();
             let clash = endpoints[..main + i]
                 .iter()
@@ -489,7 +479,7 @@ mod tests {
     fn udp_and_listen_tables_parse() {
         let c = Config::parse(
             "udp = true\nudp_rate_packets = 0\n[[listen]]\naddress = \"[::1]:7008\"\nprotocol = \"udp\"\n\
-             [[listen]]\naddress = \"localhost:7009\"\nprotocol = \"udp\"\n",
+             [[listen]]\naddress = \"localhost:7009\"\n",
             "t.toml",
         )
         .unwrap();
@@ -506,7 +496,7 @@ mod tests {
                 ("127.0.0.1:7007".to_string(), Protocol::Tcp),
                 ("127.0.0.1:7007".to_string(), Protocol::Udp),
                 ("[::1]:7008".to_string(), Protocol::Udp),
-                ("localhost:7009".to_string(), Protocol::Udp),
+                ("localhost:7009".to_string(), Protocol::Tcp),
             ]
         );
         assert_eq!(Config::parse(&c.to_toml(), "p").unwrap(), c);
@@ -542,14 +532,18 @@ mod tests {
     }
 
     #[test]
-    fn extra_tcp_listeners_are_refused_until_served() {
-        let d = err("[[listen]]\naddress = \"127.0.0.1:7\"\n");
-        assert_eq!((d[0].line, d[0].key.as_deref()), (1, Some("listen[0]")));
-        assert!(d[0].message.contains("not served yet"), "{}", d[0].message);
-    }
-
-    #[test]
     fn duplicate_addresses_are_refused_where_they_repeat() {
+        let d = err("port = 7\n[[listen]]\naddress = \"127.0.0.1:7\"\n");
+        assert_eq!(
+            (d[0].line, d[0].column, d[0].key.as_deref()),
+            (3, 11, Some("listen[0].address"))
+        );
+        assert!(
+            d[0].message
+                .contains("127.0.0.1:7 (tcp) is already served by host/port"),
+            "{}",
+            d[0].message
+        );
         let d = err("udp = true\n[[listen]]\naddress = \"127.0.0.1:7007\"\nprotocol = \"udp\"\n");
         assert!(
             d[0].message.contains("host/port with udp = true"),

@@ -3,7 +3,10 @@
 //!
 //! [`Server::start`] takes listening sockets that are already bound (by
 //! [`crate::net`], by systemd socket activation, or by a test on port 0)
-//! and a valid [`Config`]. It owns:
+//! and a valid [`Config`]: those of `host`/`port`, and those of the
+//! `[[listen]]` tables with `protocol = "tcp"` ([`bind_extra`]), each kept
+//! with the address it was configured as, so a reload keeps the socket of
+//! every address it keeps. It owns:
 //!
 //! * the worker pool ([`crate::pool`]), `pool_size` event loops each owning
 //!   its connections;
@@ -31,7 +34,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{self, Apply, Config};
+use crate::config::{self, Apply, Config, Endpoint, Protocol};
 use crate::listener::{self, AcceptCommand, AcceptorHandle};
 use crate::net;
 use crate::pool::{Pool, Prepared};
@@ -94,6 +97,53 @@ impl ReloadReport {
     }
 }
 
+/// The TCP listeners of `[[listen]]` tables, each with the address it was
+/// configured as.
+pub type Extra = Vec<(Endpoint, Vec<TcpListener>)>;
+
+/// The `[[listen]]` TCP addresses of `config`, in file order.
+fn extra_specs(config: &Config) -> Vec<Endpoint> {
+    config
+        .listen
+        .iter()
+        .filter(|l| l.protocol == Protocol::Tcp)
+        .map(|l| l.address.clone())
+        .collect()
+}
+
+/// Binds the `[[listen]]` TCP addresses of `config`; an address also in
+/// `keep` keeps its socket (duplicated), so nothing queued on it is lost.
+/// Changes nothing on failure.
+pub fn bind_extra(config: &Config, keep: &Extra) -> Result<Extra, ReloadError> {
+    let mut out: Extra = Vec::new();
+    // Port 0 asks for a new ephemeral port each time it is bound (callers
+    // bind only when the set of addresses changed).
+    for spec in extra_specs(config) {
+        let kept = keep.iter().find(|(s, _)| *s == spec && s.port != 0);
+        let sockets = match kept {
+            Some((_, socks)) => socks
+                .iter()
+                .map(|l| l.try_clone())
+                .collect::<io::Result<Vec<_>>>(),
+            None => net::bind_all(&spec.host, spec.port, config.backlog),
+        }
+        .map_err(|source| ReloadError::Bind {
+            addr: spec.to_string(),
+            source,
+        })?;
+        out.push((spec, sockets));
+    }
+    Ok(out)
+}
+
+/// Duplicates of `main` and every socket of `extra`, for the accept loop.
+fn for_acceptor(main: &[TcpListener], extra: &Extra) -> io::Result<Vec<TcpListener>> {
+    main.iter()
+        .chain(extra.iter().flat_map(|(_, socks)| socks))
+        .map(|l| l.try_clone())
+        .collect()
+}
+
 /// A running echo server.
 pub struct Server {
     /// The config in force.
@@ -101,6 +151,8 @@ pub struct Server {
     /// Our handles on the listening sockets (the accept loop owns
     /// duplicates): for local addresses and changing the backlog.
     listeners: Vec<TcpListener>,
+    /// Our handles on the `[[listen]]` TCP sockets.
+    extra: Extra,
     /// The sockets came from the service manager: host and port are not
     /// ours to change.
     activated: bool,
@@ -118,6 +170,8 @@ pub struct Server {
 struct Plan {
     /// Sockets bound on a new address, to replace the current ones.
     listeners: Option<Vec<TcpListener>>,
+    /// The new `[[listen]]` TCP set (kept sockets duplicated), if it changed.
+    extra: Option<Extra>,
     /// The pool's new size and settings, its new workers built.
     pool: Prepared,
 }
@@ -131,31 +185,27 @@ fn settings_of(config: &Config) -> Settings {
 }
 
 impl Server {
-    /// Starts workers and the accept loop on already-bound listeners.
+    /// Starts workers and the accept loop on already-bound listeners:
+    /// those of `host`/`port` and the `[[listen]]` ones ([`bind_extra`]).
     /// `activated` says the sockets came from socket activation.
     pub fn start(
         config: Config,
         listeners: Vec<TcpListener>,
+        extra: Extra,
         activated: bool,
     ) -> io::Result<Server> {
         let stats = Arc::new(ServerStats::default());
         let pool = Pool::start(config.pool_size, settings_of(&config), config.cpu_affinity)?;
-        let mut own = Vec::with_capacity(listeners.len());
-        for l in &listeners {
-            own.push(l.try_clone()?);
-        }
+        let theirs = for_acceptor(&listeners, &extra)?;
         // The workers exist before the accept loop gets its sockets, so
         // connections already queued on inherited sockets (socket
         // activation) have somewhere to go at once.
-        let acceptor = listener::spawn(
-            listeners,
-            pool.dealer(),
-            stats.clone(),
-            config.max_connections,
-        )?;
+        let acceptor =
+            listener::spawn(theirs, pool.dealer(), stats.clone(), config.max_connections)?;
         Ok(Server {
             config,
-            listeners: own,
+            listeners,
+            extra,
             activated,
             acceptor,
             pool,
@@ -174,15 +224,18 @@ impl Server {
         self.activated
     }
 
-    /// Addresses the server listens on (empty once draining).
+    /// Addresses the server listens on, `host`/`port` first, then the
+    /// `[[listen]]` ones (empty once draining).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
+            .chain(self.extra.iter().flat_map(|(_, socks)| socks))
             .filter_map(|l| l.local_addr().ok())
             .collect()
     }
 
-    /// The listening sockets (for handing to the service manager's fd store).
+    /// The listening sockets of `host`/`port` (for handing to the service
+    /// manager's fd store; `[[listen]]` sockets are bound afresh at start).
     pub fn listeners(&self) -> &[TcpListener] {
         &self.listeners
     }
@@ -207,6 +260,11 @@ impl Server {
             report
                 .deferred
                 .push("host/port (sockets come from the service manager)".into());
+        }
+        if self.activated && extra_specs(&self.config) != extra_specs(&new) {
+            report
+                .deferred
+                .push("listen (sockets come from the service manager)".into());
         }
         let plan = self.prepare(&new)?;
         self.apply(plan, new);
@@ -235,25 +293,44 @@ impl Server {
                 net::relisten(l, new.backlog).map_err(ReloadError::Backlog)?;
             }
         }
+        let mut extra = None;
+        if !self.activated && extra_specs(&self.config) != extra_specs(new) {
+            extra = Some(bind_extra(new, &self.extra)?);
+        }
+        if self.config.backlog != new.backlog {
+            // Kept `[[listen]]` sockets are the same sockets: one listen(2)
+            // each covers both sets.
+            for (_, socks) in &self.extra {
+                for l in socks {
+                    net::relisten(l, new.backlog).map_err(ReloadError::Backlog)?;
+                }
+            }
+        }
         let pool = self
             .pool
             .prepare(new.pool_size, Arc::new(settings_of(new)))
             .map_err(ReloadError::Workers)?;
-        Ok(Plan { listeners, pool })
+        Ok(Plan {
+            listeners,
+            extra,
+            pool,
+        })
     }
 
     /// Puts a prepared reload in force; cannot fail.
     fn apply(&mut self, plan: Plan, new: Config) {
+        let changed = plan.listeners.is_some() || plan.extra.is_some();
         if let Some(bound) = plan.listeners {
-            let mut theirs = Vec::with_capacity(bound.len());
-            for l in &bound {
-                match l.try_clone() {
-                    Ok(c) => theirs.push(c),
-                    Err(e) => log::error!("cannot duplicate listening socket: {e}"),
-                }
-            }
-            self.acceptor.send(AcceptCommand::SetListeners(theirs));
             self.listeners = bound;
+        }
+        if let Some(extra) = plan.extra {
+            self.extra = extra;
+        }
+        if changed {
+            match for_acceptor(&self.listeners, &self.extra) {
+                Ok(theirs) => self.acceptor.send(AcceptCommand::SetListeners(theirs)),
+                Err(e) => log::error!("cannot duplicate the listening sockets: {e}"),
+            }
         }
         if self.config.max_connections != new.max_connections {
             self.acceptor
@@ -273,6 +350,7 @@ impl Server {
         self.draining = Some(deadline);
         self.acceptor.stop();
         self.listeners.clear();
+        self.extra.clear();
         self.pool.drain(deadline);
     }
 
@@ -280,6 +358,7 @@ impl Server {
     pub fn stop_now(&mut self) {
         self.acceptor.stop();
         self.listeners.clear();
+        self.extra.clear();
         self.pool.stop();
     }
 

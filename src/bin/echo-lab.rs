@@ -15,7 +15,7 @@ use echo_lab::config::{Config, LogTarget};
 use echo_lab::control::{self, Access};
 use echo_lab::daemon::{self, ConfigSource, Daemon};
 use echo_lab::notify::Notifier;
-use echo_lab::server::Server;
+use echo_lab::server::{self, Server};
 use echo_lab::udp::listeners::UdpListeners;
 use echo_lab::{limits, logging, net, EX_CONFIG, EX_OSERR};
 
@@ -83,8 +83,20 @@ fn real_main() -> i32 {
             return EX_OSERR;
         }
     };
-    // UDP sockets are bound here, before a fork, so a bind error reaches
-    // the terminal; the UDP thread starts with the server.
+    // The [[listen]] TCP and the UDP sockets are bound here too, before a
+    // fork, so a bind error reaches the terminal; the threads start with
+    // the server.
+    let extra = if activated {
+        Vec::new()
+    } else {
+        match server::bind_extra(&config, &Vec::new()) {
+            Ok(x) => x,
+            Err(e) => {
+                log::error!("{e}");
+                return EX_OSERR;
+            }
+        }
+    };
     let tcp_port = listeners
         .first()
         .and_then(|l| l.local_addr().ok())
@@ -148,7 +160,7 @@ fn real_main() -> i32 {
             return EX_CONFIG;
         }
     };
-    let server = match Server::start(config, listeners, activated) {
+    let server = match Server::start(config, listeners, extra, activated) {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot start: {e}");

@@ -5,7 +5,9 @@
 //! Each wanted address is a [`UdpSpec`] (a host as written and a port). On
 //! reload, [`UdpListeners::prepare`] does everything that can fail: a spec
 //! that was already served keeps its very socket (duplicated, so nothing
-//! queued on it is lost); a new one is bound. If any bind fails the
+//! queued on it is lost); a new one is bound, and so is one with port 0
+//! when the set of addresses changed (each asks for an ephemeral port of
+//! its own). If any bind fails the
 //! prepared sockets are dropped and nothing has changed. Only then does
 //! [`UdpListeners::apply`] hand the new set to the UDP thread, start the
 //! thread (first UDP address) or stop it (none left). Sockets that came
@@ -118,11 +120,15 @@ impl UdpListeners {
             wanted
         };
         let mut bound = Vec::with_capacity(wanted.len());
-        for spec in wanted {
-            if bound.iter().any(|(s, _): &(UdpSpec, _)| s == spec) {
-                continue;
-            }
-            let kept = self.bound.iter().find(|(s, _)| s == spec);
+        // Port 0 asks for a new ephemeral port each time it is bound, which
+        // happens only when the set of addresses changed.
+        let same = self.bound.iter().map(|(s, _)| s).eq(wanted.iter());
+        for (i, spec) in wanted.iter().enumerate() {
+            let kept = if same {
+                self.bound.get(i)
+            } else {
+                self.bound.iter().find(|(s, _)| s == spec && s.port != 0)
+            };
             let sockets = match kept {
                 Some((_, socks)) => socks
                     .iter()
