@@ -14,8 +14,8 @@
 //! * the IPv4 source is in 0.0.0.0/8 (unspecified, "this network"), in
 //!   255.0.0.0/8 (which holds the limited broadcast), multicast
 //!   (224.0.0.0/4), or the broadcast address of one of the host's own
-//!   interfaces (inetd's `dg_broadcast`; the list comes from
-//!   `getifaddrs(3)` when the service starts and on every reload);
+//!   interfaces (inetd's `dg_broadcast`; the list is asked of the kernel
+//!   when the service starts and on every reload);
 //! * the IPv6 source is unspecified (`::`), multicast (`ff00::/8`),
 //!   IPv4-mapped (`::ffff:a.b.c.d`) or IPv4-compatible (`::a.b.c.d`).
 //!
@@ -116,40 +116,80 @@ fn check_v6(ip: &Ipv6Addr) -> Result<(), BadSource> {
     Ok(())
 }
 
-/// The directed broadcast addresses of the host's IPv4 interfaces.
+/// Interfaces asked about at most (SIOCGIFCONF fills a caller's buffer).
+const MAX_INTERFACES: usize = 256;
+
+/// The directed broadcast addresses of the host's IPv4 interfaces, asked
+/// of the kernel with `SIOCGIFCONF` and `SIOCGIFBRDADDR` on an AF_INET
+/// socket rather than `getifaddrs(3)`, which needs a netlink socket: the
+/// shipped unit allows only AF_INET, AF_INET6 and AF_UNIX.
 fn interface_broadcasts() -> Vec<Ipv4Addr> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list it owns and stores its head in
-    // `head`; it is freed below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        log::warn!(
-            "cannot list network interfaces ({}); only 255.255.255.255 is refused as a broadcast source",
-            std::io::Error::last_os_error()
-        );
-        return out;
-    }
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet
-        // freed; its address fields are null or point to sockaddrs.
-        let ifa = unsafe { &*cur };
-        let is_broadcast = ifa.ifa_flags & libc::IFF_BROADCAST as u32 != 0;
-        let addr = ifa.ifa_ifu;
-        // SAFETY: a non-null address is a sockaddr whose family says its type.
-        if is_broadcast && !addr.is_null() && unsafe { (*addr).sa_family } == libc::AF_INET as u16 {
-            // SAFETY: family AF_INET means the storage is a sockaddr_in.
-            let sin = unsafe { &*(addr as *const libc::sockaddr_in) };
-            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            if !out.contains(&ip) {
-                out.push(ip);
-            }
+    match list_broadcasts() {
+        Ok(list) => list,
+        Err(e) => {
+            log::warn!(
+                "cannot list network interfaces ({e}); only 255.255.255.255 is refused as a broadcast source"
+            );
+            Vec::new()
         }
-        cur = ifa.ifa_next;
     }
-    // SAFETY: `head` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    out
+}
+
+fn list_broadcasts() -> std::io::Result<Vec<Ipv4Addr>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain C data; all-zero is a valid value.
+    let mut reqs: Vec<libc::ifreq> = vec![unsafe { std::mem::zeroed() }; MAX_INTERFACES];
+    let mut conf = libc::ifconf {
+        ifc_len: (reqs.len() * std::mem::size_of::<libc::ifreq>()) as libc::c_int,
+        ifc_ifcu: libc::__c_anonymous_ifc_ifcu {
+            ifcu_req: reqs.as_mut_ptr(),
+        },
+    };
+    // SAFETY: SIOCGIFCONF writes at most ifc_len bytes of ifreq records
+    // into the buffer `conf` points to, which `reqs` owns.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFCONF as _, &mut conf) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let filled =
+        (conf.ifc_len.max(0) as usize / std::mem::size_of::<libc::ifreq>()).min(reqs.len());
+    let mut out = Vec::new();
+    for req in &reqs[..filled] {
+        let mut q: libc::ifreq = *req;
+        // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of `q`.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut q) } < 0 {
+            continue;
+        }
+        // SAFETY: the kernel just wrote the flags member.
+        let flags = unsafe { q.ifr_ifru.ifru_flags } as libc::c_int;
+        if flags & libc::IFF_BROADCAST == 0 {
+            continue;
+        }
+        let mut q: libc::ifreq = *req;
+        // SAFETY: SIOCGIFBRDADDR reads the name and writes the address.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFBRDADDR as _, &mut q) } < 0 {
+            continue;
+        }
+        // SAFETY: the kernel wrote a sockaddr; its family says which.
+        let sa = unsafe { q.ifr_ifru.ifru_broadaddr };
+        if sa.sa_family != libc::AF_INET as libc::sa_family_t {
+            continue;
+        }
+        // SAFETY: family AF_INET: the bytes are a sockaddr_in, which fits
+        // in a sockaddr.
+        let sin: libc::sockaddr_in = unsafe { std::mem::transmute_copy(&sa) };
+        let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        if !ip.is_unspecified() && !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -225,10 +265,28 @@ mod tests {
     }
 
     #[test]
-    fn the_host_interfaces_are_listed_without_loopback() {
-        let guard = Guard::from_interfaces();
-        // Loopback has no broadcast address.
-        assert!(!guard.broadcasts.contains(&Ipv4Addr::LOCALHOST));
-        assert!(guard.broadcasts.iter().all(|b| !b.is_unspecified()));
+    fn the_host_interfaces_broadcast_addresses_are_listed() {
+        let listed = list_broadcasts().expect("SIOCGIFCONF works");
+        // Loopback has no broadcast address; every listed one is IPv4 and
+        // set.
+        assert!(!listed.contains(&Ipv4Addr::LOCALHOST));
+        assert!(listed.iter().all(|b| !b.is_unspecified()));
+        // What the kernel's routing table calls BROADCAST, where readable.
+        if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
+            let lines: Vec<&str> = trie.lines().collect();
+            for w in lines.windows(2) {
+                if w[1].contains("/32 link BROADCAST") {
+                    let ip: Ipv4Addr = w[0]
+                        .trim_start_matches([' ', '|', '-'])
+                        .trim()
+                        .parse()
+                        .unwrap();
+                    // 127.255.255.255 belongs to loopback, which has none.
+                    if !ip.is_loopback() {
+                        assert!(listed.contains(&ip), "{ip} not in {listed:?}");
+                    }
+                }
+            }
+        }
     }
 }
