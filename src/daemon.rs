@@ -254,9 +254,12 @@ impl Daemon {
         } else {
             ""
         };
+        let tcp = match self.server.local_addrs() {
+            a if a.is_empty() => "no TCP address".to_string(),
+            a => net::describe(&a),
+        };
         log::info!(
-            "listening on {} (pool {}, backlog {}, idle timeout {}){how}",
-            net::describe(&self.server.local_addrs()),
+            "listening on {tcp} (pool {}, backlog {}, idle timeout {}){how}",
             c.pool_size,
             c.backlog,
             if c.idle_timeout.is_zero() {
