@@ -49,6 +49,7 @@ mod section;
 mod diagnostic;
 mod kinds;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -57,7 +58,8 @@ use toml::de::DeTable;
 
 use diagnostic::Source;
 use kinds::{
-    Address, Flag, Host, Int, Micros, NonEmpty, Optional, Seconds, SocketPath, Table, Tables, Word,
+    AbsPath, Address, Flag, Host, Int, ListenAddr, Micros, NonEmpty, Optional, Seconds, SocketPath,
+    Table, Tables, Word,
 };
 use section::{Reader, Rendered, Section};
 
@@ -123,6 +125,9 @@ section! {
             Optional(NonEmpty("must be a group name or number")), AtRestart;
         /// Extra addresses to serve (`[[listen]]` tables).
         listen: Vec<Listen> = Vec::new(), Tables, Live;
+        /// Address and port of the Prometheus metrics endpoint
+        /// (`GET /metrics`); `None` = no metrics listener.
+        metrics_listen: Option<SocketAddr> = None, Optional(ListenAddr), Live;
         /// Logging settings (`[log]`).
         log: LogConfig = LogConfig::default(), Table, Live;
     }
@@ -135,6 +140,12 @@ section! {
         level: LogLevel = LogLevel::Info, Word, Live;
         /// Where log lines go; unset = stderr, or syslog with `--daemon`.
         target: Option<LogTarget> = None, Optional(Word), Live;
+        /// The file written when `target = "file"`; reopened on SIGUSR1.
+        path: PathBuf = PathBuf::from(DEFAULT_LOG_PATH), AbsPath, Live;
+        /// How a line is written: plain text or one JSON object.
+        format: LogFormat = LogFormat::Text, Word, Live;
+        /// One line per finished TCP session (at `info`).
+        sessions: bool = true, Flag, Live;
     }
 }
 
@@ -214,6 +225,19 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+/// Where `[log] target = "file"` writes unless `[log] path` says.
+pub const DEFAULT_LOG_PATH: &str = "/var/log/echo-lab/echo-lab.log";
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// A line of text (with a timestamp and level, or a journal priority).
+    Text,
+    /// One JSON object per line, with stable field names.
+    Json,
+}
+
 /// `[log] level`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -244,6 +268,8 @@ impl LogLevel {
 pub enum LogTarget {
     Stderr,
     Syslog,
+    /// `[log] path`, written by the daemon, reopened on SIGUSR1.
+    File,
 }
 
 /// One worker per CPU the process may run on (within `pool_size`'s range,
@@ -614,9 +640,13 @@ mod change_report {
                 },
                 protocol: Protocol::Udp,
             }],
+            metrics_listen: Some("127.0.0.1:9707".parse().unwrap()),
             log: LogConfig {
                 level: LogLevel::Debug,
                 target: Some(LogTarget::Syslog),
+                path: "/tmp/e.log".into(),
+                format: LogFormat::Json,
+                sessions: false,
             },
         };
         (old, new)
@@ -658,15 +688,22 @@ mod change_report {
                     "[{ address = \"[::1]:9\", protocol = \"udp\" }]",
                     Live
                 ),
+                ("metrics_listen", "unset", "127.0.0.1:9707", Live),
                 ("log.level", "info", "debug", Live),
                 ("log.target", "unset", "syslog", Live),
+                ("log.path", DEFAULT_LOG_PATH, "/tmp/e.log", Live),
+                ("log.format", "text", "json", Live),
+                ("log.sessions", "true", "false", Live),
             ]
         );
         // And back: the same keys, values swapped.
         let back = changes(&new, &old);
-        assert_eq!(back.len(), 19);
+        assert_eq!(back.len(), 23);
         assert_eq!(back[9].to_string(), "cpu_affinity: false -> true");
-        assert_eq!(back[18].to_string(), "log.target: syslog -> unset");
+        assert_eq!(back[19].to_string(), "log.target: syslog -> unset");
+        assert_eq!(back.len(), 18);
+        assert_eq!(back[9].to_string(), "cpu_affinity: false -> true");
+        assert_eq!(back[14].to_string(), "log.target: syslog -> unset");
     }
 
     #[test]

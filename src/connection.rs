@@ -27,7 +27,8 @@ use mio::net::TcpStream;
 
 use crate::affinity::Steer;
 use crate::protocol::{Detector, Notice, Scan};
-use crate::stats::Open;
+use crate::session::Session;
+use crate::stats::{CloseReason, Open};
 
 /// At most this many reads per readiness event before yielding to other
 /// connections (fairness: one fast client cannot monopolise a worker).
@@ -136,6 +137,8 @@ pub(crate) struct Connection {
     reads_since_placed: u32,
     /// When it may move to another worker (`cpu_affinity`).
     steer: Steer,
+    /// How long, how much, why it ended (the session log).
+    session: Session,
     /// Counts the connection as open while it lives.
     _open: Open,
     /// Who it is between.
@@ -155,6 +158,7 @@ impl Connection {
             paused: false,
             reads_since_placed: 0,
             steer: Steer::placed_at(std::time::Instant::now()),
+            session: Session::new(),
             _open: open,
             ends,
         }
@@ -199,6 +203,16 @@ impl Connection {
         &self.stream
     }
 
+    /// Its session record.
+    pub(crate) fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// Logs the session line (see [`Session::log`]).
+    pub(crate) fn log_session(&self) {
+        self.session.log(self.ends);
+    }
+
     /// The current phase.
     pub(crate) fn phase(&self) -> Phase {
         self.phase
@@ -229,10 +243,12 @@ impl Connection {
             match self.stream.read(&mut buf[..want]) {
                 Ok(0) => {
                     self.read_closed = true;
+                    self.session.end(CloseReason::Client);
                     break;
                 }
                 Ok(n) => {
                     report.bytes_in += n;
+                    self.session.received(n);
                     let chunk = &buf[..n];
                     #[cfg(feature = "fault-injection")]
                     crate::fault::check(chunk);
@@ -244,6 +260,7 @@ impl Connection {
                         }
                         Scan::Disconnect { echo } => {
                             report.disconnected = true;
+                            self.session.end(CloseReason::Disconnect);
                             if let Err(step) = self.send(&chunk[..echo]) {
                                 return (step, report);
                             }
@@ -259,7 +276,10 @@ impl Connection {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return (Step::Wait, report),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return (Step::Close, report),
+                Err(_) => {
+                    self.session.end(CloseReason::Error);
+                    return (Step::Close, report);
+                }
             }
         }
         if self.read_closed {
@@ -305,6 +325,11 @@ impl Connection {
         if self.phase != Phase::Open {
             return Step::Wait;
         }
+        self.session.end(match notice {
+            Notice::Goodbye => CloseReason::Disconnect,
+            Notice::Idle(_) => CloseReason::Idle,
+            Notice::Busy(_) | Notice::ShuttingDown => CloseReason::Drain,
+        });
         self.queue_notice(notice);
         self.phase = Phase::Closing;
         if let Err(step) = self.flush() {
@@ -340,7 +365,10 @@ impl Connection {
         while written < data.len() {
             match self.stream.write(&data[written..]) {
                 Ok(0) => return Err(Step::Close),
-                Ok(n) => written += n,
+                Ok(n) => {
+                    written += n;
+                    self.session.sent(n);
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return Err(Step::Close),
@@ -356,7 +384,10 @@ impl Connection {
         while self.pending.len() > 0 {
             match self.stream.write(self.pending.bytes()) {
                 Ok(0) => return Err(Step::Close),
-                Ok(n) => self.pending.consume(n),
+                Ok(n) => {
+                    self.pending.consume(n);
+                    self.session.sent(n);
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return Err(Step::Close),

@@ -12,14 +12,22 @@
 //!   file, line, column and key, goes to the log.
 //! * SIGTERM / SIGINT: drain for at most `drain_timeout`, then exit 0; a
 //!   second one closes everything at once.
+//! * SIGUSR1: reopen the log file (after logrotate renamed it).
+//!
+//! The supervisor also owns what is outside the echo server proper: the
+//! metrics endpoint ([`crate::metrics`]) and the log sink. A reload
+//! prepares both with the server — the new metrics address bound, the new
+//! log file opened — before anything is applied, so any failure leaves
+//! all of it as it was.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
 use crate::config::{format_duration, Config, ConfigError, LogTarget, Protocol, DEFAULT_PATH};
+use crate::metrics::{self, MetricsServer};
 use crate::net;
 use crate::notify::{borrow_all, Notifier};
 use crate::server::Server;
@@ -86,6 +94,19 @@ pub enum Event {
     Terminate,
     /// Report status.
     Status(Sender<Status>),
+    /// Reopen the log file (SIGUSR1).
+    ReopenLogs,
+}
+
+/// Reload counts, for status and metrics.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Reloads {
+    /// Reloads applied.
+    pub ok: u64,
+    /// Reloads refused (bad file, address in use...).
+    pub failed: u64,
+    /// Configs in force since start: 1, plus one per applied reload.
+    pub generation: u64,
 }
 
 /// The outcome of the last reload, for status.
@@ -124,18 +145,25 @@ pub struct Status {
     pub udp: Option<UdpSnapshot>,
     /// The last reload, if any.
     pub last_reload: Option<LastReload>,
+    /// Reloads applied and refused.
+    #[serde(default)]
+    pub reloads: Reloads,
+    /// The metrics endpoint's address, if on.
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
-/// Forwards SIGHUP, SIGTERM and SIGINT to `tx` from a dedicated thread.
-/// Call before starting other threads.
+/// Forwards SIGHUP, SIGTERM, SIGINT and SIGUSR1 to `tx` from a dedicated
+/// thread. Call before starting other threads.
 pub fn forward_signals(tx: Sender<Event>) -> std::io::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
                 let event = match sig {
                     SIGHUP => Event::Reload(None),
+                    SIGUSR1 => Event::ReopenLogs,
                     _ => Event::Terminate,
                 };
                 if tx.send(event).is_err() {
@@ -164,6 +192,12 @@ pub struct Daemon {
     last_status: (String, Instant),
     /// Log target when the config names none.
     default_log_target: LogTarget,
+    /// The metrics endpoint, if `metrics_listen` is set.
+    metrics: Option<MetricsServer>,
+    /// Where the metrics endpoint sends its requests (our own inbox).
+    events: Option<Sender<Event>>,
+    /// Reloads applied and refused.
+    reloads: Reloads,
 }
 
 impl Daemon {
@@ -183,7 +217,29 @@ impl Daemon {
             notifier,
             last_status: (String::new(), Instant::now()),
             default_log_target: LogTarget::Stderr,
+            metrics: None,
+            events: None,
+            reloads: Reloads {
+                generation: 1,
+                ..Reloads::default()
+            },
         }
+    }
+
+    /// Gives the supervisor its own inbox (for the metrics endpoint's
+    /// requests) and the metrics listener bound at start, if any.
+    pub fn with_metrics(
+        mut self,
+        events: Sender<Event>,
+        listener: Option<std::net::TcpListener>,
+    ) -> std::io::Result<Self> {
+        if let Some(l) = listener {
+            let server = MetricsServer::start(l, events.clone())?;
+            log::info!("metrics on http://{}/metrics", server.local_addr());
+            self.metrics = Some(server);
+        }
+        self.events = Some(events);
+        Ok(self)
     }
 
     /// Sets the log target used when the config names none.
@@ -293,6 +349,7 @@ impl Daemon {
                 Ok(Event::Status(reply)) => {
                     let _ = reply.send(self.status());
                 }
+                Ok(Event::ReopenLogs) => reopen_logs(),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     if self.drain_started.is_none() {
@@ -351,12 +408,20 @@ impl Daemon {
             ConfigSource::Embedded => None,
         };
         let result = match load_config(explicit.as_deref()) {
-            Err(e) => Err(format!("{NOT_RELOADED}\n{e}")),
+            Err(e) => Err(format!(
+                "{NOT_RELOADED}
+{e}"
+            )),
             Ok((config, source)) => self.apply(config).inspect(|_| {
-                crate::logging::apply(&self.server.config().log, self.default_log_target);
                 self.source = source;
             }),
         };
+        if result.is_ok() {
+            self.reloads.ok += 1;
+            self.reloads.generation += 1;
+        } else {
+            self.reloads.failed += 1;
+        }
         match &result {
             Ok(summary) => log::info!("reloaded {}: {summary}", self.source.describe()),
             Err(e) => {
@@ -400,15 +465,20 @@ impl Daemon {
         result
     }
 
-    /// Applies a valid config to the TCP and the UDP side: UDP sockets are
-    /// bound first, then the TCP side reloads (binding what it needs), and
-    /// only when both succeeded are the UDP sockets put in service. Any
-    /// failure changes nothing.
+    /// Applies a valid config to the TCP and the UDP side and to what lives
+    /// beside them (log sink, metrics endpoint): UDP sockets are bound,
+    /// the log file opened and a new metrics address bound first, then the
+    /// TCP side reloads (binding what it needs), and only when all that
+    /// succeeded are the prepared parts put in service. Any failure
+    /// changes nothing.
     fn apply(&mut self, config: Config) -> Result<String, String> {
         let unchanged = |e: &dyn std::fmt::Display| format!("{NOT_RELOADED} {e}");
         let tcp_port = self.server.local_addrs().first().map(|a| a.port());
         let (wanted, limit) = udp_plan(&config, tcp_port);
         let (was, _) = udp_plan(self.server.config(), tcp_port);
+        let log = crate::logging::prepare(&config.log, self.default_log_target)
+            .map_err(|e| unchanged(&e))?;
+        let metrics = self.prepare_metrics(&config).map_err(|e| unchanged(&e))?;
         let prepared = self
             .udp
             .prepare(&wanted, limit)
@@ -417,12 +487,41 @@ impl Daemon {
         if let Err(e) = self.udp.apply(prepared) {
             log::error!("cannot change the UDP side: {e}; it serves as before");
         }
+        crate::logging::install(log);
+        if let Some(new) = metrics {
+            // The old endpoint (if any) stops as it is replaced.
+            self.metrics = new;
+            match &self.metrics {
+                Some(m) => log::info!("metrics now on http://{}/metrics", m.local_addr()),
+                None => log::info!("metrics endpoint closed"),
+            }
+        }
         if self.udp.is_activated() && wanted != was {
             report
                 .deferred
                 .push("udp addresses (sockets come from the service manager)".into());
         }
         Ok(report.summary())
+    }
+
+    /// The metrics endpoint a new config asks for: `None` if unchanged,
+    /// `Some(None)` to close it, `Some(Some(_))` bound and serving (the
+    /// old one still serving too until it is replaced).
+    fn prepare_metrics(&self, new: &Config) -> Result<Option<Option<MetricsServer>>, String> {
+        if new.metrics_listen == self.server.config().metrics_listen {
+            return Ok(None);
+        }
+        let Some(addr) = new.metrics_listen else {
+            return Ok(Some(None));
+        };
+        let Some(events) = &self.events else {
+            return Ok(None);
+        };
+        let l =
+            metrics::bind(addr).map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+        let server = MetricsServer::start(l, events.clone())
+            .map_err(|e| format!("cannot start the metrics endpoint: {e}"))?;
+        Ok(Some(Some(server)))
     }
 
     fn status(&self) -> Status {
@@ -447,7 +546,19 @@ impl Daemon {
                 .collect(),
             udp: self.udp.snapshot(),
             last_reload: self.last_reload.clone(),
+            reloads: self.reloads.clone(),
+            metrics: self.metrics.as_ref().map(|m| m.local_addr().to_string()),
         }
+    }
+}
+
+/// SIGUSR1: the log file is reopened by name; if that fails the old one
+/// is kept and the failure logged (to it).
+fn reopen_logs() {
+    match crate::logging::reopen() {
+        Ok(Some(path)) => log::info!("reopened the log file {}", path.display()),
+        Ok(None) => log::info!("SIGUSR1: the log target is not a file; nothing to reopen"),
+        Err(e) => log::error!("{e}; still writing to the old file"),
     }
 }
 

@@ -12,6 +12,7 @@
 //! | `pool` | the workers: their table, where each connection goes, resizing, replacing |
 //! | `worker` | a pool thread's event loop and the connections it owns |
 //! | `connection` | one client: echo, backpressure, closing |
+//! | [`session`] | one session's record and its log line |
 //! | [`protocol`] | what bytes mean: `disconnect`, notices |
 //! | `timeouts` | O(1) idle deadlines (a FIFO per timeout value) |
 //! | [`affinity`] | CPUs: pinning, arrival CPU, the placement policy |
@@ -21,7 +22,8 @@
 //! | [`activation`] | sockets passed by systemd (activation, fd store) |
 //! | [`control`] | the control socket and its access rule |
 //! | [`limits`] | RLIMIT_NOFILE |
-//! | [`logging`] | stderr / journal / syslog log sink |
+//! | [`logging`] | the log sink (stderr / journal / syslog / file) and format |
+//! | [`metrics`] | the Prometheus endpoint (`metrics_listen`) |
 //! | [`stats`] | counters and the merged snapshot `status` shows |
 //! | [`udp`] | UDP echo: batches, source guard, per-source rate |
 //! | [`client`] | `echo-labctl connect` |
@@ -45,11 +47,13 @@ pub(crate) mod fault;
 pub mod limits;
 pub(crate) mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod notify;
 pub(crate) mod pool;
 pub mod protocol;
 pub mod server;
+pub mod session;
 pub mod stats;
 pub(crate) mod timeouts;
 pub mod udp;

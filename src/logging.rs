@@ -1,6 +1,8 @@
-//! The daemon's log backend behind the `log` facade.
+//! The daemon's log backend behind the `log` facade: where lines go
+//! (`[log] target`), how they are written (`[log] format`), and reopening
+//! the log file on SIGUSR1.
 //!
-//! Two sinks, switchable at any time (a reload may change `[log] target`):
+//! Three sinks, switchable at any time (a reload may change the target):
 //!
 //! * stderr, one line per record. Under systemd (`JOURNAL_STREAM` is set
 //!   when stderr is the journal) each line starts with the sd-daemon `<N>`
@@ -10,29 +12,57 @@
 //! * syslog (the `syslog` crate, facility daemon, RFC 3164 over /dev/log),
 //!   the default for `--daemon`, where stderr is gone. If /dev/log cannot
 //!   be reached the logger says so on stderr and stays there.
+//! * a file (`[log] path`), opened for appending, each line one `write`
+//!   (whole lines, even with other writers). SIGUSR1 reopens it by name,
+//!   the logrotate convention nginx follows: logrotate renames the file,
+//!   signals, and the next line goes to the new file. The swap happens
+//!   under the sink's lock, so every line lands in one file or the other.
 //!
-//! The level is the `log` crate's global filter, also changed on reload.
+//! A record is rendered once, by the format: `text` is the message
+//! followed by its key-values as `key=value` (the session lines of
+//! [`crate::session`]); `json` is one object per line with stable field
+//! names — `ts`, `level`, `event` (`session` or `daemon`), `msg`, then
+//! the record's key-values — for log pipelines. Either way a line to the
+//! journal keeps its `<N>` priority prefix and a syslog message its
+//! severity.
+//!
+//! Changing the target is two steps, as a reload is ([`prepare`], which
+//! may fail — a file that cannot be opened — and changes nothing, then
+//! [`install`]). The level is the `log` crate's global filter, also
+//! changed on reload.
 
-use std::io::Write;
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use log::kv::{Key, Value, VisitSource};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
-use crate::config::{LogConfig, LogTarget};
+use crate::config::{LogConfig, LogFormat, LogTarget};
 
 type Syslog = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
 
 enum Sink {
     Stderr,
     Syslog(Syslog),
+    File { path: PathBuf, file: File },
+}
+
+/// What the logger writes to and how.
+struct State {
+    sink: Sink,
+    format: LogFormat,
 }
 
 /// The installed logger; see the module docs.
 struct DaemonLogger {
     /// stderr is the journal: use `<N>` prefixes, no timestamps.
     journal: bool,
-    /// Where records go now.
-    sink: Mutex<Sink>,
+    /// Where records go now, and in which format.
+    state: Mutex<State>,
 }
 
 static LOGGER: OnceLock<&'static DaemonLogger> = OnceLock::new();
@@ -47,18 +77,90 @@ pub fn priority(level: Level) -> u8 {
     }
 }
 
-impl DaemonLogger {
-    fn stderr_line(&self, record: &Record<'_>) {
-        let line = if self.journal {
-            format!("<{}>{}\n", priority(record.level()), record.args())
+/// Renders a record's key-values as ` key=value` (text).
+struct TextPairs<'a>(&'a mut String);
+
+impl<'kvs> VisitSource<'kvs> for TextPairs<'_> {
+    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
+        let _ = write!(self.0, " {key}={value}");
+        Ok(())
+    }
+}
+
+/// Collects a record's key-values into a JSON object.
+struct JsonPairs<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl<'kvs> VisitSource<'kvs> for JsonPairs<'_> {
+    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
+        let v = if let Some(n) = value.to_u64() {
+            n.into()
+        } else if let Some(n) = value.to_i64() {
+            n.into()
+        } else if let Some(f) = value.to_f64() {
+            serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, Into::into)
+        } else if let Some(b) = value.to_bool() {
+            b.into()
         } else {
-            format!(
-                "{} {:<5} {}\n",
+            value.to_string().into()
+        };
+        self.0.insert(key.to_string(), v);
+        Ok(())
+    }
+}
+
+/// The record as text: message, then ` key=value` pairs.
+fn text_body(record: &Record<'_>) -> String {
+    let mut s = record.args().to_string();
+    let _ = record.key_values().visit(&mut TextPairs(&mut s));
+    s
+}
+
+/// The record as one JSON object (no newline).
+fn json_body(record: &Record<'_>) -> String {
+    let mut map = serde_json::Map::new();
+    map.insert(
+        "ts".into(),
+        humantime::format_rfc3339_millis(std::time::SystemTime::now())
+            .to_string()
+            .into(),
+    );
+    map.insert(
+        "level".into(),
+        record.level().as_str().to_ascii_lowercase().into(),
+    );
+    let event = if record.target() == crate::session::TARGET {
+        "session"
+    } else {
+        "daemon"
+    };
+    map.insert("event".into(), event.into());
+    map.insert("msg".into(), record.args().to_string().into());
+    let _ = record.key_values().visit(&mut JsonPairs(&mut map));
+    serde_json::Value::Object(map).to_string()
+}
+
+impl DaemonLogger {
+    /// The line for stderr or a file. `journal`: stderr is the journal.
+    fn line(format: LogFormat, record: &Record<'_>, journal: bool) -> String {
+        let body = match format {
+            LogFormat::Json => json_body(record),
+            LogFormat::Text if journal => text_body(record),
+            LogFormat::Text => format!(
+                "{} {:<5} {}",
                 humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
                 record.level(),
-                record.args()
-            )
+                text_body(record)
+            ),
         };
+        if journal {
+            format!("<{}>{body}\n", priority(record.level()))
+        } else {
+            format!("{body}\n")
+        }
+    }
+
+    fn stderr_line(&self, format: LogFormat, record: &Record<'_>) {
+        let line = Self::line(format, record, self.journal);
         // One write per line keeps lines whole across threads.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
@@ -73,21 +175,34 @@ impl Log for DaemonLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        if let Sink::Syslog(s) = &mut *sink {
-            let msg = record.args().to_string();
-            let sent = match record.level() {
-                Level::Error => s.err(msg),
-                Level::Warn => s.warning(msg),
-                Level::Info => s.info(msg),
-                Level::Debug | Level::Trace => s.debug(msg),
-            };
-            if sent.is_ok() {
-                return;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let format = state.format;
+        match &mut state.sink {
+            Sink::Syslog(s) => {
+                let msg = match format {
+                    LogFormat::Json => json_body(record),
+                    LogFormat::Text => text_body(record),
+                };
+                let sent = match record.level() {
+                    Level::Error => s.err(msg),
+                    Level::Warn => s.warning(msg),
+                    Level::Info => s.info(msg),
+                    Level::Debug | Level::Trace => s.debug(msg),
+                };
+                if sent.is_ok() {
+                    return;
+                }
             }
+            Sink::File { file, .. } => {
+                let line = Self::line(format, record, false);
+                if file.write_all(line.as_bytes()).is_ok() {
+                    return;
+                }
+            }
+            Sink::Stderr => {}
         }
-        drop(sink);
-        self.stderr_line(record);
+        drop(state);
+        self.stderr_line(format, record);
     }
 
     fn flush(&self) {
@@ -99,7 +214,10 @@ impl Log for DaemonLogger {
 pub fn init(level: LevelFilter) {
     let logger: &'static DaemonLogger = Box::leak(Box::new(DaemonLogger {
         journal: std::env::var_os("JOURNAL_STREAM").is_some(),
-        sink: Mutex::new(Sink::Stderr),
+        state: Mutex::new(State {
+            sink: Sink::Stderr,
+            format: LogFormat::Text,
+        }),
     }));
     if log::set_logger(logger).is_ok() {
         let _ = LOGGER.set(logger);
@@ -107,18 +225,71 @@ pub fn init(level: LevelFilter) {
     log::set_max_level(level);
 }
 
-/// Applies `[log]`: level and target. `default_target` is used when the
-/// file does not say (syslog for `--daemon`, else stderr).
-pub fn apply(config: &LogConfig, default_target: LogTarget) {
-    log::set_max_level(config.level.filter());
+/// Opens a log file for appending (created `0640` if missing).
+fn open_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+}
+
+/// A file that cannot be opened, with its path.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the log file {}: {source}", path.display())]
+pub struct OpenError {
+    /// The file named by `[log] path`.
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// A `[log]` setting checked and ready to put in force: the level, the
+/// format, the target, and the log file already open if it is one.
+pub struct Prepared {
+    level: LevelFilter,
+    format: LogFormat,
+    target: LogTarget,
+    file: Option<(PathBuf, File)>,
+}
+
+/// Does what can fail of applying `[log]` (opening the log file) and
+/// nothing else; `default_target` is used when the file does not say
+/// (syslog for `--daemon`, else stderr). `--check-config` calls it too.
+pub fn prepare(config: &LogConfig, default_target: LogTarget) -> Result<Prepared, OpenError> {
+    let target = config.target.unwrap_or(default_target);
+    let file = match target {
+        LogTarget::File => {
+            let file = open_file(&config.path).map_err(|source| OpenError {
+                path: config.path.clone(),
+                source,
+            })?;
+            Some((config.path.clone(), file))
+        }
+        LogTarget::Stderr | LogTarget::Syslog => None,
+    };
+    Ok(Prepared {
+        level: config.level.filter(),
+        format: config.format,
+        target,
+        file,
+    })
+}
+
+/// Puts a prepared `[log]` in force; cannot fail (syslog that cannot be
+/// reached is said on stderr, which stays the sink).
+pub fn install(prepared: Prepared) {
+    log::set_max_level(prepared.level);
     let Some(logger) = LOGGER.get() else {
         return;
     };
-    let want = config.target.unwrap_or(default_target);
-    let mut sink = logger.sink.lock().unwrap_or_else(|p| p.into_inner());
-    match (want, &*sink) {
-        (LogTarget::Stderr, Sink::Syslog(_)) => *sink = Sink::Stderr,
-        (LogTarget::Syslog, Sink::Stderr) => {
+    let mut state = logger.state.lock().unwrap_or_else(|p| p.into_inner());
+    state.format = prepared.format;
+    match (prepared.target, prepared.file, &state.sink) {
+        (LogTarget::File, Some((path, file)), _) => state.sink = Sink::File { path, file },
+        (LogTarget::Stderr, _, _) => state.sink = Sink::Stderr,
+        (LogTarget::Syslog, _, Sink::Syslog(_)) => {}
+        (LogTarget::Syslog, _, _) => {
             let formatter = syslog::Formatter3164 {
                 facility: syslog::Facility::LOG_DAEMON,
                 hostname: None,
@@ -126,13 +297,93 @@ pub fn apply(config: &LogConfig, default_target: LogTarget) {
                 pid: std::process::id(),
             };
             match syslog::unix(formatter) {
-                Ok(s) => *sink = Sink::Syslog(s),
+                Ok(s) => state.sink = Sink::Syslog(s),
                 Err(e) => {
-                    drop(sink);
+                    state.sink = Sink::Stderr;
+                    drop(state);
                     log::error!("cannot log to syslog ({e}); logging to stderr");
                 }
             }
         }
-        _ => {}
+        (LogTarget::File, None, _) => {}
+    }
+}
+
+/// Applies `[log]` at once ([`prepare`] then [`install`]); a log file that
+/// cannot be opened is reported and the sink left as it was.
+pub fn apply(config: &LogConfig, default_target: LogTarget) -> Result<(), OpenError> {
+    install(prepare(config, default_target)?);
+    Ok(())
+}
+
+/// Reopens the log file by its name (SIGUSR1, after logrotate renamed it).
+/// Lines logged up to the swap are in the old file, every later one in the
+/// new. If it cannot be opened the old file is kept. Returns the path, or
+/// `None` when the target is not a file.
+pub fn reopen() -> Result<Option<PathBuf>, OpenError> {
+    let Some(logger) = LOGGER.get() else {
+        return Ok(None);
+    };
+    let path = {
+        let state = logger.state.lock().unwrap_or_else(|p| p.into_inner());
+        match &state.sink {
+            Sink::File { path, .. } => path.clone(),
+            _ => return Ok(None),
+        }
+    };
+    // Opened outside the lock: logging goes on meanwhile, to the old file.
+    let new = open_file(&path).map_err(|source| OpenError {
+        path: path.clone(),
+        source,
+    })?;
+    let mut state = logger.state.lock().unwrap_or_else(|p| p.into_inner());
+    if let Sink::File { path: p, file } = &mut state.sink {
+        if *p == path {
+            *file = new;
+        }
+    }
+    Ok(Some(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(format: LogFormat, journal: bool) -> String {
+        let kvs: &[(&str, u64)] = &[("received", 12), ("sent", 30)];
+        let record = Record::builder()
+            .level(Level::Info)
+            .target(crate::session::TARGET)
+            .args(format_args!("session"))
+            .key_values(&kvs)
+            .build();
+        DaemonLogger::line(format, &record, journal)
+    }
+
+    #[test]
+    fn text_lines_carry_the_key_values() {
+        assert_eq!(
+            render(LogFormat::Text, true),
+            "<6>session received=12 sent=30\n"
+        );
+        let plain = render(LogFormat::Text, false);
+        assert!(
+            plain.ends_with(" INFO  session received=12 sent=30\n"),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn json_lines_are_one_object_with_stable_fields() {
+        let line = render(LogFormat::Json, false);
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(v["level"], "info");
+        assert_eq!(v["event"], "session");
+        assert_eq!(v["msg"], "session");
+        assert_eq!(v["received"], 12);
+        assert_eq!(v["sent"], 30);
+        assert!(v["ts"].as_str().unwrap().ends_with('Z'));
+        let journal = render(LogFormat::Json, true);
+        assert!(journal.starts_with("<6>{"), "{journal}");
     }
 }

@@ -434,6 +434,7 @@ mod tests {
             idle_timeout: Duration::ZERO,
             max_pending_bytes: 1024,
             busy_poll: Duration::ZERO,
+            sessions: false,
         })
     }
 
@@ -517,6 +518,7 @@ mod tests {
             idle_timeout: Duration::from_secs(2),
             max_pending_bytes: 4096,
             busy_poll: Duration::from_micros(50),
+            sessions: false,
         });
         let prepared = pool.prepare(3, new.clone()).expect("prepare");
         assert_eq!(pool.len(), 1, "preparing changes nothing");

@@ -181,6 +181,7 @@ fn settings_of(config: &Config) -> Settings {
         idle_timeout: config.idle_timeout,
         max_pending_bytes: config.max_pending_bytes,
         busy_poll: config.busy_poll,
+        sessions: config.log.sessions,
     }
 }
 

@@ -25,6 +25,10 @@ pub(crate) struct WorkerStats {
     pub connections: AtomicUsize,
     /// Bytes read from clients and echoed.
     pub bytes: AtomicU64,
+    /// Bytes written to clients (echo and notices).
+    pub bytes_sent: AtomicU64,
+    /// Connections closed, by [`CloseReason`] (its index).
+    pub closed: [AtomicU64; CloseReason::ALL.len()],
     /// Connections closed for idleness.
     pub idle_closes: AtomicU64,
     /// Connections that ended with `disconnect`.
@@ -37,6 +41,49 @@ pub(crate) struct WorkerStats {
     pub moved_out: AtomicU64,
     /// The CPU the worker is pinned to (`cpu_affinity`); set at creation.
     pub cpu: Option<usize>,
+}
+
+/// Why a connection ended: a label of the closed-connections counter and
+/// a field of the session log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed its side (end of stream) and got all its echo.
+    Client,
+    /// The client said `disconnect`.
+    Disconnect,
+    /// Closed after `idle_timeout` without traffic.
+    Idle,
+    /// A reset or another I/O error (the client vanished).
+    Error,
+    /// Closed by the server going away (drain deadline, second signal).
+    Drain,
+}
+
+impl CloseReason {
+    /// Every reason, in counter order.
+    pub const ALL: [CloseReason; 5] = [
+        CloseReason::Client,
+        CloseReason::Disconnect,
+        CloseReason::Idle,
+        CloseReason::Error,
+        CloseReason::Drain,
+    ];
+
+    /// The word logs and metric labels use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::Disconnect => "disconnect",
+            CloseReason::Idle => "idle",
+            CloseReason::Error => "error",
+            CloseReason::Drain => "drain",
+        }
+    }
+
+    /// Its place in [`WorkerStats::closed`].
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// Counters shared by the accept loop and the workers.
@@ -96,8 +143,15 @@ pub struct Snapshot {
     pub total: u64,
     /// Connections refused (busy).
     pub refused: u64,
-    /// Bytes echoed since start.
+    /// Bytes echoed since start (read from clients).
     pub bytes_echoed: u64,
+    /// Bytes written to clients since start (echo and notices).
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// Connections closed since start, by reason (`client`, `disconnect`,
+    /// `idle`, `error`, `drain`), in [`CloseReason::ALL`] order.
+    #[serde(default)]
+    pub closed: Vec<(String, u64)>,
     /// Connections closed for idleness.
     pub idle_closes: u64,
     /// Sessions ended with `disconnect`.
@@ -106,6 +160,9 @@ pub struct Snapshot {
     pub panics: u64,
     /// Worker threads.
     pub pool_size: u64,
+    /// Connections handed from one worker to another since start.
+    #[serde(default)]
+    pub handoffs: u64,
     /// Each worker's CPU and connections, in pool order.
     #[serde(default)]
     pub workers: Vec<WorkerLoad>,
@@ -136,11 +193,17 @@ impl Snapshot {
             refused: server.refused.load(Relaxed),
             ..Snapshot::default()
         };
+        let mut closed = [0u64; CloseReason::ALL.len()];
         for w in workers {
             s.bytes_echoed += w.bytes.load(Relaxed);
+            s.bytes_sent += w.bytes_sent.load(Relaxed);
+            for (sum, c) in closed.iter_mut().zip(&w.closed) {
+                *sum += c.load(Relaxed);
+            }
             s.idle_closes += w.idle_closes.load(Relaxed);
             s.disconnects += w.disconnects.load(Relaxed);
             s.panics += w.panics.load(Relaxed);
+            s.handoffs += w.moved_out.load(Relaxed);
             s.pool_size += 1;
             s.workers.push(WorkerLoad {
                 cpu: w.cpu,
@@ -148,6 +211,11 @@ impl Snapshot {
                 moved_out: w.moved_out.load(Relaxed),
             });
         }
+        s.closed = CloseReason::ALL
+            .iter()
+            .zip(closed)
+            .map(|(r, n)| (r.as_str().to_string(), n))
+            .collect();
         s
     }
 }

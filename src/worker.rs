@@ -38,7 +38,7 @@ use slab::Slab;
 use crate::affinity;
 use crate::connection::{Connection, Phase, Step};
 use crate::protocol::Notice;
-use crate::stats::WorkerStats;
+use crate::stats::{CloseReason, WorkerStats};
 use crate::timeouts::TimeoutQueue;
 
 /// Token of the waker; connection tokens are slab keys.
@@ -94,6 +94,8 @@ pub(crate) struct Settings {
     /// sleep in `epoll_wait` as soon as nothing is ready (see
     /// [`Worker::run`]).
     pub busy_poll: Duration,
+    /// Log a line per finished session (`[log] sessions`).
+    pub sessions: bool,
 }
 
 /// Messages to a worker.
@@ -408,6 +410,12 @@ impl Worker {
             return;
         }
         let result = catch_unwind(AssertUnwindSafe(|| self.serve_inner(slot, ready, now)));
+        if let Some(conn) = self.conns.get_mut(slot) {
+            let sent = conn.session_mut().take_sent();
+            if sent > 0 {
+                self.stats.bytes_sent.fetch_add(sent, Relaxed);
+            }
+        }
         if let Err(panic) = result {
             #[cfg(feature = "fault-injection")]
             crate::fault::propagate_worker_kill(panic);
@@ -603,12 +611,27 @@ impl Worker {
     }
 
     fn close(&mut self, slot: usize) {
-        if self.conns.try_remove(slot).is_some() {
+        if let Some(mut conn) = self.conns.try_remove(slot) {
             // Dropping the socket removes it from epoll and counts the
             // connection out.
             self.idle.remove(slot);
             self.linger.remove(slot);
             self.stats.connections.fetch_sub(1, Relaxed);
+            self.finished(&mut conn);
+        }
+    }
+
+    /// Counts a session that ended (its last bytes, its reason) and logs
+    /// its line if `[log] sessions` is on.
+    fn finished(&self, conn: &mut Connection) {
+        let session = conn.session_mut();
+        let sent = session.take_sent();
+        if sent > 0 {
+            self.stats.bytes_sent.fetch_add(sent, Relaxed);
+        }
+        self.stats.closed[session.reason().index()].fetch_add(1, Relaxed);
+        if self.settings.sessions {
+            conn.log_session();
         }
     }
 
@@ -618,6 +641,7 @@ impl Worker {
             if let Some(conn) = self.conns.get_mut(slot) {
                 // Last chance for queued echo; the client may be reading.
                 let _ = conn.on_writable(usize::MAX);
+                conn.session_mut().end(CloseReason::Drain);
             }
             self.close(slot);
         }
@@ -656,5 +680,7 @@ impl Worker {
             }
         }
         let _ = Connection::send_last_words(conn.stream_mut(), Notice::ShuttingDown);
+        conn.session_mut().end(CloseReason::Drain);
+        self.finished(&mut conn);
     }
 }

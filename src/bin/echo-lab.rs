@@ -17,7 +17,7 @@ use echo_lab::daemon::{self, ConfigSource, Daemon};
 use echo_lab::notify::Notifier;
 use echo_lab::server::{self, Server};
 use echo_lab::udp::listeners::UdpListeners;
-use echo_lab::{limits, logging, net, EX_CONFIG, EX_OSERR};
+use echo_lab::{limits, logging, metrics, net, EX_CONFIG, EX_OSERR};
 
 /// A TCP echo daemon (RFC 862): everything a client sends comes back.
 #[derive(Parser)]
@@ -51,7 +51,7 @@ fn real_main() -> i32 {
     let args = Args::parse();
     let loaded = daemon::load_config(args.config.as_deref());
     if args.check_config {
-        return check(loaded);
+        return check(loaded, args.daemon);
     }
     let (config, source) = match loaded {
         Ok(x) => x,
@@ -72,6 +72,27 @@ fn real_main() -> i32 {
         return 0;
     }
     logging::init(config.log.level.filter());
+    // The log file is opened and the metrics address bound here, so a
+    // mistake is said on the terminal, before any fork.
+    let log_sink = match logging::prepare(&config.log, default_target) {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!("{e}");
+            return EX_CONFIG;
+        }
+    };
+    let metrics_listener = match config.metrics_listen.map(metrics::bind).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!(
+                "cannot listen for metrics on {}: {e}",
+                config
+                    .metrics_listen
+                    .map_or(String::new(), |a| a.to_string())
+            );
+            return EX_OSERR;
+        }
+    };
     // SAFETY: no other thread exists yet.
     let mut inherited = unsafe { activation::take() };
     let datagram = std::mem::take(&mut inherited.datagram);
@@ -128,7 +149,7 @@ fn real_main() -> i32 {
             return EX_OSERR;
         }
     }
-    logging::apply(&config.log, default_target);
+    logging::install(log_sink);
     if source == ConfigSource::Embedded {
         log::info!(
             "no config file at {}; using the embedded defaults",
@@ -173,7 +194,7 @@ fn real_main() -> i32 {
         return EX_OSERR;
     }
     // Kept alive until exit; removes the socket file when dropped.
-    let _control = match control::spawn(&control_path, access, tx) {
+    let _control = match control::spawn(&control_path, access, tx.clone()) {
         Ok(c) => {
             log::info!("control socket at {}", c.path().display());
             Some(c)
@@ -186,8 +207,15 @@ fn real_main() -> i32 {
             None
         }
     };
-    let mut daemon = Daemon::new(server, udp, source, Notifier::from_env())
+    let daemon = Daemon::new(server, udp, source, Notifier::from_env())
         .with_default_log_target(default_target);
+    let mut daemon = match daemon.with_metrics(tx, metrics_listener) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("cannot start the metrics endpoint: {e}");
+            return EX_OSERR;
+        }
+    };
     daemon.log_listening();
     daemon.announce_ready();
     let code = daemon.run(rx);
@@ -198,11 +226,24 @@ fn real_main() -> i32 {
     code
 }
 
-/// `--check-config`: validate (and resolve the host, as `nginx -t` does).
-fn check(loaded: Result<(Config, ConfigSource), echo_lab::config::ConfigError>) -> i32 {
+/// `--check-config`: validate (and resolve the host and open the log
+/// file, as `nginx -t` does).
+fn check(
+    loaded: Result<(Config, ConfigSource), echo_lab::config::ConfigError>,
+    daemon: bool,
+) -> i32 {
     match loaded {
         Ok((config, source)) => match net::resolve(&config.host, config.port) {
             Ok(_) => {
+                let default_target = if daemon {
+                    LogTarget::Syslog
+                } else {
+                    LogTarget::Stderr
+                };
+                if let Err(e) = logging::prepare(&config.log, default_target) {
+                    eprintln!("{}: key 'log.path': {e}", source.describe());
+                    return EX_CONFIG;
+                }
                 println!("OK ({})", source.describe());
                 0
             }

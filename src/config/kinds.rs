@@ -7,6 +7,7 @@
 //! [`Kind`]; a new key of an existing kind needs nothing here.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -139,6 +140,53 @@ impl Kind<PathBuf> for SocketPath {
 
     fn render(&self, value: &PathBuf) -> Rendered {
         Rendered::Value(value.display().to_string().into())
+    }
+}
+
+/// An absolute file path (a log file).
+pub(super) struct AbsPath;
+
+impl Kind<PathBuf> for AbsPath {
+    fn read(&self, value: &Spanned<DeValue<'_>>, key: &str, r: &mut Reader<'_>) -> Option<PathBuf> {
+        let s: String = r.deserialize(value, key)?;
+        if s.is_empty() || !s.starts_with('/') || s.ends_with('/') {
+            r.fail(value, key, "must be an absolute path to a file".into());
+            return None;
+        }
+        Some(PathBuf::from(s))
+    }
+
+    fn render(&self, value: &PathBuf) -> Rendered {
+        Rendered::Value(value.display().to_string().into())
+    }
+}
+
+/// An IP address and port to listen on: `"127.0.0.1:9707"`, `"[::1]:9707"`.
+pub(super) struct ListenAddr;
+
+impl Kind<SocketAddr> for ListenAddr {
+    fn read(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+        r: &mut Reader<'_>,
+    ) -> Option<SocketAddr> {
+        let s: String = r.deserialize(value, key)?;
+        match s.trim().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                r.fail(
+                    value,
+                    key,
+                    format!("\"{s}\" is not an address and port like \"127.0.0.1:9707\" or \"[::1]:9707\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn render(&self, value: &SocketAddr) -> Rendered {
+        Rendered::Value(value.to_string().into())
     }
 }
 

@@ -1,0 +1,304 @@
+//! What `/metrics` says: the daemon's counters, merged for this scrape,
+//! turned into metric families by the `prometheus-client` crate, in the
+//! Prometheus text format or OpenMetrics.
+//!
+//! Nothing is counted here. A scrape takes one [`Status`] from the
+//! supervisor (the same merge of per-worker counters `echo-labctl status`
+//! shows) and one [`Process`] reading, wraps them in a [`Collector`]
+//! registered in a registry made for this scrape, and lets the crate's
+//! encoders write names, `# HELP`, `# TYPE`, `# UNIT` and label escaping.
+//! The hot path therefore pays nothing for metrics: the workers' counters
+//! are the relaxed atomics they always were.
+//!
+//! Names follow the Prometheus conventions: `echo_lab_` prefix, base
+//! units (bytes, seconds), `_total` on counters (the encoder adds it).
+//! The refusals of the access rules (issue: refused by rule, per-source
+//! cap, rate) are reasons of `echo_lab_connections_refused_total` once
+//! those rules exist: [`Export::refusals`] is where they are added.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::process::Process;
+use crate::daemon::Status;
+
+/// The formats a scrape can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// Prometheus text format 0.0.4 (the default).
+    Prometheus,
+    /// OpenMetrics 1.0 text, when `Accept` names it.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for.
+    pub(crate) fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    /// The `Content-Type` of a response in this format.
+    pub(crate) fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// One scrape's values.
+#[derive(Debug)]
+pub(crate) struct Export {
+    pub status: Status,
+    /// `None` if /proc could not be read (then no `process_*` metrics).
+    pub process: Option<Process>,
+}
+
+impl Export {
+    /// Encodes the exposition in `format`.
+    pub(crate) fn encode(self, format: Format) -> Result<String, std::fmt::Error> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::with_capacity(8 * 1024);
+        match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?
+            }
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry)?,
+        }
+        Ok(out)
+    }
+
+    /// Connection refusals by reason: `busy` (max_connections) today; the
+    /// access rules add theirs here.
+    fn refusals(&self) -> Vec<(&'static str, u64)> {
+        vec![("busy", self.status.stats.refused)]
+    }
+}
+
+/// Writes one unlabelled value.
+fn one<M: EncodeMetric>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    metric: M,
+) -> Result<(), std::fmt::Error> {
+    let m = e.encode_descriptor(name, help, unit, metric.metric_type())?;
+    metric.encode(m)
+}
+
+/// Writes a family of counters, one per value of `label`.
+fn counters(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut fam = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in values {
+        let labels = [(label, *value)];
+        ConstCounter::new(*n).encode(fam.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Export {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.status.stats;
+        let mut fam = e.encode_descriptor(
+            "echo_lab_build_info",
+            "Always 1; the label says echo-lab's version.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let version = [("version", self.status.version.as_str())];
+        ConstGauge::new(1).encode(fam.encode_family(&version)?)?;
+        one(
+            &mut e,
+            "echo_lab_connections",
+            "TCP connections open now.",
+            None,
+            ConstGauge::new(s.active as i64),
+        )?;
+        let mut fam = e.encode_descriptor(
+            "echo_lab_worker_connections",
+            "TCP connections each worker serves now.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (i, w) in s.workers.iter().enumerate() {
+            let worker = i.to_string();
+            let cpu = w.cpu.map_or_else(|| "none".to_string(), |c| c.to_string());
+            let labels = [("worker", worker.as_str()), ("cpu", cpu.as_str())];
+            ConstGauge::new(w.connections as i64).encode(fam.encode_family(&labels)?)?;
+        }
+        one(
+            &mut e,
+            "echo_lab_connections_accepted",
+            "TCP connections accepted, including those refused after accepting.",
+            None,
+            ConstCounter::new(s.total),
+        )?;
+        let closed: Vec<(&str, u64)> = s.closed.iter().map(|(r, n)| (r.as_str(), *n)).collect();
+        counters(
+            &mut e,
+            "echo_lab_connections_closed",
+            "TCP connections served and closed, by why they ended.",
+            "reason",
+            &closed,
+        )?;
+        counters(
+            &mut e,
+            "echo_lab_connections_refused",
+            "TCP connections refused after accepting, by reason.",
+            "reason",
+            &self.refusals(),
+        )?;
+        one(
+            &mut e,
+            "echo_lab_received",
+            "Bytes read from TCP clients.",
+            Some(&Unit::Bytes),
+            ConstCounter::new(s.bytes_echoed),
+        )?;
+        one(
+            &mut e,
+            "echo_lab_sent",
+            "Bytes written to TCP clients (echo and notices).",
+            Some(&Unit::Bytes),
+            ConstCounter::new(s.bytes_sent),
+        )?;
+        one(
+            &mut e,
+            "echo_lab_panics",
+            "Panics caught while serving a connection.",
+            None,
+            ConstCounter::new(s.panics),
+        )?;
+        one(
+            &mut e,
+            "echo_lab_workers",
+            "Worker threads.",
+            None,
+            ConstGauge::new(s.pool_size as i64),
+        )?;
+        one(
+            &mut e,
+            "echo_lab_handoffs",
+            "Connections handed to the worker on the CPU their packets arrive on.",
+            None,
+            ConstCounter::new(s.handoffs),
+        )?;
+        one(
+            &mut e,
+            "echo_lab_draining",
+            "1 while the daemon drains (stop requested).",
+            None,
+            ConstGauge::new(i64::from(self.status.draining)),
+        )?;
+        self.encode_reloads(&mut e)?;
+        if let Some(p) = &self.process {
+            encode_process(&mut e, p)?;
+        }
+        Ok(())
+    }
+}
+
+impl Export {
+    fn encode_reloads(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let r = &self.status.reloads;
+        counters(
+            e,
+            "echo_lab_reloads",
+            "Config reloads (SIGHUP or echo-labctl reload), by result.",
+            "result",
+            &[("ok", r.ok), ("failed", r.failed)],
+        )?;
+        one(
+            e,
+            "echo_lab_config_generation",
+            "How many configs have been in force: 1 at start, +1 per successful reload.",
+            None,
+            ConstGauge::new(r.generation as i64),
+        )?;
+        if let Some(last) = &self.status.last_reload {
+            one(
+                e,
+                "echo_lab_last_reload_timestamp",
+                "When the last reload was tried, seconds since the Unix epoch.",
+                Some(&Unit::Seconds),
+                ConstGauge::new(last.at_unix as i64),
+            )?;
+            one(
+                e,
+                "echo_lab_last_reload_successful",
+                "1 if the last reload was applied, 0 if it was refused.",
+                None,
+                ConstGauge::new(i64::from(last.error.is_none())),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn encode_process(e: &mut DescriptorEncoder<'_>, p: &Process) -> Result<(), std::fmt::Error> {
+    one(
+        e,
+        "process_cpu",
+        "Total user and system CPU time spent.",
+        Some(&Unit::Seconds),
+        ConstCounter::new(p.cpu_seconds),
+    )?;
+    one(
+        e,
+        "process_resident_memory",
+        "Resident memory size.",
+        Some(&Unit::Bytes),
+        ConstGauge::new(p.resident_bytes as i64),
+    )?;
+    one(
+        e,
+        "process_virtual_memory",
+        "Virtual memory size.",
+        Some(&Unit::Bytes),
+        ConstGauge::new(p.virtual_bytes as i64),
+    )?;
+    one(
+        e,
+        "process_open_fds",
+        "Open file descriptors.",
+        None,
+        ConstGauge::new(p.open_fds as i64),
+    )?;
+    one(
+        e,
+        "process_max_fds",
+        "The limit on open file descriptors.",
+        None,
+        ConstGauge::new(p.max_fds as i64),
+    )?;
+    one(
+        e,
+        "process_start_time",
+        "Start time of the process since the Unix epoch.",
+        Some(&Unit::Seconds),
+        ConstGauge::new(p.start_time_seconds),
+    )?;
+    one(
+        e,
+        "process_threads",
+        "Threads.",
+        None,
+        ConstGauge::new(p.threads as i64),
+    )?;
+    Ok(())
+}

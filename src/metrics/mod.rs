@@ -1,0 +1,325 @@
+//! The metrics endpoint: an optional HTTP listener (`metrics_listen`)
+//! answering `GET /metrics` for Prometheus, and a 404 to anything else.
+//!
+//! It is deliberately small and out of the way of the echo service: one
+//! thread of its own waits for connections (mio, with a waker to stop
+//! it), and a fixed pool of [`HANDLERS`] threads serves them, one request
+//! each, `Connection: close`. A client is given [`REQUEST_TIMEOUT`] to
+//! send a request head of at most [`MAX_REQUEST`] bytes and as long again
+//! to take the answer; beyond [`MAX_IN_FLIGHT`] connections at once a new
+//! one is closed at once. A hostile client can therefore hold a handler
+//! for seconds, never the endpoint, and never a byte of the echo path.
+//!
+//! The request head is parsed by `httparse` (hyper's parser); the body of
+//! the answer comes from [`export`], which uses the Prometheus project's
+//! own Rust client, `prometheus-client`: it encodes both the Prometheus
+//! text format (the default) and OpenMetrics (when `Accept` names
+//! `application/openmetrics-text`, as Prometheus itself asks), and its
+//! [`Collector`](prometheus_client::collector::Collector) takes values at
+//! scrape time, which is how per-worker counters merged on demand fit.
+//! `metrics` + `metrics-exporter-prometheus` were the alternative; that
+//! exporter writes only the Prometheus text format, and its recorder
+//! model wants every count to go through its handles on the hot path.
+//!
+//! The values come from the supervisor, as `echo-labctl status` gets
+//! them: a [`Event::Status`] request with a reply channel. Reload binds a
+//! new address before the old endpoint is stopped ([`bind`] then
+//! [`MetricsServer::start`]), so a bind failure fails the reload and
+//! changes nothing.
+
+mod export;
+mod process;
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::daemon::Event;
+use export::{Export, Format};
+
+/// Threads serving requests.
+pub const HANDLERS: usize = 2;
+/// Connections served or waiting for a handler at once; more are closed.
+pub const MAX_IN_FLIGHT: usize = 8;
+/// Longest request head accepted.
+pub const MAX_REQUEST: usize = 8 * 1024;
+/// Time a client has to send its request head, and again to read the answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a scrape waits for the supervisor's counters.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+
+/// Binds the metrics listener (before the old one, if any, is let go).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let l = TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// The running endpoint; stopped (listener closed) when dropped.
+pub struct MetricsServer {
+    addr: SocketAddr,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// Serves `GET /metrics` on `listener` (from [`bind`]), asking
+    /// `events`' supervisor for the counters on each scrape.
+    pub fn start(listener: TcpListener, events: Sender<Event>) -> io::Result<MetricsServer> {
+        let addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut listener = mio::net::TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let accept = Acceptor {
+            poll,
+            listener,
+            events,
+            pool: threadpool::Builder::new()
+                .num_threads(HANDLERS)
+                .thread_name("metrics".into())
+                .build(),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        };
+        let thread = std::thread::Builder::new()
+            .name("metrics-accept".into())
+            .spawn(move || accept.run())?;
+        Ok(MetricsServer {
+            addr,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address served.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        // The thread sees the wakeup, drops the listener and returns.
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("the metrics thread panicked");
+            }
+        }
+    }
+}
+
+struct Acceptor {
+    poll: Poll,
+    listener: mio::net::TcpListener,
+    events: Sender<Event>,
+    pool: threadpool::ThreadPool,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Acceptor {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(16);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("metrics endpoint: poll failed: {e}; metrics are off");
+                return;
+            }
+            if events.iter().any(|e| e.token() == WAKER) {
+                return;
+            }
+            self.accept_all();
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.dispatch(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors and the like: the listener stays
+                    // readable, so poll would spin; try on the next scrape.
+                    log::warn!("metrics endpoint: accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands a connection to a handler, or closes it if too many are in
+    /// flight.
+    fn dispatch(&self, stream: mio::net::TcpStream) {
+        if self.in_flight.fetch_add(1, Relaxed) >= MAX_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Relaxed);
+            log::debug!("metrics endpoint: too many requests at once; closed one");
+            return;
+        }
+        let in_flight = self.in_flight.clone();
+        let events = self.events.clone();
+        // Back to a blocking std socket: the handler's reads and writes
+        // are bounded by timeouts instead.
+        let stream: TcpStream = std::os::fd::OwnedFd::from(stream).into();
+        self.pool.execute(move || {
+            if let Err(e) = serve(stream, &events) {
+                log::debug!("metrics endpoint: {e}");
+            }
+            in_flight.fetch_sub(1, Relaxed);
+        });
+    }
+}
+
+/// What a request asked for.
+#[derive(Debug, PartialEq, Eq)]
+enum Request {
+    /// `GET /metrics`, in this format.
+    Metrics(Format),
+    /// Anything else.
+    Other,
+}
+
+/// Reads one request head, within [`MAX_REQUEST`] bytes and [`REQUEST_TIMEOUT`].
+fn read_request(stream: &mut TcpStream) -> io::Result<Request> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut buf = vec![0u8; MAX_REQUEST];
+    let mut len = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "request too slow"));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = stream.read(&mut buf[len..])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before a whole request",
+            ));
+        }
+        len += n;
+        if let Some(req) = parse(&buf[..len])? {
+            return Ok(req);
+        }
+        if len == buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            ));
+        }
+    }
+}
+
+/// Parses a request head; `None` if incomplete.
+fn parse(bytes: &[u8]) -> io::Result<Option<Request>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(bytes) {
+        Ok(httparse::Status::Partial) => Ok(None),
+        Ok(httparse::Status::Complete(_)) => {
+            let path = req.path.unwrap_or("");
+            let path = path.split('?').next().unwrap_or("");
+            if req.method != Some("GET") || path != "/metrics" {
+                return Ok(Some(Request::Other));
+            }
+            let accept = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("accept"))
+                .and_then(|h| std::str::from_utf8(h.value).ok());
+            Ok(Some(Request::Metrics(Format::from_accept(accept))))
+        }
+        Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+    }
+}
+
+/// Serves one connection: one request, one answer, close.
+fn serve(mut stream: TcpStream, events: &Sender<Event>) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    let answer = match read_request(&mut stream) {
+        Ok(Request::Metrics(format)) => match scrape(events, format) {
+            Ok(body) => response("200 OK", format.content_type(), &body),
+            Err(e) => response("503 Service Unavailable", "text/plain", &format!("{e}\n")),
+        },
+        Ok(Request::Other) => response("404 Not Found", "text/plain", "only GET /metrics here\n"),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            let _ = write_all(
+                &mut stream,
+                &response("400 Bad Request", "text/plain", "bad request\n"),
+            );
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    write_all(&mut stream, &answer)
+}
+
+fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    stream.write_all(bytes)?;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    Ok(())
+}
+
+fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// The exposition now: counters from the supervisor, process from /proc.
+fn scrape(events: &Sender<Event>, format: Format) -> Result<String, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    events
+        .send(Event::Status(tx))
+        .map_err(|_| "the daemon is stopping".to_string())?;
+    let status = rx
+        .recv_timeout(STATUS_TIMEOUT)
+        .map_err(|_| "the daemon did not answer in time".to_string())?;
+    let process = process::read()
+        .map_err(|e| log::debug!("metrics endpoint: cannot read /proc: {e}"))
+        .ok();
+    Export { status, process }
+        .encode(format)
+        .map_err(|_| "cannot encode the metrics".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_told_apart() {
+        let get = |r: &str| parse(r.as_bytes()).unwrap();
+        assert_eq!(
+            get("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(Request::Metrics(Format::Prometheus))
+        );
+        assert_eq!(
+            get("GET /metrics?x=1 HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n"),
+            Some(Request::Metrics(Format::OpenMetrics))
+        );
+        assert_eq!(get("GET / HTTP/1.1\r\n\r\n"), Some(Request::Other));
+        assert_eq!(get("POST /metrics HTTP/1.1\r\n\r\n"), Some(Request::Other));
+        assert_eq!(get("GET /metrics HTTP/1.1\r\nHost"), None);
+        assert!(parse(b"\x00\x01 garbage\r\n\r\n").is_err());
+    }
+}

@@ -1,0 +1,89 @@
+//! The standard `process_*` metrics, read from /proc on each scrape (what
+//! the Go client's process collector exports, under the same names).
+
+use std::io;
+
+/// What the kernel says about this process now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Process {
+    /// User and system CPU time, seconds.
+    pub cpu_seconds: f64,
+    /// Resident set size, bytes.
+    pub resident_bytes: u64,
+    /// Virtual memory size, bytes.
+    pub virtual_bytes: u64,
+    /// Open file descriptors.
+    pub open_fds: u64,
+    /// The soft RLIMIT_NOFILE.
+    pub max_fds: u64,
+    /// Start time, seconds since the Unix epoch.
+    pub start_time_seconds: f64,
+    /// Threads.
+    pub threads: u64,
+}
+
+/// Reads [`Process`] for the calling process.
+pub(crate) fn read() -> io::Result<Process> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) is in parentheses and may hold spaces:
+    // the fields that follow start after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| io::Error::other("unexpected /proc/self/stat"))?;
+    // rest's fields are stat's fields 3.. (state is field 3).
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> u64 { f.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    Ok(Process {
+        cpu_seconds: (field(14) + field(15)) as f64 / ticks,
+        threads: field(20),
+        start_time_seconds: boot_time()? + field(22) as f64 / ticks,
+        virtual_bytes: field(23),
+        resident_bytes: field(24) * page,
+        open_fds: std::fs::read_dir("/proc/self/fd")?.count() as u64,
+        max_fds: max_fds(),
+    })
+}
+
+/// Boot time, seconds since the epoch (`btime` of /proc/stat).
+fn boot_time() -> io::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| io::Error::other("no btime in /proc/stat"))
+}
+
+fn max_fds() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid rlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_this_process() {
+        let p = super::read().expect("read /proc");
+        assert!(p.resident_bytes > 0);
+        assert!(p.open_fds >= 3, "{p:?}");
+        assert!(p.max_fds >= p.open_fds);
+        assert!(p.threads >= 1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(p.start_time_seconds <= now + 1.0 && p.start_time_seconds > now - 3600.0);
+    }
+}
