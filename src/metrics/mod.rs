@@ -2,13 +2,15 @@
 //! answering `GET /metrics` for Prometheus, and a 404 to anything else.
 //!
 //! It is deliberately small and out of the way of the echo service: one
-//! thread of its own waits for connections (mio, with a waker to stop
-//! it), and a fixed pool of [`HANDLERS`] threads serves them, one request
-//! each, `Connection: close`. A client is given [`REQUEST_TIMEOUT`] to
-//! send a request head of at most [`MAX_REQUEST`] bytes and as long again
-//! to take the answer; beyond [`MAX_IN_FLIGHT`] connections at once a new
-//! one is closed at once. A hostile client can therefore hold a handler
-//! for seconds, never the endpoint, and never a byte of the echo path.
+//! thread of its own (mio, with a waker to stop it) accepts connections
+//! and reads their request heads without blocking, and only a whole
+//! request goes to the fixed pool of [`HANDLERS`] threads, which answer
+//! one request per connection, `Connection: close`. A client has
+//! [`REQUEST_TIMEOUT`] to send a head of at most [`MAX_REQUEST`] bytes
+//! (else it is closed, or answered 400), and as long again to take the
+//! answer; beyond [`MAX_IN_FLIGHT`] connections at once a new one is
+//! closed at once. A client that connects and sends nothing therefore
+//! holds no handler, and nothing of the endpoint touches the echo path.
 //!
 //! The request head is parsed by `httparse` (hyper's parser); the body of
 //! the answer comes from [`export`], which uses the Prometheus project's
@@ -46,7 +48,7 @@ use export::{Export, Format};
 /// Threads serving requests.
 pub const HANDLERS: usize = 2;
 /// Connections served or waiting for a handler at once; more are closed.
-pub const MAX_IN_FLIGHT: usize = 8;
+pub const MAX_IN_FLIGHT: usize = 64;
 /// Longest request head accepted.
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// Time a client has to send its request head, and again to read the answer.
@@ -89,6 +91,7 @@ impl MetricsServer {
                 .num_threads(HANDLERS)
                 .thread_name("metrics".into())
                 .build(),
+            pending: slab::Slab::new(),
             in_flight: Arc::new(AtomicUsize::new(0)),
         };
         let thread = std::thread::Builder::new()
@@ -119,41 +122,64 @@ impl Drop for MetricsServer {
     }
 }
 
+/// A connection whose request head is still arriving.
+struct Pending {
+    stream: mio::net::TcpStream,
+    buf: Vec<u8>,
+    deadline: Instant,
+}
+
 struct Acceptor {
     poll: Poll,
     listener: mio::net::TcpListener,
     events: Sender<Event>,
     pool: threadpool::ThreadPool,
+    /// Connections reading their request head, by token.
+    pending: slab::Slab<Pending>,
+    /// Requests handed to the pool and not yet answered.
     in_flight: Arc<AtomicUsize>,
 }
 
+/// Tokens of pending connections start here.
+const FIRST: usize = 2;
+
 impl Acceptor {
     fn run(mut self) {
-        let mut events = Events::with_capacity(16);
+        let mut events = Events::with_capacity(64);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            let timeout = self
+                .pending
+                .iter()
+                .map(|(_, p)| p.deadline)
+                .min()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 log::error!("metrics endpoint: poll failed: {e}; metrics are off");
                 return;
             }
-            if events.iter().any(|e| e.token() == WAKER) {
-                return;
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => return,
+                    LISTENER => self.accept_all(),
+                    Token(t) => self.read_head(t - FIRST),
+                }
             }
-            self.accept_all();
+            self.expire();
         }
     }
 
     fn accept_all(&mut self) {
         loop {
             match self.listener.accept() {
-                Ok((stream, _)) => self.dispatch(stream),
+                Ok((stream, _)) => self.admit(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // Out of descriptors and the like: the listener stays
-                    // readable, so poll would spin; try on the next scrape.
+                    // readable, so poll would spin; pause a little.
                     log::warn!("metrics endpoint: accept failed: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                     return;
@@ -162,21 +188,102 @@ impl Acceptor {
         }
     }
 
-    /// Hands a connection to a handler, or closes it if too many are in
-    /// flight.
-    fn dispatch(&self, stream: mio::net::TcpStream) {
-        if self.in_flight.fetch_add(1, Relaxed) >= MAX_IN_FLIGHT {
-            self.in_flight.fetch_sub(1, Relaxed);
-            log::debug!("metrics endpoint: too many requests at once; closed one");
+    /// Starts reading a connection's request head, unless too many are
+    /// pending or in flight already (then it is closed at once).
+    fn admit(&mut self, mut stream: mio::net::TcpStream) {
+        if self.pending.len() + self.in_flight.load(Relaxed) >= MAX_IN_FLIGHT {
+            log::debug!("metrics endpoint: too many connections at once; closed one");
             return;
         }
+        let entry = self.pending.vacant_entry();
+        let token = Token(entry.key() + FIRST);
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)
+        {
+            log::debug!("metrics endpoint: cannot register a connection: {e}");
+            return;
+        }
+        entry.insert(Pending {
+            stream,
+            buf: Vec::new(),
+            deadline: Instant::now() + REQUEST_TIMEOUT,
+        });
+        // Data may have come with the connection.
+        let key = token.0 - FIRST;
+        self.read_head(key);
+    }
+
+    /// Reads what a pending connection sent; a whole head goes to a
+    /// handler, a bad or oversized one is answered 400 and closed.
+    fn read_head(&mut self, key: usize) {
+        let Some(p) = self.pending.get_mut(key) else {
+            return;
+        };
+        let mut chunk = [0u8; 2048];
+        let outcome = loop {
+            match p.stream.read(&mut chunk) {
+                Ok(0) => break Some(Err(io::ErrorKind::UnexpectedEof)),
+                Ok(n) => {
+                    p.buf.extend_from_slice(&chunk[..n]);
+                    match parse(&p.buf) {
+                        Ok(Some(req)) => break Some(Ok(req)),
+                        Ok(None) if p.buf.len() >= MAX_REQUEST => {
+                            break Some(Err(io::ErrorKind::InvalidData))
+                        }
+                        Ok(None) => {}
+                        Err(_) => break Some(Err(io::ErrorKind::InvalidData)),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(Err(e.kind())),
+            }
+        };
+        let Some(outcome) = outcome else {
+            return;
+        };
+        let mut p = self.pending.remove(key);
+        let _ = self.poll.registry().deregister(&mut p.stream);
+        let stream: TcpStream = std::os::fd::OwnedFd::from(p.stream).into();
+        match outcome {
+            Ok(req) => self.dispatch(stream, req),
+            Err(io::ErrorKind::InvalidData) => {
+                let mut stream = stream;
+                let _ = stream.set_nonblocking(false);
+                let _ = write_all(
+                    &mut stream,
+                    &response("400 Bad Request", "text/plain", "bad request\n"),
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Closes pending connections whose head did not come in time.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let late: Vec<usize> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(k, _)| k)
+            .collect();
+        for key in late {
+            let mut p = self.pending.remove(key);
+            let _ = self.poll.registry().deregister(&mut p.stream);
+            log::debug!("metrics endpoint: closed a connection that sent no request in time");
+        }
+    }
+
+    /// Hands a whole request to a handler thread.
+    fn dispatch(&self, stream: TcpStream, req: Request) {
+        self.in_flight.fetch_add(1, Relaxed);
         let in_flight = self.in_flight.clone();
         let events = self.events.clone();
-        // Back to a blocking std socket: the handler's reads and writes
-        // are bounded by timeouts instead.
-        let stream: TcpStream = std::os::fd::OwnedFd::from(stream).into();
         self.pool.execute(move || {
-            if let Err(e) = serve(stream, &events) {
+            if let Err(e) = answer(stream, req, &events) {
                 log::debug!("metrics endpoint: {e}");
             }
             in_flight.fetch_sub(1, Relaxed);
@@ -191,37 +298,6 @@ enum Request {
     Metrics(Format),
     /// Anything else.
     Other,
-}
-
-/// Reads one request head, within [`MAX_REQUEST`] bytes and [`REQUEST_TIMEOUT`].
-fn read_request(stream: &mut TcpStream) -> io::Result<Request> {
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let mut len = 0;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "request too slow"));
-        }
-        stream.set_read_timeout(Some(left))?;
-        let n = stream.read(&mut buf[len..])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "closed before a whole request",
-            ));
-        }
-        len += n;
-        if let Some(req) = parse(&buf[..len])? {
-            return Ok(req);
-        }
-        if len == buf.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ));
-        }
-    }
 }
 
 /// Parses a request head; `None` if incomplete.
@@ -247,23 +323,15 @@ fn parse(bytes: &[u8]) -> io::Result<Option<Request>> {
     }
 }
 
-/// Serves one connection: one request, one answer, close.
-fn serve(mut stream: TcpStream, events: &Sender<Event>) -> io::Result<()> {
+/// Answers one request and closes (on a handler thread).
+fn answer(mut stream: TcpStream, req: Request, events: &Sender<Event>) -> io::Result<()> {
     stream.set_nonblocking(false)?;
-    let answer = match read_request(&mut stream) {
-        Ok(Request::Metrics(format)) => match scrape(events, format) {
+    let answer = match req {
+        Request::Metrics(format) => match scrape(events, format) {
             Ok(body) => response("200 OK", format.content_type(), &body),
             Err(e) => response("503 Service Unavailable", "text/plain", &format!("{e}\n")),
         },
-        Ok(Request::Other) => response("404 Not Found", "text/plain", "only GET /metrics here\n"),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            let _ = write_all(
-                &mut stream,
-                &response("400 Bad Request", "text/plain", "bad request\n"),
-            );
-            return Err(e);
-        }
-        Err(e) => return Err(e),
+        Request::Other => response("404 Not Found", "text/plain", "only GET /metrics here\n"),
     };
     write_all(&mut stream, &answer)
 }
