@@ -203,6 +203,11 @@ impl Connection {
         &self.stream
     }
 
+    /// True if nothing waits to be written (the echo went out in full).
+    pub(crate) fn all_sent(&self) -> bool {
+        self.pending.len() == 0
+    }
+
     /// Its session record.
     pub(crate) fn session_mut(&mut self) -> &mut Session {
         &mut self.session

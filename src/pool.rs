@@ -435,6 +435,7 @@ mod tests {
             max_pending_bytes: 1024,
             busy_poll: Duration::ZERO,
             sessions: false,
+            latency: false,
         })
     }
 
@@ -519,6 +520,7 @@ mod tests {
             max_pending_bytes: 4096,
             busy_poll: Duration::from_micros(50),
             sessions: false,
+            latency: false,
         });
         let prepared = pool.prepare(3, new.clone()).expect("prepare");
         assert_eq!(pool.len(), 1, "preparing changes nothing");

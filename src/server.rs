@@ -182,6 +182,7 @@ fn settings_of(config: &Config) -> Settings {
         max_pending_bytes: config.max_pending_bytes,
         busy_poll: config.busy_poll,
         sessions: config.log.sessions,
+        latency: config.metrics_listen.is_some(),
     }
 }
 

@@ -41,6 +41,36 @@ pub(crate) struct WorkerStats {
     pub moved_out: AtomicU64,
     /// The CPU the worker is pinned to (`cpu_affinity`); set at creation.
     pub cpu: Option<usize>,
+    /// Echo latency inside the daemon (kept while metrics are on).
+    pub latency: Latency,
+}
+
+/// Upper bounds of the echo latency buckets, in microseconds (a `+Inf`
+/// bucket follows): 5 µs to 1 s, about three per decade.
+pub const LATENCY_BOUNDS_US: [u64; 16] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    1_000_000,
+];
+
+/// A histogram of echo latency — from the poller reporting a client's
+/// input to its echo written in full — written by one worker: a relaxed
+/// add to a bucket and to the sum per message, merged when scraped.
+#[derive(Debug, Default)]
+pub(crate) struct Latency {
+    /// Count per bucket (not cumulative); the last is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    /// Sum of all latencies, nanoseconds.
+    sum_ns: AtomicU64,
+}
+
+impl Latency {
+    /// Records one echo that took `d`.
+    pub(crate) fn record(&self, d: std::time::Duration) {
+        let us = d.as_micros() as u64;
+        let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
 }
 
 /// Why a connection ended: a label of the closed-connections counter and
@@ -166,6 +196,13 @@ pub struct Snapshot {
     /// Each worker's CPU and connections, in pool order.
     #[serde(default)]
     pub workers: Vec<WorkerLoad>,
+    /// Echo latency: count per bucket of [`LATENCY_BOUNDS_US`] (the last is
+    /// `+Inf`), not cumulative; all zero while metrics are off.
+    #[serde(default)]
+    pub latency_buckets: Vec<u64>,
+    /// Sum of the echo latencies, nanoseconds.
+    #[serde(default)]
+    pub latency_sum_ns: u64,
 }
 
 /// One worker in a [`Snapshot`].
@@ -194,7 +231,12 @@ impl Snapshot {
             ..Snapshot::default()
         };
         let mut closed = [0u64; CloseReason::ALL.len()];
+        s.latency_buckets = vec![0; LATENCY_BOUNDS_US.len() + 1];
         for w in workers {
+            for (sum, b) in s.latency_buckets.iter_mut().zip(&w.latency.buckets) {
+                *sum += b.load(Relaxed);
+            }
+            s.latency_sum_ns += w.latency.sum_ns.load(Relaxed);
             s.bytes_echoed += w.bytes.load(Relaxed);
             s.bytes_sent += w.bytes_sent.load(Relaxed);
             for (sum, c) in closed.iter_mut().zip(&w.closed) {

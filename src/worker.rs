@@ -96,6 +96,8 @@ pub(crate) struct Settings {
     pub busy_poll: Duration,
     /// Log a line per finished session (`[log] sessions`).
     pub sessions: bool,
+    /// Time each echo for the latency histogram (while metrics are on).
+    pub latency: bool,
 }
 
 /// Messages to a worker.
@@ -446,6 +448,9 @@ impl Worker {
             }
             if report.bytes_in > 0 {
                 self.stats.bytes.fetch_add(report.bytes_in as u64, Relaxed);
+                if self.settings.latency && conn.all_sent() {
+                    self.stats.latency.record(now.elapsed());
+                }
                 self.idle.touch(slot, now);
                 let due = self.stats.cpu.is_some() && conn.placement_due();
                 self.after(slot, step, now);

@@ -345,6 +345,20 @@ impl Prometheus {
         value.parse().ok()
     }
 
+    /// Runs a query; panics unless Prometheus accepts it. Returns how many
+    /// series it gave.
+    fn series(&self, q: &str) -> usize {
+        let (code, _, body) = get(
+            self.addr,
+            &format!("/api/v1/query?query={}", encode(q)),
+            None,
+        );
+        assert_eq!(code, 200, "{q}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON from the API");
+        assert_eq!(v["status"], "success", "{q}: {body}");
+        v["data"]["result"].as_array().map_or(0, |r| r.len())
+    }
+
     /// Waits until the query returns `want` (bounded).
     fn wait_for(&self, q: &str, want: f64) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -404,4 +418,22 @@ fn a_real_prometheus_scrapes_exactly_what_the_traffic_did() {
         None,
     );
     assert!(meta.contains("\"unit\":\"bytes\""), "{meta}");
+    // Every query of the shipped Grafana dashboard is valid PromQL and finds
+    // series of this daemon.
+    let dash: serde_json::Value =
+        serde_json::from_str(include_str!("../packaging/grafana-dashboard.json")).unwrap();
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let q = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$job", "echo-lab")
+                .replace("$instance", ".*")
+                .replace("$__rate_interval", "1m");
+            let n = prom.series(&q);
+            if !q.contains("histogram_quantile") && !q.contains("reason") {
+                assert!(n > 0, "dashboard query {q} found nothing");
+            }
+        }
+    }
 }

@@ -205,6 +205,7 @@ impl Collector for Export {
             None,
             ConstGauge::new(i64::from(self.status.draining)),
         )?;
+        self.encode_latency(&mut e)?;
         self.encode_reloads(&mut e)?;
         if let Some(p) = &self.process {
             encode_process(&mut e, p)?;
@@ -214,6 +215,29 @@ impl Collector for Export {
 }
 
 impl Export {
+    fn encode_latency(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = &self.status.stats;
+        let bounds = crate::stats::LATENCY_BOUNDS_US
+            .iter()
+            .map(|&us| us as f64 / 1e6)
+            .chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds.zip(s.latency_buckets.iter().copied()).collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let m = e.encode_descriptor(
+            "echo_lab_echo_latency",
+            "Time from the poller reporting a client's input to its echo written in full.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        let mut m = m;
+        m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            s.latency_sum_ns as f64 / 1e9,
+            count,
+            &buckets,
+            None,
+        )
+    }
+
     fn encode_reloads(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let r = &self.status.reloads;
         counters(
