@@ -192,8 +192,25 @@ fn log_table_errors() {
         &[(2, 9, "log.level", &["`loud`", "`debug`"])],
     );
     expect_errors(
-        "port = 0\n\n[log]\ntarget = \"file\"\n",
-        &[(4, 10, "log.target", &["`file`", "`stderr`", "`syslog`"])],
+        "port = 0\n\n[log]\ntarget = \"journal\"\n",
+        &[(
+            4,
+            10,
+            "log.target",
+            &["`journal`", "`stderr`", "`syslog`", "`file`"],
+        )],
+    );
+    expect_errors(
+        "[log]\nformat = \"xml\"\npath = \"log.txt\"\nsessions = \"yes\"\n",
+        &[
+            (2, 10, "log.format", &["`xml`", "`text`", "`json`"]),
+            (3, 8, "log.path", &["absolute path"]),
+            (4, 12, "log.sessions", &[]),
+        ],
+    );
+    expect_errors(
+        "metrics_listen = \"localhost\"\n",
+        &[(1, 18, "metrics_listen", &["127.0.0.1:9707"])],
     );
     expect_errors("[log]\nlevel = 3\n", &[(2, 9, "log.level", &[])]);
 }

@@ -14,7 +14,9 @@ quick=0
 step() { printf '\n==== %s ====\n' "$*"; }
 
 # ---------------------------------------------------------------- set-up
-apt_pkgs=(mandoc man-db lintian debootstrap systemd-container python3 netcat-openbsd procps util-linux iproute2 git)
+# prometheus: /usr/bin/prometheus and promtool (tests/metrics.rs, the rules);
+# logrotate: tests/log_file.rs runs the shipped snippet.
+apt_pkgs=(mandoc man-db lintian debootstrap systemd-container python3 netcat-openbsd procps util-linux iproute2 git prometheus logrotate)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -52,6 +54,10 @@ if [ -d man ] && ls man/*.[0-9] >/dev/null 2>&1; then
   step "mandoc -Tlint"
   mandoc -Tlint -W warning man/*.[0-9]
 fi
+step "promtool: example alert rules"
+promtool check rules packaging/echo-lab.rules.yml
+(cd tests/prometheus && promtool test rules rules_test.yml)
+python3 -m json.tool packaging/grafana-dashboard.json >/dev/null
 step "cargo deny check"
 cargo deny check licenses bans sources
 step "cargo deny check advisories"
