@@ -701,9 +701,6 @@ mod change_report {
         assert_eq!(back.len(), 23);
         assert_eq!(back[9].to_string(), "cpu_affinity: false -> true");
         assert_eq!(back[19].to_string(), "log.target: syslog -> unset");
-        assert_eq!(back.len(), 18);
-        assert_eq!(back[9].to_string(), "cpu_affinity: false -> true");
-        assert_eq!(back[14].to_string(), "log.target: syslog -> unset");
     }
 
     #[test]

@@ -437,3 +437,37 @@ fn a_real_prometheus_scrapes_exactly_what_the_traffic_did() {
         }
     }
 }
+
+#[test]
+fn udp_datagrams_are_counted_by_outcome() {
+    let d = Daemon::start("metrics_listen = \"127.0.0.1:0\"\nudp = true\n");
+    let m = metrics_addr(&d);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let k = 9;
+    for i in 0..k {
+        let msg = format!("datagram {i}");
+        sock.send_to(msg.as_bytes(), d.addr()).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = sock.recv_from(&mut buf).expect("an echo");
+        assert_eq!(&buf[..n], msg.as_bytes());
+    }
+    let body = scrape_until(m, "every datagram counted", |b| {
+        b.contains("echo_lab_udp_datagrams_total{outcome=\"echoed\"} 9")
+    });
+    assert_eq!(
+        sample(&body, "echo_lab_udp_received_datagrams_total"),
+        k as f64
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "echo_lab_udp_datagrams_total{outcome=\"rate_limited\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(&body, "echo_lab_udp_echoed_bytes_total"),
+        (0..k).map(|i| format!("datagram {i}").len()).sum::<usize>() as f64
+    );
+}

@@ -206,6 +206,7 @@ impl Collector for Export {
             ConstGauge::new(i64::from(self.status.draining)),
         )?;
         self.encode_latency(&mut e)?;
+        self.encode_udp(&mut e)?;
         self.encode_reloads(&mut e)?;
         if let Some(p) = &self.process {
             encode_process(&mut e, p)?;
@@ -235,6 +236,47 @@ impl Export {
             count,
             &buckets,
             None,
+        )
+    }
+
+    /// The UDP service's counters, when it runs.
+    fn encode_udp(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(u) = &self.status.udp else {
+            return Ok(());
+        };
+        one(
+            e,
+            "echo_lab_udp_received_datagrams",
+            "UDP datagrams received.",
+            None,
+            ConstCounter::new(u.received),
+        )?;
+        counters(
+            e,
+            "echo_lab_udp_datagrams",
+            "UDP datagrams by outcome: echoed, or dropped (bad source, over its rate, too large), or an echo the kernel refused.",
+            "outcome",
+            &[
+                ("echoed", u.echoed),
+                ("bad_source", u.dropped_bad_source),
+                ("rate_limited", u.dropped_rate),
+                ("too_large", u.dropped_too_large),
+                ("send_error", u.send_errors),
+            ],
+        )?;
+        one(
+            e,
+            "echo_lab_udp_echoed",
+            "Bytes echoed over UDP.",
+            Some(&Unit::Bytes),
+            ConstCounter::new(u.bytes_echoed),
+        )?;
+        one(
+            e,
+            "echo_lab_udp_sources",
+            "Sources tracked by the UDP rate limit now.",
+            None,
+            ConstGauge::new(u.sources as i64),
         )
     }
 
