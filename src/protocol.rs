@@ -10,14 +10,15 @@
 //! * as a whole chunk, exactly as one read returned it (the teaching lab's
 //!   Python client sends `disconnect` with no newline),
 //!
-//! compared ASCII case-insensitively, surrounding spaces, tabs and CR/LF
-//! ignored. The `disconnect` line is not echoed (the part of it that came in
+//! compared ASCII case-insensitively, surrounding ASCII white space
+//! (space, tab, CR, LF, vertical tab, form feed) ignored. The `disconnect` line is not echoed (the part of it that came in
 //! earlier reads already was: echo is never delayed to wait for a line);
 //! bytes before it are. The server then sends a goodbye notice and closes.
 //!
 //! Notices are single lines starting with [`NOTICE_PREFIX`], so a person or a
 //! client can tell them from echo. The [`Detector`] is pure state over byte
-//! slices (no I/O), so it is tested exhaustively here and in property tests.
+//! slices (no I/O), so it is tested exhaustively here, in property tests,
+//! and by fuzz/fuzz_targets/protocol.rs against a model of the rule.
 
 use std::time::Duration;
 

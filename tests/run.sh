@@ -16,7 +16,8 @@ step() { printf '\n==== %s ====\n' "$*"; }
 # ---------------------------------------------------------------- set-up
 # prometheus: /usr/bin/prometheus and promtool (tests/metrics.rs, the rules);
 # logrotate: tests/log_file.rs runs the shipped snippet.
-apt_pkgs=(mandoc man-db lintian debootstrap systemd-container python3 netcat-openbsd procps util-linux iproute2 git prometheus logrotate)
+# g++: libfuzzer-sys builds libFuzzer (C++) for the fuzz targets.
+apt_pkgs=(mandoc man-db lintian debootstrap systemd-container python3 netcat-openbsd procps util-linux iproute2 git prometheus logrotate g++)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -37,6 +38,7 @@ cargo_tool() { # cargo_tool BIN CRATE [VERSION]
 if [ $quick = 0 ]; then
   cargo_tool cargo-deb cargo-deb
   cargo_tool cargo-deny cargo-deny
+  cargo_tool cargo-fuzz cargo-fuzz
 fi
 
 # ---------------------------------------------------------------- checks
@@ -62,6 +64,13 @@ step "cargo deny check"
 cargo deny check licenses bans sources
 step "cargo deny check advisories"
 bash tests/advisories.sh
+# fuzz/ is a project of its own (outside the crate, its own Cargo.lock,
+# not --locked: a dependency added to the crate is picked up there too):
+# linted here, then every target built and run for a few seconds.
+step "fuzz targets: fmt, clippy, smoke (every target, a few seconds each)"
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+cargo clippy --manifest-path fuzz/Cargo.toml -- -D warnings
+bash fuzz/run.sh "${ECHO_LAB_FUZZ_SECS:-5}"
 if [ -x bench/compare.sh ] || [ -f bench/compare.sh ]; then
   step "bench smoke"
   bash bench/compare.sh --smoke
