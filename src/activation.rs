@@ -20,7 +20,7 @@
 //! so they never leak to a child, and this must run before any thread
 //! starts (changing the environment is only sound then).
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{TcpListener, UdpSocket};
 use std::os::fd::{FromRawFd, RawFd};
 
 use socket2::{Socket, Type};
@@ -93,13 +93,4 @@ fn classify(fd: RawFd) -> Option<Passed> {
     } else {
         None
     }
-}
-
-/// True if `stored` listen on exactly `wanted`.
-pub fn matches(stored: &[TcpListener], wanted: &[SocketAddr]) -> bool {
-    let mut have: Vec<SocketAddr> = stored.iter().filter_map(|l| l.local_addr().ok()).collect();
-    let mut want = wanted.to_vec();
-    have.sort();
-    want.sort();
-    !have.is_empty() && have == want
 }

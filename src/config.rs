@@ -58,8 +58,8 @@ use toml::de::DeTable;
 
 use diagnostic::Source;
 use kinds::{
-    AbsPath, Address, Flag, Host, Int, ListenAddr, Micros, NonEmpty, Optional, Seconds, SocketPath,
-    Table, Tables, Word,
+    AbsPath, Address, Cidrs, Flag, Host, Int, ListenAddr, Micros, NonEmpty, Optional, Seconds,
+    SocketPath, Table, Tables, Word,
 };
 use section::{Reader, Rendered, Section};
 
@@ -156,6 +156,30 @@ section! {
         address: Endpoint = Endpoint::default(), Address, Live;
         /// `tcp` or `udp`.
         protocol: Protocol = Protocol::Tcp, Word, Live;
+        /// Expect a PROXY protocol header (v1 or v2) first on every
+        /// connection, and take the client's address from it (TCP only).
+        proxy_protocol: bool = false, Flag, Live;
+        /// Who may send a PROXY header: addresses and CIDRs of the proxies.
+        proxy_trusted: Vec<ipnet::IpNet> = Vec::new(), Cidrs, Live;
+    }
+}
+
+impl Listen {
+    /// What is wrong with the table's PROXY protocol keys, if anything.
+    fn proxy_problem(&self) -> Option<&'static str> {
+        let proxy_keys = self.proxy_protocol || !self.proxy_trusted.is_empty();
+        if self.protocol == Protocol::Udp && proxy_keys {
+            return Some("proxy_protocol and proxy_trusted are for TCP listeners only");
+        }
+        if self.proxy_protocol && self.proxy_trusted.is_empty() {
+            return Some(
+                "proxy_protocol = true needs proxy_trusted: the addresses or CIDRs of the proxies that may send a header",
+            );
+        }
+        if !self.proxy_protocol && !self.proxy_trusted.is_empty() {
+            return Some("proxy_trusted is set but proxy_protocol is not true");
+        }
+        None
     }
 }
 
@@ -336,7 +360,9 @@ impl Config {
             if listen.address.host.is_empty() {
                 continue; // refused already
             }
-
+            if let Some(why) = listen.proxy_problem() {
+                r.fail(item, &at, format!("{at}: {why}"));
+            }
             let endpoints = self.endpoints();
             let clash = endpoints[..main + i]
                 .iter()
@@ -558,6 +584,66 @@ mod tests {
     }
 
     #[test]
+    fn proxy_keys_are_checked_where_they_are() {
+        let c = Config::parse(
+            "[[listen]]\naddress = \"127.0.0.1:7008\"\nproxy_protocol = true\n\
+             proxy_trusted = [\"10.0.0.0/8\", \"::1\", \"192.0.2.7\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let l = &c.listen[0];
+        assert!(l.proxy_protocol && l.protocol == Protocol::Tcp);
+        let nets: Vec<String> = l.proxy_trusted.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);
+        let d = err("[[listen]]\naddress = \"127.0.0.1:7\"\nproxy_protocol = true\n");
+        assert_eq!((d[0].line, d[0].key.as_deref()), (1, Some("listen[0]")));
+        assert!(
+            d[0].message.contains("needs proxy_trusted"),
+            "{}",
+            d[0].message
+        );
+        let d = err(
+            "[[listen]]\naddress = \"127.0.0.1:7\"\nprotocol = \"udp\"\n\
+                     proxy_protocol = true\nproxy_trusted = [\"::1\"]\n",
+        );
+        assert!(
+            d[0].message.contains("TCP listeners only"),
+            "{}",
+            d[0].message
+        );
+        let d = err(
+            "[[listen]]\naddress = \"127.0.0.1:7\"\nproxy_protocol = true\n\
+                     proxy_trusted = [\"::1\", \"10.0.0.0/33\"]\n",
+        );
+        let bad = d
+            .iter()
+            .find(|d| d.key.as_deref() == Some("listen[0].proxy_trusted[1]"))
+            .expect("the bad CIDR located");
+        assert_eq!((bad.line, bad.column), (4, 25));
+        assert!(
+            bad.message.contains("not an address or CIDR"),
+            "{}",
+            bad.message
+        );
+        let d = err("[[listen]]\naddress = \"127.0.0.1:7\"\nproxy_trusted = [\"::1\"]\n");
+        assert!(
+            d[0].message.contains("proxy_protocol is not true"),
+            "{}",
+            d[0].message
+        );
+    }
+
+    #[test]
+    fn an_extra_tcp_listener_may_not_repeat_host_port() {
+        let d = err("port = 7007\n[[listen]]\naddress = \"127.0.0.1:7007\"\n");
+        assert!(
+            d[0].message.contains("already served by host/port"),
+            "{}",
+            d[0].message
+        );
+    }
+
+    #[test]
     fn duplicate_addresses_are_refused_where_they_repeat() {
         let d = err("port = 7\n[[listen]]\naddress = \"127.0.0.1:7\"\n");
         assert_eq!(
@@ -639,6 +725,8 @@ mod change_report {
                     port: 9,
                 },
                 protocol: Protocol::Udp,
+                proxy_protocol: false,
+                proxy_trusted: Vec::new(),
             }],
             metrics_listen: Some("127.0.0.1:9707".parse().unwrap()),
             log: LogConfig {
@@ -685,7 +773,7 @@ mod change_report {
                 (
                     "listen",
                     "[]",
-                    "[{ address = \"[::1]:9\", protocol = \"udp\" }]",
+                    "[{ address = \"[::1]:9\", protocol = \"udp\", proxy_protocol = false, proxy_trusted = [] }]",
                     Live
                 ),
                 ("metrics_listen", "unset", "127.0.0.1:9707", Live),

@@ -27,6 +27,7 @@ use mio::net::TcpStream;
 
 use crate::affinity::Steer;
 use crate::protocol::{Detector, Notice, Scan};
+use crate::proxy::{self, Parsed};
 use crate::session::Session;
 use crate::stats::{CloseReason, Open};
 
@@ -57,12 +58,23 @@ pub(crate) enum Step {
 }
 
 /// Result of one readable event, for the worker's bookkeeping.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct ReadReport {
-    /// Bytes read from the client.
+    /// Bytes read from the client (a PROXY header not included).
     pub bytes_in: usize,
     /// The client said `disconnect`.
     pub disconnected: bool,
+    /// What became of the PROXY header this read completed or refused.
+    pub header: Option<HeaderOutcome>,
+}
+
+/// The end of a connection's wait for its PROXY header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HeaderOutcome {
+    /// A valid header; [`Connection::ends`] now names the client it gave.
+    Accepted,
+    /// Not a valid header: the connection must close.
+    Refused(String),
 }
 
 /// Echo bytes not yet written, consumed from the front.
@@ -143,6 +155,8 @@ pub(crate) struct Connection {
     _open: Open,
     /// Who it is between.
     ends: Ends,
+    /// On a PROXY listener, until the header is read: the bytes so far.
+    header: Option<Vec<u8>>,
 }
 
 impl Connection {
@@ -161,7 +175,19 @@ impl Connection {
             session: Session::new(),
             _open: open,
             ends,
+            header: None,
         }
+    }
+
+    /// Makes the connection wait for a PROXY header before anything is
+    /// echoed (see [`crate::proxy`]).
+    pub(crate) fn expect_proxy_header(&mut self) {
+        self.header = Some(Vec::new());
+    }
+
+    /// True while the PROXY header has not arrived.
+    pub(crate) fn awaiting_header(&self) -> bool {
+        self.header.is_some()
     }
 
     /// Who the connection is between.
@@ -235,6 +261,11 @@ impl Connection {
         if self.phase == Phase::Lingering {
             return (self.discard_input(buf), report);
         }
+        if self.header.is_some() {
+            if let Some(step) = self.read_header(buf, &mut report) {
+                return (step, report);
+            }
+        }
         for _ in 0..READ_BUDGET {
             if self.phase != Phase::Open || self.read_closed {
                 break;
@@ -252,25 +283,8 @@ impl Connection {
                     break;
                 }
                 Ok(n) => {
-                    report.bytes_in += n;
-                    self.session.received(n);
-                    let chunk = &buf[..n];
-                    #[cfg(feature = "fault-injection")]
-                    crate::fault::check(chunk);
-                    match self.detector.scan(chunk) {
-                        Scan::Echo => {
-                            if let Err(step) = self.send(chunk) {
-                                return (step, report);
-                            }
-                        }
-                        Scan::Disconnect { echo } => {
-                            report.disconnected = true;
-                            self.session.end(CloseReason::Disconnect);
-                            if let Err(step) = self.send(&chunk[..echo]) {
-                                return (step, report);
-                            }
-                            return (self.finish(Notice::Goodbye), report);
-                        }
+                    if let Some(step) = self.take(&buf[..n], &mut report) {
+                        return (step, report);
                     }
                     // A short read drained the socket; with edge-triggered
                     // readiness a later arrival raises a new event. When the
@@ -295,6 +309,66 @@ impl Connection {
             (Step::Again, report)
         } else {
             (Step::Wait, report)
+        }
+    }
+
+    /// Echoes one chunk as read; `Some` if the worker must act at once
+    /// (the client said `disconnect`, or the socket failed).
+    fn take(&mut self, chunk: &[u8], report: &mut ReadReport) -> Option<Step> {
+        report.bytes_in += chunk.len();
+        self.session.received(chunk.len());
+        #[cfg(feature = "fault-injection")]
+        crate::fault::check(chunk);
+        match self.detector.scan(chunk) {
+            Scan::Echo => self.send(chunk).err(),
+            Scan::Disconnect { echo } => {
+                report.disconnected = true;
+                self.session.end(CloseReason::Disconnect);
+                if let Err(step) = self.send(&chunk[..echo]) {
+                    return Some(step);
+                }
+                Some(self.finish(Notice::Goodbye))
+            }
+        }
+    }
+
+    /// Reads toward the PROXY header. `None` once it is complete (the
+    /// bytes after it taken as the client's, reading goes on); else what
+    /// the worker must do: wait for more, or close (a refused header, or
+    /// the client left first).
+    fn read_header(&mut self, buf: &mut [u8], report: &mut ReadReport) -> Option<Step> {
+        let mut got = self.header.take().unwrap_or_default();
+        loop {
+            let want = (proxy::MAX_HEADER - got.len()).min(buf.len());
+            match self.stream.read(&mut buf[..want]) {
+                Ok(0) => return Some(Step::Close),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.header = Some(got);
+                    return Some(Step::Wait);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return Some(Step::Close),
+            }
+            match proxy::parse(&got) {
+                Parsed::Incomplete => continue,
+                Parsed::Invalid(why) => {
+                    report.header = Some(HeaderOutcome::Refused(why));
+                    self.session.end(CloseReason::Proxy);
+                    return Some(Step::Close);
+                }
+                Parsed::Header { len, source } => {
+                    if let Some(client) = source {
+                        self.ends.peer = client;
+                    }
+                    report.header = Some(HeaderOutcome::Accepted);
+                    let rest = got.split_off(len);
+                    if rest.is_empty() {
+                        return None;
+                    }
+                    return self.take(&rest, report);
+                }
+            }
         }
     }
 

@@ -275,7 +275,7 @@ impl Daemon {
     pub fn announce_ready(&mut self) {
         if !self.server.activated() {
             self.notifier
-                .store_listeners(&borrow_all(self.server.listeners()));
+                .store_listeners(&borrow_all(&self.server.listeners()));
         }
         let line = self.status_line();
         self.notifier.ready(&line);
@@ -445,7 +445,7 @@ impl Daemon {
                 net::describe(&self.server.local_addrs())
             );
             self.notifier
-                .store_listeners(&borrow_all(self.server.listeners()));
+                .store_listeners(&borrow_all(&self.server.listeners()));
         }
         let status = match &result {
             Ok(summary) => format!("reload applied: {summary}; {}", self.status_line()),

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -31,7 +32,7 @@ use crate::affinity;
 use crate::connection::{Connection, Ends};
 use crate::pool::{Batch, Dealer};
 use crate::protocol::Notice;
-use crate::stats::{Open, ServerStats};
+use crate::stats::{self, ServerStats};
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -48,10 +49,26 @@ const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// commands again.
 const BATCH: usize = 256;
 
+/// A listening socket and what its connections get.
+pub(crate) struct Listening {
+    pub socket: std::net::TcpListener,
+    /// PROXY protocol on: the proxies trusted to send a header; a
+    /// connection from anyone else is closed at once.
+    pub proxy: Option<Arc<Vec<IpNet>>>,
+}
+
+/// A listening socket as the loop holds it.
+struct Open {
+    socket: TcpListener,
+    proxy: Option<Arc<Vec<IpNet>>>,
+    /// Its address, named in each connection's ends.
+    local: Option<std::net::SocketAddr>,
+}
+
 /// Messages to the accept loop.
 pub(crate) enum AcceptCommand {
     /// Replace the listening sockets (old ones are closed).
-    SetListeners(Vec<std::net::TcpListener>),
+    SetListeners(Vec<Listening>),
     /// New connection limit.
     SetMaxConnections(usize),
     /// Close the listening sockets and exit.
@@ -96,7 +113,7 @@ impl Drop for AcceptorHandle {
 /// The accept loop's state.
 struct Acceptor {
     poll: Poll,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Open>,
     inbox: Receiver<AcceptCommand>,
     dealer: Dealer,
     stats: Arc<ServerStats>,
@@ -107,11 +124,14 @@ struct Acceptor {
     last_logged: Option<Instant>,
     /// Errors not logged since then.
     suppressed: u64,
+    /// When an untrusted PROXY source was last logged, and how many since.
+    untrusted_logged: Option<Instant>,
+    untrusted_suppressed: u64,
 }
 
 /// Starts the accept loop on its own thread.
 pub(crate) fn spawn(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<Listening>,
     dealer: Dealer,
     stats: Arc<ServerStats>,
     max_connections: usize,
@@ -129,6 +149,8 @@ pub(crate) fn spawn(
         retry_at: None,
         last_logged: None,
         suppressed: 0,
+        untrusted_logged: None,
+        untrusted_suppressed: 0,
     };
     acceptor.set_listeners(listeners)?;
     let thread = std::thread::Builder::new()
@@ -142,15 +164,20 @@ pub(crate) fn spawn(
 }
 
 impl Acceptor {
-    fn set_listeners(&mut self, listeners: Vec<std::net::TcpListener>) -> io::Result<()> {
+    fn set_listeners(&mut self, listeners: Vec<Listening>) -> io::Result<()> {
         let mut new = Vec::with_capacity(listeners.len());
         for (i, l) in listeners.into_iter().enumerate() {
-            l.set_nonblocking(true)?;
-            let mut l = TcpListener::from_std(l);
+            l.socket.set_nonblocking(true)?;
+            let local = l.socket.local_addr().ok();
+            let mut socket = TcpListener::from_std(l.socket);
             self.poll
                 .registry()
-                .register(&mut l, Token(i), Interest::READABLE)?;
-            new.push(l);
+                .register(&mut socket, Token(i), Interest::READABLE)?;
+            new.push(Open {
+                socket,
+                proxy: l.proxy,
+                local,
+            });
         }
         // Dropping the old listeners closes them.
         self.listeners = new;
@@ -224,19 +251,21 @@ impl Acceptor {
             return;
         }
         let pinned = batch.pinned();
-        // The address clients reached, named in the session's log line.
-        let local = self.listeners.get(i).and_then(|l| l.local_addr().ok());
         let mut drained = false;
         for _ in 0..BATCH {
             let Some(listener) = self.listeners.get(i) else {
                 drained = true;
                 break;
             };
-            match listener.accept() {
+            match listener.socket.accept() {
                 Ok((stream, peer)) => {
                     log::debug!("connection from {peer}");
-                    let ends = Ends { peer, local };
-                    self.admit(stream, ends, pinned, &mut batch);
+                    let ends = Ends {
+                        peer,
+                        local: listener.local,
+                    };
+                    let proxy = listener.proxy.clone();
+                    self.admit(stream, ends, proxy.as_deref(), pinned, &mut batch);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     drained = true;
@@ -265,10 +294,18 @@ impl Acceptor {
         &mut self,
         mut stream: mio::net::TcpStream,
         ends: Ends,
+        proxy: Option<&Vec<IpNet>>,
         pinned: bool,
         batch: &mut Batch<'_>,
     ) {
         self.stats.accepted.fetch_add(1, Relaxed);
+        if let Some(trusted) = proxy {
+            if !trusted.iter().any(|net| net.contains(&ends.peer.ip())) {
+                self.stats.untrusted_proxy.fetch_add(1, Relaxed);
+                self.log_untrusted(&ends);
+                return;
+            }
+        }
         if self.stats.active.load(Relaxed) >= self.max_connections {
             self.stats.refused.fetch_add(1, Relaxed);
             log::debug!(
@@ -287,8 +324,36 @@ impl Acceptor {
         } else {
             None
         };
-        let conn = Connection::new(stream, Open::new(&self.stats), ends);
+        let mut conn = Connection::new(stream, stats::Open::new(&self.stats), ends);
+        if proxy.is_some() {
+            conn.expect_proxy_header();
+        }
         batch.deal(Box::new(conn), hint);
+    }
+
+    /// A connection on a PROXY listener from a source not trusted to send
+    /// a header: logged at most once per interval (a scan must not flood
+    /// the log).
+    fn log_untrusted(&mut self, ends: &Ends) {
+        let now = Instant::now();
+        if self
+            .untrusted_logged
+            .is_some_and(|t| now.duration_since(t) < LOG_INTERVAL)
+        {
+            self.untrusted_suppressed += 1;
+            return;
+        }
+        let more = match self.untrusted_suppressed {
+            0 => String::new(),
+            n => format!(" ({n} more since the last report)"),
+        };
+        let on = ends.local.map_or_else(String::new, |l| format!(" on {l}"));
+        log::warn!(
+            "closed a connection from {}{on}: not in proxy_trusted, so it may not send a PROXY header{more}",
+            ends.peer
+        );
+        self.untrusted_logged = Some(now);
+        self.untrusted_suppressed = 0;
     }
 
     fn log_resource_error(&mut self, e: &io::Error) {

@@ -3,10 +3,7 @@
 //!
 //! [`Server::start`] takes listening sockets that are already bound (by
 //! [`crate::net`], by systemd socket activation, or by a test on port 0)
-//! and a valid [`Config`]: those of `host`/`port`, and those of the
-//! `[[listen]]` tables with `protocol = "tcp"` ([`bind_extra`]), each kept
-//! with the address it was configured as, so a reload keeps the socket of
-//! every address it keeps. It owns:
+//! and a valid [`Config`]. It owns:
 //!
 //! * the worker pool ([`crate::pool`]), `pool_size` event loops each owning
 //!   its connections;
@@ -34,26 +31,19 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{self, Apply, Config, Endpoint, Protocol};
+use crate::config::{self, Apply, Config};
 use crate::listener::{self, AcceptCommand, AcceptorHandle};
-use crate::net;
 use crate::pool::{Pool, Prepared};
+use crate::sockets::{SocketError, TcpSockets};
 use crate::stats::{ServerStats, Snapshot};
 use crate::worker::Settings;
 
 /// A reload that could not be applied; the server is unchanged.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    /// The new address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: io::Error,
-    },
-    /// The new backlog could not be applied.
-    #[error("cannot change the backlog: {0}")]
-    Backlog(#[source] io::Error),
+    /// A listening socket could not be bound or changed.
+    #[error(transparent)]
+    Sockets(#[from] SocketError),
     /// New workers could not be created.
     #[error("cannot start workers: {0}")]
     Workers(#[source] io::Error),
@@ -97,65 +87,13 @@ impl ReloadReport {
     }
 }
 
-/// The TCP listeners of `[[listen]]` tables, each with the address it was
-/// configured as.
-pub type Extra = Vec<(Endpoint, Vec<TcpListener>)>;
-
-/// The `[[listen]]` TCP addresses of `config`, in file order.
-fn extra_specs(config: &Config) -> Vec<Endpoint> {
-    config
-        .listen
-        .iter()
-        .filter(|l| l.protocol == Protocol::Tcp)
-        .map(|l| l.address.clone())
-        .collect()
-}
-
-/// Binds the `[[listen]]` TCP addresses of `config`; an address also in
-/// `keep` keeps its socket (duplicated), so nothing queued on it is lost.
-/// Changes nothing on failure.
-pub fn bind_extra(config: &Config, keep: &Extra) -> Result<Extra, ReloadError> {
-    let mut out: Extra = Vec::new();
-    // Port 0 asks for a new ephemeral port each time it is bound (callers
-    // bind only when the set of addresses changed).
-    for spec in extra_specs(config) {
-        let kept = keep.iter().find(|(s, _)| *s == spec && s.port != 0);
-        let sockets = match kept {
-            Some((_, socks)) => socks
-                .iter()
-                .map(|l| l.try_clone())
-                .collect::<io::Result<Vec<_>>>(),
-            None => net::bind_all(&spec.host, spec.port, config.backlog),
-        }
-        .map_err(|source| ReloadError::Bind {
-            addr: spec.to_string(),
-            source,
-        })?;
-        out.push((spec, sockets));
-    }
-    Ok(out)
-}
-
-/// Duplicates of `main` and every socket of `extra`, for the accept loop.
-fn for_acceptor(main: &[TcpListener], extra: &Extra) -> io::Result<Vec<TcpListener>> {
-    main.iter()
-        .chain(extra.iter().flat_map(|(_, socks)| socks))
-        .map(|l| l.try_clone())
-        .collect()
-}
-
 /// A running echo server.
 pub struct Server {
     /// The config in force.
     config: Config,
     /// Our handles on the listening sockets (the accept loop owns
-    /// duplicates): for local addresses and changing the backlog.
-    listeners: Vec<TcpListener>,
-    /// Our handles on the `[[listen]]` TCP sockets.
-    extra: Extra,
-    /// The sockets came from the service manager: host and port are not
-    /// ours to change.
-    activated: bool,
+    /// duplicates): for local addresses, the backlog and the fd store.
+    sockets: TcpSockets,
     /// The accept loop.
     acceptor: AcceptorHandle,
     /// The workers.
@@ -168,10 +106,9 @@ pub struct Server {
 
 /// Everything a reload needs that could fail, done and not yet applied.
 struct Plan {
-    /// Sockets bound on a new address, to replace the current ones.
-    listeners: Option<Vec<TcpListener>>,
-    /// The new `[[listen]]` TCP set (kept sockets duplicated), if it changed.
-    extra: Option<Extra>,
+    /// The listening sockets the new config asks for, when they differ
+    /// from those in service (addresses or options).
+    sockets: Option<TcpSockets>,
     /// The pool's new size and settings, its new workers built.
     pool: Prepared,
 }
@@ -187,28 +124,23 @@ fn settings_of(config: &Config) -> Settings {
 }
 
 impl Server {
-    /// Starts workers and the accept loop on already-bound listeners:
-    /// those of `host`/`port` and the `[[listen]]` ones ([`bind_extra`]).
+    /// Starts workers and the accept loop on already-bound listeners.
     /// `activated` says the sockets came from socket activation.
-    pub fn start(
-        config: Config,
-        listeners: Vec<TcpListener>,
-        extra: Extra,
-        activated: bool,
-    ) -> io::Result<Server> {
+    pub fn start(config: Config, sockets: TcpSockets) -> io::Result<Server> {
         let stats = Arc::new(ServerStats::default());
         let pool = Pool::start(config.pool_size, settings_of(&config), config.cpu_affinity)?;
-        let theirs = for_acceptor(&listeners, &extra)?;
         // The workers exist before the accept loop gets its sockets, so
         // connections already queued on inherited sockets (socket
         // activation) have somewhere to go at once.
-        let acceptor =
-            listener::spawn(theirs, pool.dealer(), stats.clone(), config.max_connections)?;
+        let acceptor = listener::spawn(
+            sockets.listening()?,
+            pool.dealer(),
+            stats.clone(),
+            config.max_connections,
+        )?;
         Ok(Server {
             config,
-            listeners,
-            extra,
-            activated,
+            sockets,
             acceptor,
             pool,
             stats,
@@ -223,23 +155,20 @@ impl Server {
 
     /// True if the listening sockets came from socket activation.
     pub fn activated(&self) -> bool {
-        self.activated
+        self.sockets.activated()
     }
 
-    /// Addresses the server listens on, `host`/`port` first, then the
-    /// `[[listen]]` ones (empty once draining).
+    /// Addresses the server listens on (empty once draining).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .chain(self.extra.iter().flat_map(|(_, socks)| socks))
+        self.sockets
+            .all()
             .filter_map(|l| l.local_addr().ok())
             .collect()
     }
 
-    /// The listening sockets of `host`/`port` (for handing to the service
-    /// manager's fd store; `[[listen]]` sockets are bound afresh at start).
-    pub fn listeners(&self) -> &[TcpListener] {
-        &self.listeners
+    /// The listening sockets (for handing to the service manager's fd store).
+    pub fn listeners(&self) -> Vec<&TcpListener> {
+        self.sockets.all().collect()
     }
 
     /// Merged counters.
@@ -258,81 +187,43 @@ impl Server {
     /// Applies a validated config; on error nothing has changed.
     pub fn reload(&mut self, new: Config) -> Result<ReloadReport, ReloadError> {
         let mut report = ReloadReport::between(&self.config, &new);
-        if self.activated && self.address_changes(&new) {
+        if self.activated() && self.sockets.addresses_differ(&new) {
             report
                 .deferred
-                .push("host/port (sockets come from the service manager)".into());
-        }
-        if self.activated && extra_specs(&self.config) != extra_specs(&new) {
-            report
-                .deferred
-                .push("listen (sockets come from the service manager)".into());
+                .push("TCP addresses (sockets come from the service manager)".into());
         }
         let plan = self.prepare(&new)?;
         self.apply(plan, new);
         Ok(report)
     }
 
-    fn address_changes(&self, new: &Config) -> bool {
-        (self.config.host.as_str(), self.config.port) != (new.host.as_str(), new.port)
-    }
-
     /// Does everything of a reload that can fail, changing nothing that
-    /// serves clients: binds a new address, re-listens with a new backlog,
+    /// serves clients: binds new addresses, re-listens with a new backlog,
     /// builds the new workers from the new settings.
     fn prepare(&mut self, new: &Config) -> Result<Plan, ReloadError> {
-        let mut listeners = None;
-        if self.address_changes(new) && !self.activated {
-            let bound = net::bind_all(&new.host, new.port, new.backlog).map_err(|source| {
-                ReloadError::Bind {
-                    addr: new.address(),
-                    source,
-                }
-            })?;
-            listeners = Some(bound);
-        } else if self.config.backlog != new.backlog {
-            for l in &self.listeners {
-                net::relisten(l, new.backlog).map_err(ReloadError::Backlog)?;
-            }
-        }
-        let mut extra = None;
-        if !self.activated && extra_specs(&self.config) != extra_specs(new) {
-            extra = Some(bind_extra(new, &self.extra)?);
-        }
-        if self.config.backlog != new.backlog {
-            // Kept `[[listen]]` sockets are the same sockets: one listen(2)
-            // each covers both sets.
-            for (_, socks) in &self.extra {
-                for l in socks {
-                    net::relisten(l, new.backlog).map_err(ReloadError::Backlog)?;
-                }
-            }
-        }
+        let old = &self.config;
+        let same = (&old.host, old.port, old.backlog, &old.listen)
+            == (&new.host, new.port, new.backlog, &new.listen);
+        let sockets = if same {
+            None
+        } else {
+            Some(self.sockets.prepare(new, old.backlog)?)
+        };
         let pool = self
             .pool
             .prepare(new.pool_size, Arc::new(settings_of(new)))
             .map_err(ReloadError::Workers)?;
-        Ok(Plan {
-            listeners,
-            extra,
-            pool,
-        })
+        Ok(Plan { sockets, pool })
     }
 
     /// Puts a prepared reload in force; cannot fail.
     fn apply(&mut self, plan: Plan, new: Config) {
-        let changed = plan.listeners.is_some() || plan.extra.is_some();
-        if let Some(bound) = plan.listeners {
-            self.listeners = bound;
-        }
-        if let Some(extra) = plan.extra {
-            self.extra = extra;
-        }
-        if changed {
-            match for_acceptor(&self.listeners, &self.extra) {
+        if let Some(sockets) = plan.sockets {
+            match sockets.listening() {
                 Ok(theirs) => self.acceptor.send(AcceptCommand::SetListeners(theirs)),
-                Err(e) => log::error!("cannot duplicate the listening sockets: {e}"),
+                Err(e) => log::error!("cannot duplicate listening sockets: {e}"),
             }
+            self.sockets = sockets;
         }
         if self.config.max_connections != new.max_connections {
             self.acceptor
@@ -351,16 +242,14 @@ impl Server {
         let deadline = Instant::now() + timeout;
         self.draining = Some(deadline);
         self.acceptor.stop();
-        self.listeners.clear();
-        self.extra.clear();
+        self.sockets.close_all();
         self.pool.drain(deadline);
     }
 
     /// Closes every connection now and stops the workers.
     pub fn stop_now(&mut self) {
         self.acceptor.stop();
-        self.listeners.clear();
-        self.extra.clear();
+        self.sockets.close_all();
         self.pool.stop();
     }
 

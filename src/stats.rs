@@ -39,6 +39,8 @@ pub(crate) struct WorkerStats {
     pub heartbeat: AtomicU64,
     /// Connections handed to the worker on another CPU (`cpu_affinity`).
     pub moved_out: AtomicU64,
+    /// Connections on a PROXY listener closed for a bad or missing header.
+    pub proxy_refused: AtomicU64,
     /// The CPU the worker is pinned to (`cpu_affinity`); set at creation.
     pub cpu: Option<usize>,
     /// Echo latency inside the daemon (kept while metrics are on).
@@ -87,16 +89,19 @@ pub enum CloseReason {
     Error,
     /// Closed by the server going away (drain deadline, second signal).
     Drain,
+    /// On a PROXY listener: no valid header in time.
+    Proxy,
 }
 
 impl CloseReason {
     /// Every reason, in counter order.
-    pub const ALL: [CloseReason; 5] = [
+    pub const ALL: [CloseReason; 6] = [
         CloseReason::Client,
         CloseReason::Disconnect,
         CloseReason::Idle,
         CloseReason::Error,
         CloseReason::Drain,
+        CloseReason::Proxy,
     ];
 
     /// The word logs and metric labels use.
@@ -107,6 +112,7 @@ impl CloseReason {
             CloseReason::Idle => "idle",
             CloseReason::Error => "error",
             CloseReason::Drain => "drain",
+            CloseReason::Proxy => "proxy",
         }
     }
 
@@ -127,6 +133,9 @@ pub(crate) struct ServerStats {
     pub accepted: AtomicU64,
     /// Connections refused with the busy notice.
     pub refused: AtomicU64,
+    /// Connections closed at once on a PROXY listener: their source is not
+    /// trusted to send a header.
+    pub untrusted_proxy: AtomicU64,
     /// Accept loop turns; the watchdog checks that it moves.
     pub accept_heartbeat: AtomicU64,
 }
@@ -138,6 +147,7 @@ impl Default for ServerStats {
             active: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            untrusted_proxy: AtomicU64::new(0),
             accept_heartbeat: AtomicU64::new(0),
         }
     }
@@ -179,7 +189,7 @@ pub struct Snapshot {
     #[serde(default)]
     pub bytes_sent: u64,
     /// Connections closed since start, by reason (`client`, `disconnect`,
-    /// `idle`, `error`, `drain`), in [`CloseReason::ALL`] order.
+    /// `idle`, `error`, `drain`, `proxy`), in [`CloseReason::ALL`] order.
     #[serde(default)]
     pub closed: Vec<(String, u64)>,
     /// Connections closed for idleness.
@@ -188,6 +198,13 @@ pub struct Snapshot {
     pub disconnects: u64,
     /// Panics caught while serving connections.
     pub panics: u64,
+    /// PROXY listeners: connections closed because their source may not
+    /// send a header.
+    #[serde(default)]
+    pub proxy_untrusted: u64,
+    /// PROXY listeners: connections closed for a bad or missing header.
+    #[serde(default)]
+    pub proxy_refused: u64,
     /// Worker threads.
     pub pool_size: u64,
     /// Connections handed from one worker to another since start.
@@ -228,6 +245,7 @@ impl Snapshot {
             active: server.active.load(Relaxed) as u64,
             total: server.accepted.load(Relaxed),
             refused: server.refused.load(Relaxed),
+            proxy_untrusted: server.untrusted_proxy.load(Relaxed),
             ..Snapshot::default()
         };
         let mut closed = [0u64; CloseReason::ALL.len()];
@@ -246,6 +264,7 @@ impl Snapshot {
             s.disconnects += w.disconnects.load(Relaxed);
             s.panics += w.panics.load(Relaxed);
             s.handoffs += w.moved_out.load(Relaxed);
+            s.proxy_refused += w.proxy_refused.load(Relaxed);
             s.pool_size += 1;
             s.workers.push(WorkerLoad {
                 cpu: w.cpu,

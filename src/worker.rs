@@ -36,8 +36,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::affinity;
-use crate::connection::{Connection, Phase, Step};
+use crate::connection::{Connection, Ends, HeaderOutcome, Phase, Step};
 use crate::protocol::Notice;
+use crate::proxy::HEADER_TIMEOUT;
 use crate::stats::{CloseReason, WorkerStats};
 use crate::timeouts::TimeoutQueue;
 
@@ -217,6 +218,9 @@ pub(crate) struct Worker {
     idle: TimeoutQueue,
     /// Closing connections by when they started lingering.
     linger: TimeoutQueue,
+    /// Connections on a PROXY listener still waiting for their header, by
+    /// when they arrived.
+    header_wait: TimeoutQueue,
     /// Connections that used up their read budget and may have more input.
     again: Vec<usize>,
     /// Commands from the rest of the daemon.
@@ -277,6 +281,7 @@ impl Worker {
             conns: Slab::new(),
             idle: TimeoutQueue::default(),
             linger: TimeoutQueue::default(),
+            header_wait: TimeoutQueue::default(),
             again: Vec::new(),
             inbox,
             mailbox: mailbox.clone(),
@@ -399,6 +404,9 @@ impl Worker {
         if let Some(d) = self.linger.next_deadline(LINGER_TIMEOUT) {
             until = until.min(d);
         }
+        if let Some(d) = self.header_wait.next_deadline(HEADER_TIMEOUT) {
+            until = until.min(d);
+        }
         if let Some(d) = self.drain_deadline {
             until = until.min(d);
         }
@@ -443,16 +451,21 @@ impl Worker {
         if step != Step::Close && (ready.readable || step == Step::Again) {
             let (s, report) = conn.on_readable(&mut self.buf, cap, ready.read_closed);
             step = s;
+            let due = report.bytes_in > 0 && self.stats.cpu.is_some() && conn.placement_due();
+            let all_sent = conn.all_sent();
+            let ends = conn.ends();
+            if let Some(outcome) = &report.header {
+                self.header_done(slot, ends, outcome);
+            }
             if report.disconnected {
                 self.stats.disconnects.fetch_add(1, Relaxed);
             }
             if report.bytes_in > 0 {
                 self.stats.bytes.fetch_add(report.bytes_in as u64, Relaxed);
-                if self.settings.latency && conn.all_sent() {
+                if self.settings.latency && all_sent {
                     self.stats.latency.record(now.elapsed());
                 }
                 self.idle.touch(slot, now);
-                let due = self.stats.cpu.is_some() && conn.placement_due();
                 self.after(slot, step, now);
                 if due {
                     self.steer(slot, now);
@@ -502,12 +515,26 @@ impl Worker {
         }
     }
 
+    /// A connection's PROXY header arrived, or was refused (it then closes).
+    fn header_done(&mut self, slot: usize, ends: Ends, outcome: &HeaderOutcome) {
+        self.header_wait.remove(slot);
+        let on = ends.local.map_or_else(String::new, |l| format!(" on {l}"));
+        match outcome {
+            HeaderOutcome::Accepted => log::debug!("PROXY header{on}: client {}", ends.peer),
+            HeaderOutcome::Refused(why) => {
+                self.stats.proxy_refused.fetch_add(1, Relaxed);
+                log::warn!("closed a connection from {}{on}: {why}", ends.peer)
+            }
+        }
+    }
+
     /// Takes a connection out of this worker's care without closing it.
     fn release(&mut self, slot: usize) -> Option<Connection> {
         let mut conn = self.conns.try_remove(slot)?;
         let _ = self.poll.registry().deregister(conn.stream_mut());
         self.idle.remove(slot);
         self.linger.remove(slot);
+        self.header_wait.remove(slot);
         self.stats.connections.fetch_sub(1, Relaxed);
         Some(conn)
     }
@@ -572,7 +599,11 @@ impl Worker {
             return;
         }
         conn.placed(now);
+        let waits_for_header = conn.awaiting_header();
         entry.insert(conn);
+        if waits_for_header {
+            self.header_wait.touch(slot, now);
+        }
         self.idle.touch(slot, now);
         // A connection moved from a retiring worker may already be closing.
         self.after(slot, Step::Wait, now);
@@ -613,6 +644,18 @@ impl Worker {
         while let Some(slot) = self.linger.pop_expired(now, LINGER_TIMEOUT) {
             self.close(slot);
         }
+        while let Some(slot) = self.header_wait.pop_expired(now, HEADER_TIMEOUT) {
+            self.stats.proxy_refused.fetch_add(1, Relaxed);
+            if let Some(conn) = self.conns.get_mut(slot) {
+                conn.session_mut().end(CloseReason::Proxy);
+                log::warn!(
+                    "closed a connection from {}: no PROXY header within {}s",
+                    conn.ends().peer,
+                    HEADER_TIMEOUT.as_secs()
+                );
+            }
+            self.close(slot);
+        }
     }
 
     fn close(&mut self, slot: usize) {
@@ -621,6 +664,7 @@ impl Worker {
             // connection out.
             self.idle.remove(slot);
             self.linger.remove(slot);
+            self.header_wait.remove(slot);
             self.stats.connections.fetch_sub(1, Relaxed);
             self.finished(&mut conn);
         }

@@ -6,7 +6,6 @@
 //! happens before any thread exists; signal handlers are installed before
 //! threads start.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -15,7 +14,8 @@ use echo_lab::config::{Config, LogTarget};
 use echo_lab::control::{self, Access};
 use echo_lab::daemon::{self, ConfigSource, Daemon};
 use echo_lab::notify::Notifier;
-use echo_lab::server::{self, Server};
+use echo_lab::server::Server;
+use echo_lab::sockets::TcpSockets;
 use echo_lab::udp::listeners::UdpListeners;
 use echo_lab::{limits, logging, metrics, net, EX_CONFIG, EX_OSERR};
 
@@ -97,29 +97,19 @@ fn real_main() -> i32 {
     let mut inherited = unsafe { activation::take() };
     let datagram = std::mem::take(&mut inherited.datagram);
     let any_activated = !inherited.activated.is_empty() || !datagram.is_empty();
-    let (listeners, activated) = match listeners(&config, inherited, any_activated) {
+    let sockets = match listeners(&config, inherited, any_activated) {
         Ok(x) => x,
         Err(e) => {
             log::error!("{e}");
             return EX_OSERR;
         }
     };
-    // The [[listen]] TCP and the UDP sockets are bound here too, before a
-    // fork, so a bind error reaches the terminal; the threads start with
-    // the server.
-    let extra = if activated {
-        Vec::new()
-    } else {
-        match server::bind_extra(&config, &Vec::new()) {
-            Ok(x) => x,
-            Err(e) => {
-                log::error!("{e}");
-                return EX_OSERR;
-            }
-        }
-    };
-    let tcp_port = listeners
-        .first()
+    let activated = sockets.activated();
+    // UDP sockets are bound here, before a fork, so a bind error reaches
+    // the terminal; the UDP thread starts with the server.
+    let tcp_port = sockets
+        .all()
+        .next()
         .and_then(|l| l.local_addr().ok())
         .map(|a| a.port());
     let (udp_wanted, udp_limit) = daemon::udp_plan(&config, tcp_port);
@@ -181,7 +171,7 @@ fn real_main() -> i32 {
             return EX_CONFIG;
         }
     };
-    let server = match Server::start(config, listeners, extra, activated) {
+    let server = match Server::start(config, sockets) {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot start: {e}");
@@ -263,29 +253,20 @@ fn check(
     }
 }
 
-/// The listening sockets: from socket activation, else our own from the
-/// fd store if they still match the config, else freshly bound.
+/// The TCP listening sockets: from socket activation, else our own from
+/// the fd store where they still match the config, else freshly bound.
 /// Any socket from a `.socket` unit (`activated`) means the unit decides
 /// every address, TCP and UDP.
-fn listeners(
-    config: &Config,
-    inherited: Inherited,
-    activated: bool,
-) -> Result<(Vec<TcpListener>, bool), String> {
+fn listeners(config: &Config, inherited: Inherited, activated: bool) -> Result<TcpSockets, String> {
     if activated {
-        return Ok((inherited.activated, true));
+        return TcpSockets::open(config, inherited.activated, true).map_err(|e| e.to_string());
     }
     if !inherited.stored.is_empty() {
-        let wanted = net::resolve(&config.host, config.port).unwrap_or_default();
-        if config.port != 0 && activation::matches(&inherited.stored, &wanted) {
-            log::info!("reusing the listening socket kept by the service manager");
-            return Ok((inherited.stored, false));
-        }
-        log::info!("the stored listening socket does not match the config; binding anew");
+        log::info!(
+            "reusing the listening sockets kept by the service manager where they match the config"
+        );
     }
-    net::bind_all(&config.host, config.port, config.backlog)
-        .map(|l| (l, false))
-        .map_err(|e| e.to_string())
+    TcpSockets::open(config, inherited.stored, false).map_err(|e| e.to_string())
 }
 
 fn control_access(config: &Config) -> Result<Access, String> {

@@ -244,6 +244,62 @@ impl<T: PartialEq, K: Kind<T>> Kind<Option<T>> for Optional<K> {
     }
 }
 
+/// A list of networks, each an address or a CIDR (`"10.0.0.0/8"`,
+/// `"::1"`), IPv4 or IPv6; a bare address is its own /32 or /128.
+/// Element `i` is named `key[i]` in diagnostics.
+pub(super) struct Cidrs;
+
+impl Kind<Vec<ipnet::IpNet>> for Cidrs {
+    fn read(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+        r: &mut Reader<'_>,
+    ) -> Option<Vec<ipnet::IpNet>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            r.with_serde(value, key, |d| {
+                serde::Deserializer::deserialize_any(d, Refuse("an array of addresses or CIDRs"))
+            })?;
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{key}[{i}]");
+            let Some(text) = r.deserialize::<String>(item, &at) else {
+                ok = false;
+                continue;
+            };
+            match parse_net(text.trim()) {
+                Some(net) => out.push(net),
+                None => {
+                    r.fail(
+                        item,
+                        &at,
+                        format!("\"{text}\" is not an address or CIDR (like \"192.0.2.0/24\" or \"::1\")"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn render(&self, value: &Vec<ipnet::IpNet>) -> Rendered {
+        let list: Vec<toml::Value> = value.iter().map(|n| n.to_string().into()).collect();
+        Rendered::Value(toml::Value::Array(list))
+    }
+}
+
+/// An address or CIDR; a bare address is a single-address network.
+fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
 /// A table (`[log]`) whose keys a [`Section`] declares.
 pub(super) struct Table;
 

@@ -1,0 +1,254 @@
+//! The TCP listening sockets: which addresses the config asks for
+//! (`host`/`port`, then every `[[listen]]` table with `protocol = "tcp"`),
+//! binding them, keeping their very sockets across a reload, and the
+//! options the accept loop applies per listener (the PROXY protocol).
+//!
+//! Each wanted address is a [`Want`]. [`TcpSockets::open`] makes the set at
+//! start: from the sockets the service manager passed, matched to the
+//! wanted addresses by their local address (socket activation: any socket
+//! that matches no `[[listen]]` table serves as `host`/`port`, which the
+//! unit then decides; the fd store: a stored socket serves the address it
+//! is bound to, and is closed if none wants it), else bound now.
+//! [`TcpSockets::prepare`] does everything a reload can fail at — binding
+//! new addresses, listen(2) again with a new backlog — and keeps a
+//! duplicate of each socket whose address did not change, so nothing
+//! queued on it is lost; if anything fails nothing has changed. Under
+//! socket activation the addresses are the unit's: a reload changes only
+//! the per-listener options.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::config::{Config, Endpoint, Protocol};
+use crate::listener::Listening;
+use crate::net;
+
+/// One TCP address the config asks for, and what its connections get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Want {
+    /// As configured (a host name may stand for several addresses).
+    pub endpoint: Endpoint,
+    /// With the PROXY protocol on: the proxies trusted to send a header.
+    pub proxy: Option<Arc<Vec<IpNet>>>,
+}
+
+/// The TCP addresses `config` asks for, `host`/`port` first.
+pub(crate) fn wanted(config: &Config) -> Vec<Want> {
+    let main = Want {
+        endpoint: Endpoint {
+            host: config.host.clone(),
+            port: config.port,
+        },
+        proxy: None,
+    };
+    let extra = config
+        .listen
+        .iter()
+        .filter(|l| l.protocol == Protocol::Tcp)
+        .map(|l| Want {
+            endpoint: l.address.clone(),
+            proxy: l.proxy_protocol.then(|| Arc::new(l.proxy_trusted.clone())),
+        });
+    std::iter::once(main).chain(extra).collect()
+}
+
+/// A TCP address that could not be served; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The new backlog could not be applied.
+    #[error("cannot change the backlog: {0}")]
+    Backlog(#[source] io::Error),
+}
+
+/// The TCP listening sockets, by the address each serves.
+pub struct TcpSockets {
+    bound: Vec<(Want, Vec<TcpListener>)>,
+    /// The sockets came from the service manager's `.socket` unit.
+    activated: bool,
+}
+
+impl TcpSockets {
+    /// The sockets for `config` at start: `inherited` ones where they
+    /// match (all of them when `activated`), the rest bound now.
+    pub fn open(
+        config: &Config,
+        inherited: Vec<TcpListener>,
+        activated: bool,
+    ) -> Result<TcpSockets, SocketError> {
+        let mut spare = inherited;
+        let wants = wanted(config);
+        let mut bound = Vec::with_capacity(wants.len());
+        for (i, want) in wants.into_iter().enumerate() {
+            if activated && i == 0 {
+                continue; // host/port: the unit decides (below)
+            }
+            let mine = take_matching(&mut spare, &want.endpoint);
+            let sockets = if !mine.is_empty() {
+                mine
+            } else if activated {
+                continue; // the unit passed nothing for this table
+            } else {
+                bind(&want.endpoint, config.backlog)?
+            };
+            bound.push((want, sockets));
+        }
+        if activated {
+            let main = wanted(config).swap_remove(0);
+            bound.insert(0, (main, std::mem::take(&mut spare)));
+        } else if !spare.is_empty() {
+            log::info!(
+                "closing {} stored listening socket(s) the config no longer names",
+                spare.len()
+            );
+        }
+        Ok(TcpSockets { bound, activated })
+    }
+
+    /// True if the sockets came from socket activation.
+    pub fn activated(&self) -> bool {
+        self.activated
+    }
+
+    /// Closes them all (the drain: new connects are refused).
+    pub(crate) fn close_all(&mut self) {
+        self.bound.clear();
+    }
+
+    /// Every socket, for local addresses and the fd store.
+    pub fn all(&self) -> impl Iterator<Item = &TcpListener> {
+        self.bound.iter().flat_map(|(_, s)| s.iter())
+    }
+
+    /// True if `config` asks for other addresses than these serve.
+    pub(crate) fn addresses_differ(&self, config: &Config) -> bool {
+        let now: Vec<&Endpoint> = self.bound.iter().map(|(w, _)| &w.endpoint).collect();
+        let then = wanted(config);
+        now.len() != then.len() || now.iter().zip(&then).any(|(a, b)| **a != b.endpoint)
+    }
+
+    /// The set `config` asks for, built without touching the sockets in
+    /// service except for a new backlog: unchanged addresses keep their
+    /// socket (duplicated), new ones are bound.
+    pub(crate) fn prepare(
+        &self,
+        config: &Config,
+        old_backlog: u32,
+    ) -> Result<TcpSockets, SocketError> {
+        if self.activated {
+            return self.with_options_of(config);
+        }
+        let mut bound = Vec::new();
+        for want in wanted(config) {
+            let kept = self
+                .bound
+                .iter()
+                .find(|(w, s)| serves(w, s, &want.endpoint));
+            let sockets = match kept {
+                Some((_, sockets)) => {
+                    if config.backlog != old_backlog {
+                        for s in sockets {
+                            net::relisten(s, config.backlog).map_err(SocketError::Backlog)?;
+                        }
+                    }
+                    duplicate(sockets)?
+                }
+                None => bind(&want.endpoint, config.backlog)?,
+            };
+            bound.push((want, sockets));
+        }
+        Ok(TcpSockets {
+            bound,
+            activated: false,
+        })
+    }
+
+    /// Activated sockets stay as they are; only the options follow the
+    /// config (by address).
+    fn with_options_of(&self, config: &Config) -> Result<TcpSockets, SocketError> {
+        let wants = wanted(config);
+        let mut bound = Vec::with_capacity(self.bound.len());
+        for (i, (old, sockets)) in self.bound.iter().enumerate() {
+            let want = match i {
+                0 => old.clone(),
+                _ => wants[1..]
+                    .iter()
+                    .find(|w| w.endpoint == old.endpoint)
+                    .cloned()
+                    .unwrap_or_else(|| old.clone()),
+            };
+            bound.push((want, duplicate(sockets)?));
+        }
+        Ok(TcpSockets {
+            bound,
+            activated: true,
+        })
+    }
+
+    /// Duplicates of every socket with its options, for the accept loop.
+    pub(crate) fn listening(&self) -> io::Result<Vec<Listening>> {
+        let mut out = Vec::new();
+        for (want, sockets) in &self.bound {
+            for s in sockets {
+                out.push(Listening {
+                    socket: s.try_clone()?,
+                    proxy: want.proxy.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// True if sockets bound for `had` serve `want`: the same address as
+/// configured, or the same host with the port an ephemeral one was given.
+fn serves(had: &Want, sockets: &[TcpListener], want: &Endpoint) -> bool {
+    if had.endpoint == *want {
+        return true;
+    }
+    let actual = sockets.first().and_then(|s| s.local_addr().ok());
+    had.endpoint.host == want.host
+        && had.endpoint.port == 0
+        && actual.is_some_and(|a| a.port() == want.port)
+}
+
+fn bind(endpoint: &Endpoint, backlog: u32) -> Result<Vec<TcpListener>, SocketError> {
+    net::bind_all(&endpoint.host, endpoint.port, backlog).map_err(|source| SocketError::Bind {
+        addr: endpoint.to_string(),
+        source,
+    })
+}
+
+fn duplicate(sockets: &[TcpListener]) -> Result<Vec<TcpListener>, SocketError> {
+    sockets
+        .iter()
+        .map(|s| s.try_clone())
+        .collect::<io::Result<_>>()
+        .map_err(SocketError::Backlog)
+}
+
+/// Takes from `spare` the sockets bound to what `endpoint` resolves to
+/// (never for port 0: an ephemeral port matches nothing stored).
+fn take_matching(spare: &mut Vec<TcpListener>, endpoint: &Endpoint) -> Vec<TcpListener> {
+    if endpoint.port == 0 || spare.is_empty() {
+        return Vec::new();
+    }
+    let Ok(addrs) = net::resolve(&endpoint.host, endpoint.port) else {
+        return Vec::new();
+    };
+    let local = |l: &TcpListener| l.local_addr().ok();
+    let (mine, rest): (Vec<TcpListener>, Vec<TcpListener>) = std::mem::take(spare)
+        .into_iter()
+        .partition(|l| local(l).is_some_and(|a: SocketAddr| addrs.contains(&a)));
+    *spare = rest;
+    mine
+}
