@@ -58,13 +58,16 @@ pub(crate) fn wanted(config: &Config) -> Vec<Want> {
 /// A TCP address that could not be served; nothing was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
-    /// The address could not be bound.
+    /// The host names no address.
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
+    Resolve {
         addr: String,
         #[source]
         source: io::Error,
     },
+    /// An address could not be bound (the error names it).
+    #[error("{0}")]
+    Bind(#[source] io::Error),
     /// The new backlog could not be applied.
     #[error("cannot change the backlog: {0}")]
     Backlog(#[source] io::Error),
@@ -222,10 +225,12 @@ fn serves(had: &Want, sockets: &[TcpListener], want: &Endpoint) -> bool {
 }
 
 fn bind(endpoint: &Endpoint, backlog: u32) -> Result<Vec<TcpListener>, SocketError> {
-    net::bind_all(&endpoint.host, endpoint.port, backlog).map_err(|source| SocketError::Bind {
+    net::resolve(&endpoint.host, endpoint.port).map_err(|source| SocketError::Resolve {
         addr: endpoint.to_string(),
         source,
-    })
+    })?;
+    // Each bind error names the address it was for.
+    net::bind_all(&endpoint.host, endpoint.port, backlog).map_err(SocketError::Bind)
 }
 
 fn duplicate(sockets: &[TcpListener]) -> Result<Vec<TcpListener>, SocketError> {
