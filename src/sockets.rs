@@ -151,11 +151,16 @@ impl TcpSockets {
             return self.with_options_of(config);
         }
         let mut bound = Vec::new();
+        // Each socket serves one wanted address at most (two tables may
+        // both say port 0).
+        let mut used = vec![false; self.bound.len()];
         for want in wanted(config) {
-            let kept = self
-                .bound
-                .iter()
-                .find(|(w, s)| serves(w, s, &want.endpoint));
+            let kept = (0..self.bound.len())
+                .find(|&i| !used[i] && serves(&self.bound[i].0, &self.bound[i].1, &want.endpoint))
+                .map(|i| {
+                    used[i] = true;
+                    &self.bound[i]
+                });
             let sockets = match kept {
                 Some((_, sockets)) => {
                     if config.backlog != old_backlog {
