@@ -216,8 +216,8 @@ fn a_thousand_churning_connections_keep_the_daemon_flat() {
     wait_until(IO_TIMEOUT, "the warm-up connection closed", || {
         d.stat("active") == 0
     });
-    let fds_base = d.fd_count();
-    let threads_base = d.thread_count();
+    let base = d.resources();
+    let (fds_base, threads_base) = (base.fds, base.threads);
     let rss_base = d.rss_kib();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -263,10 +263,10 @@ fn a_thousand_churning_connections_keep_the_daemon_flat() {
         d.stat("active") == 0
     });
     wait_until(IO_TIMEOUT, "descriptors back to the baseline", || {
-        d.fd_count() == fds_base
+        d.resources().fds == fds_base
     });
-    let fds_end = d.fd_count();
-    let threads_end = d.thread_count();
+    let end = d.resources();
+    let (fds_end, threads_end) = (end.fds, end.threads);
     let rss_end = d.rss_kib();
     let t = &*tally;
     let trips = t.trips.load(Ordering::Relaxed);

@@ -76,10 +76,12 @@ impl Export {
         Ok(out)
     }
 
-    /// Connection refusals by reason: `busy` (max_connections) today; the
-    /// access rules add theirs here.
+    /// Connection refusals by reason: `busy` (max_connections),
+    /// `proxy_untrusted` (a PROXY listener's source not in
+    /// `proxy_trusted`); the access rules add theirs here.
     fn refusals(&self) -> Vec<(&'static str, u64)> {
-        vec![("busy", self.status.stats.refused)]
+        let s = &self.status.stats;
+        vec![("busy", s.refused), ("proxy_untrusted", s.proxy_untrusted)]
     }
 }
 

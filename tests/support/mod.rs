@@ -725,12 +725,31 @@ pub struct Resources {
 }
 
 impl Daemon {
-    /// Descriptors and threads now.
+    /// Descriptors and threads once no control request is being served
+    /// (each `echo-labctl` call, `stat` included, briefly holds a thread
+    /// and a descriptor that are not part of what a test measures).
     pub fn resources(&self) -> Resources {
+        wait_until(IO_TIMEOUT, "no control request in progress", || {
+            !self.thread_names().iter().any(|n| n == "control-conn")
+        });
         Resources {
             fds: self.fd_count(),
             threads: self.thread_count(),
         }
+    }
+
+    /// The names of the daemon's threads, from /proc.
+    pub fn thread_names(&self) -> Vec<String> {
+        let dir = format!("/proc/{}/task", self.pid());
+        std::fs::read_dir(&dir)
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                    .map(|c| c.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Waits until the descriptor count is back to `base` and asserts the
@@ -738,7 +757,7 @@ impl Daemon {
     /// test's report.
     pub fn assert_back_to(&self, base: Resources) -> String {
         wait_until(IO_TIMEOUT, "descriptors back to the baseline", || {
-            self.fd_count() == base.fds
+            self.resources().fds == base.fds
         });
         let now = self.resources();
         assert_eq!(now.threads, base.threads, "threads before and after");
