@@ -44,9 +44,20 @@ pub(crate) fn read() -> io::Result<Process> {
         start_time_seconds: boot_time()? + field(22) as f64 / ticks,
         virtual_bytes: field(23),
         resident_bytes: field(24) * page,
-        open_fds: std::fs::read_dir("/proc/self/fd")?.count() as u64,
+        open_fds: open_fds()?,
         max_fds: max_fds(),
     })
+}
+
+/// Open descriptors. Linux 6.2 and later give the count as the size of
+/// /proc/self/fd, in constant time; listing the directory (what older
+/// kernels need) costs about 3 µs per descriptor, 30 ms with 10 000
+/// connections open.
+fn open_fds() -> io::Result<u64> {
+    match std::fs::metadata("/proc/self/fd")?.len() {
+        0 => Ok(std::fs::read_dir("/proc/self/fd")?.count() as u64),
+        n => Ok(n),
+    }
 }
 
 /// Boot time, seconds since the epoch (`btime` of /proc/stat).
