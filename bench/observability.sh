@@ -18,7 +18,7 @@
 #             echo-labctl bench --mode hold in another process), the time of
 #             GET /metrics, 20 scrapes
 # Loopback only; everything it starts it stops.
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-10}
@@ -65,11 +65,21 @@ pid=$!
 for _ in $(seq 100); do [ -S "$dir/ctl.sock" ] && break; sleep 0.1; done
 "$ctl" --socket "$dir/ctl.sock" status >/dev/null
 
+# Each run prints RATE:CPU, CPU the server's user+system microseconds per
+# round trip (pingpong) or per session (churn): the cost, less noisy than
+# the rate on a shared machine.
 pingpong() {
-  "$ctl" bench "$addr" -c "$CONNS" -s 64 -d "$SECS" -w 1 --json |
-    python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(r["round_trips_per_sec"]))'
+  "$ctl" bench "$addr" -c "$CONNS" -s 64 -d "$SECS" -w 1 --server-pid "$pid" --json |
+    python3 -c 'import json,sys; r=json.load(sys.stdin); print("%d:%.2f" % (r["round_trips_per_sec"], r["server_cpu"]["us_per_round_trip"]))'
 }
-churn_rate() { "$churn" "$addr" "$CONNS" "$SECS" | sed 's/.*per_sec=\([0-9]*\).*/\1/'; }
+ticks() { awk '{print $14+$15}' "/proc/$pid/stat"; }
+churn_rate() {
+  local t0 t1 out
+  t0=$(ticks)
+  out=$("$churn" "$addr" "$CONNS" "$SECS")
+  t1=$(ticks)
+  python3 -c "import os,re; n=int(re.search(r'sessions=(\d+)', '$out').group(1)); r=re.search(r'per_sec=(\d+)', '$out').group(1); print(f'{r}:{($t1-$t0)*1e6/os.sysconf(\"SC_CLK_TCK\")/max(n,1):.2f}')"
+}
 
 declare -A res
 for r in $(seq "$ROUNDS"); do
@@ -81,12 +91,18 @@ for r in $(seq "$ROUNDS"); do
   done
   echo "round $r: pingpong off ${res[pingpong_off]}| on ${res[pingpong_on]}; churn off ${res[churn_off]}| on ${res[churn_on]}" >&2
 done
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-report() { # report NAME
-  local off on
-  off=$(echo "${res[${1}_off]}" | median)
-  on=$(echo "${res[${1}_on]}" | median)
-  python3 -c "import sys; off,on=$off,$on; print(f'$1: off {off}/s, on {on}/s (runs off: ${res[${1}_off]}; on: ${res[${1}_on]}): {100*(on-off)/off:+.1f}%')"
+report() { # report NAME: medians of rate and of server CPU per unit
+  python3 - "$1" "${res[${1}_off]}" "${res[${1}_on]}" <<'PY'
+import statistics, sys
+name, off, on = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+def med(runs, i):
+    return statistics.median(float(r.split(":")[i]) for r in runs)
+ro, rn, co, cn = med(off, 0), med(on, 0), med(off, 1), med(on, 1)
+print(f"{name}: rate off {ro:.0f}/s, on {rn:.0f}/s ({100*(rn-ro)/ro:+.1f}%); "
+      f"server CPU off {co:.2f} us, on {cn:.2f} us ({100*(cn-co)/co:+.1f}%)")
+print(f"  runs (rate:us) off: {' '.join(off)}")
+print(f"  runs (rate:us) on:  {' '.join(on)}")
+PY
 }
 echo "== $CONNS connections, $SECS s per run, $ROUNDS rounds, medians"
 report pingpong

@@ -360,6 +360,7 @@ impl Daemon {
             if self.drain_started.is_none() {
                 self.server.reap();
             }
+            crate::logging::flush_pending();
             let mut beats = self.server.heartbeats();
             beats.extend(self.udp.heartbeat());
             self.notifier.watchdog_tick(beats);

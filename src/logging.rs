@@ -18,6 +18,15 @@
 //!   signals, and the next line goes to the new file. The swap happens
 //!   under the sink's lock, so every line lands in one file or the other.
 //!
+//! Session lines, which come one per connection and can be thousands a
+//! second, are not written one by one: they gather in a buffer written in
+//! one `write` when it holds 32 KiB, when any other line is logged (which
+//! keeps the order), on every turn of the supervisor (at most 50 ms
+//! later, [`flush_pending`]), before a reopen or a change of sink, and at
+//! exit. nginx's `access_log ... buffer=` makes the same trade; a
+//! SIGKILL can lose the last 50 ms of session lines, never a daemon
+//! event, which is written at once.
+//!
 //! A record is rendered once, by the format: `text` is the message
 //! followed by its key-values as `key=value` (the session lines of
 //! [`crate::session`]); `json` is one object per line with stable field
@@ -55,6 +64,30 @@ enum Sink {
 struct State {
     sink: Sink,
     format: LogFormat,
+    /// Session lines not yet written (stderr and file sinks).
+    pending: String,
+}
+
+/// Session lines are written when this many bytes wait, or on the next
+/// daemon event, or on [`flush_pending`] (the supervisor's tick).
+const BATCH: usize = 32 * 1024;
+
+impl State {
+    /// Writes the waiting lines, in one `write` (whole lines); to stderr
+    /// if the file refuses them.
+    fn write_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let written = match &mut self.sink {
+            Sink::File { file, .. } => file.write_all(self.pending.as_bytes()).is_ok(),
+            Sink::Stderr | Sink::Syslog(_) => false,
+        };
+        if !written {
+            let _ = std::io::stderr().lock().write_all(self.pending.as_bytes());
+        }
+        self.pending.clear();
+    }
 }
 
 /// The installed logger; see the module docs.
@@ -110,9 +143,15 @@ impl<'kvs> VisitSource<'kvs> for JsonPairs<'_> {
 
 /// The record as text: message, then ` key=value` pairs.
 fn text_body(record: &Record<'_>) -> String {
-    let mut s = record.args().to_string();
-    let _ = record.key_values().visit(&mut TextPairs(&mut s));
+    let mut s = String::new();
+    text_into(&mut s, record);
     s
+}
+
+/// Appends the record as text to `out`.
+fn text_into(out: &mut String, record: &Record<'_>) {
+    let _ = write!(out, "{}", record.args());
+    let _ = record.key_values().visit(&mut TextPairs(out));
 }
 
 /// The record as one JSON object (no newline).
@@ -142,21 +181,32 @@ fn json_body(record: &Record<'_>) -> String {
 impl DaemonLogger {
     /// The line for stderr or a file. `journal`: stderr is the journal.
     fn line(format: LogFormat, record: &Record<'_>, journal: bool) -> String {
-        let body = match format {
-            LogFormat::Json => json_body(record),
-            LogFormat::Text if journal => text_body(record),
-            LogFormat::Text => format!(
-                "{} {:<5} {}",
-                humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-                record.level(),
-                text_body(record)
-            ),
-        };
+        let mut out = String::new();
+        Self::line_into(&mut out, format, record, journal);
+        out
+    }
+
+    /// Appends the line to `out`, formatted in place (a session line costs
+    /// no allocation of its own).
+    fn line_into(out: &mut String, format: LogFormat, record: &Record<'_>, journal: bool) {
         if journal {
-            format!("<{}>{body}\n", priority(record.level()))
-        } else {
-            format!("{body}\n")
+            let _ = write!(out, "<{}>", priority(record.level()));
         }
+        match format {
+            LogFormat::Json => out.push_str(&json_body(record)),
+            LogFormat::Text => {
+                if !journal {
+                    let _ = write!(
+                        out,
+                        "{} {:<5} ",
+                        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+                        record.level()
+                    );
+                }
+                text_into(out, record);
+            }
+        }
+        out.push('\n');
     }
 
     fn stderr_line(&self, format: LogFormat, record: &Record<'_>) {
@@ -177,35 +227,35 @@ impl Log for DaemonLogger {
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let format = state.format;
-        match &mut state.sink {
-            Sink::Syslog(s) => {
-                let msg = match format {
-                    LogFormat::Json => json_body(record),
-                    LogFormat::Text => text_body(record),
-                };
-                let sent = match record.level() {
-                    Level::Error => s.err(msg),
-                    Level::Warn => s.warning(msg),
-                    Level::Info => s.info(msg),
-                    Level::Debug | Level::Trace => s.debug(msg),
-                };
-                if sent.is_ok() {
-                    return;
-                }
+        if let Sink::Syslog(s) = &mut state.sink {
+            let msg = match format {
+                LogFormat::Json => json_body(record),
+                LogFormat::Text => text_body(record),
+            };
+            let sent = match record.level() {
+                Level::Error => s.err(msg),
+                Level::Warn => s.warning(msg),
+                Level::Info => s.info(msg),
+                Level::Debug | Level::Trace => s.debug(msg),
+            };
+            if sent.is_err() {
+                drop(state);
+                self.stderr_line(format, record);
             }
-            Sink::File { file, .. } => {
-                let line = Self::line(format, record, false);
-                if file.write_all(line.as_bytes()).is_ok() {
-                    return;
-                }
-            }
-            Sink::Stderr => {}
+            return;
         }
-        drop(state);
-        self.stderr_line(format, record);
+        // Session lines wait in a buffer (one write per batch, not per
+        // session: see the module docs); any other line is written at
+        // once, after the sessions before it.
+        let journal = self.journal && matches!(state.sink, Sink::Stderr);
+        Self::line_into(&mut state.pending, format, record, journal);
+        if record.target() != crate::session::TARGET || state.pending.len() >= BATCH {
+            state.write_pending();
+        }
     }
 
     fn flush(&self) {
+        flush_pending();
         let _ = std::io::stderr().flush();
     }
 }
@@ -217,6 +267,7 @@ pub fn init(level: LevelFilter) {
         state: Mutex::new(State {
             sink: Sink::Stderr,
             format: LogFormat::Text,
+            pending: String::with_capacity(BATCH + 1024),
         }),
     }));
     if log::set_logger(logger).is_ok() {
@@ -284,6 +335,7 @@ pub fn install(prepared: Prepared) {
         return;
     };
     let mut state = logger.state.lock().unwrap_or_else(|p| p.into_inner());
+    state.write_pending();
     state.format = prepared.format;
     match (prepared.target, prepared.file, &state.sink) {
         (LogTarget::File, Some((path, file)), _) => state.sink = Sink::File { path, file },
@@ -316,6 +368,19 @@ pub fn apply(config: &LogConfig, default_target: LogTarget) -> Result<(), OpenEr
     Ok(())
 }
 
+/// Writes the session lines that wait in the buffer. The supervisor
+/// calls it on every turn (at least every 50 ms), so a session line is
+/// written at most that late.
+pub fn flush_pending() {
+    if let Some(logger) = LOGGER.get() {
+        logger
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_pending();
+    }
+}
+
 /// Reopens the log file by its name (SIGUSR1, after logrotate renamed it).
 /// Lines logged up to the swap are in the old file, every later one in the
 /// new. If it cannot be opened the old file is kept. Returns the path, or
@@ -337,6 +402,8 @@ pub fn reopen() -> Result<Option<PathBuf>, OpenError> {
         source,
     })?;
     let mut state = logger.state.lock().unwrap_or_else(|p| p.into_inner());
+    // What waits belongs to the old file, which it was logged for.
+    state.write_pending();
     if let Sink::File { path: p, file } = &mut state.sink {
         if *p == path {
             *file = new;

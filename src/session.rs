@@ -25,6 +25,18 @@ use crate::stats::CloseReason;
 /// The `log` target of session lines (what JSON calls `"event"`).
 pub const TARGET: &str = "session";
 
+/// A listener's address as logged: `-` when unknown.
+struct Listener(Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// What is known about a session while it runs.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -83,13 +95,10 @@ impl Session {
     /// Writes the session line (at `info`) of the session between `ends`.
     pub(crate) fn log(&self, ends: Ends) {
         let secs = self.started.elapsed().as_secs_f64();
-        let listener = ends
-            .local
-            .map_or_else(|| "-".to_string(), |a| a.to_string());
         log::info!(
             target: TARGET,
-            client = ends.peer.to_string(),
-            listener = listener,
+            client:% = ends.peer,
+            listener:% = Listener(ends.local),
             protocol = "tcp",
             duration_s = (secs * 1e3).round() / 1e3,
             received = self.received,

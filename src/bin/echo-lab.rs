@@ -209,6 +209,8 @@ fn real_main() -> i32 {
     daemon.log_listening();
     daemon.announce_ready();
     let code = daemon.run(rx);
+    // Session lines still in the log's buffer.
+    log::logger().flush();
     if let Some(p) = &args.pidfile {
         // The pidfile says "running": it must not outlive the process.
         let _ = std::fs::remove_file(p);
