@@ -20,7 +20,7 @@
 //! so they never leak to a child, and this must run before any thread
 //! starts (changing the environment is only sound then).
 
-use std::net::{TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{FromRawFd, RawFd};
 
 use socket2::{Socket, Type};
@@ -30,10 +30,11 @@ use crate::notify::FDSTORE_NAME;
 /// Sockets received from the service manager.
 #[derive(Debug, Default)]
 pub struct Inherited {
-    /// From a `.socket` unit: `ListenStream=`.
-    pub activated: Vec<TcpListener>,
-    /// From a `.socket` unit: `ListenDatagram=`.
-    pub datagram: Vec<UdpSocket>,
+    /// From a `.socket` unit: `ListenStream=`, with its
+    /// `FileDescriptorName=`.
+    pub activated: Vec<(String, TcpListener)>,
+    /// From a `.socket` unit: `ListenDatagram=`, with its name.
+    pub datagram: Vec<(String, UdpSocket)>,
     /// From our own fd store.
     pub stored: Vec<TcpListener>,
 }
@@ -56,8 +57,8 @@ pub unsafe fn take() -> Inherited {
     for (fd, name) in fds {
         match classify(fd) {
             Some(Passed::Stream(l)) if name == FDSTORE_NAME => out.stored.push(l),
-            Some(Passed::Stream(l)) => out.activated.push(l),
-            Some(Passed::Datagram(s)) => out.datagram.push(s),
+            Some(Passed::Stream(l)) => out.activated.push((name, l)),
+            Some(Passed::Datagram(s)) => out.datagram.push((name, s)),
             None => log::warn!("fd {fd} ({name}) passed by the service manager is neither a listening TCP socket nor a bound UDP socket; ignored"),
         }
     }
@@ -92,5 +93,102 @@ fn classify(fd: RawFd) -> Option<Passed> {
         Some(Passed::Datagram(socket.into()))
     } else {
         None
+    }
+}
+
+/// Which listener an activated socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `host`/`port` (TCP) or `udp` (UDP): the unit decides the address.
+    Main,
+    /// The `[[listen]]` table at this index.
+    Table(usize),
+}
+
+/// A `[[listen]]` table as matching sees it: its name, what its address
+/// resolves to, and whether it has the socket's protocol.
+pub struct Candidate<'a> {
+    pub name: Option<&'a str>,
+    pub addrs: Vec<SocketAddr>,
+    pub same_protocol: bool,
+}
+
+/// Matches an activated socket to a listener: the table whose `name` is
+/// the socket's `FileDescriptorName=`, else the table whose address it is
+/// bound to; a socket with the unit's default name (`NAME.socket`, or
+/// none) and no table serves as `host`/`port` (or `udp`). A socket with a
+/// name of its own that no table claims is an error: the unit and the
+/// config disagree, and serving it as something else would hide that.
+pub fn assign(
+    name: &str,
+    addr: Option<SocketAddr>,
+    tables: &[Candidate<'_>],
+) -> Result<Role, String> {
+    let by_name = tables.iter().position(|t| t.name == Some(name));
+    let by_addr = || {
+        tables
+            .iter()
+            .position(|t| t.same_protocol && addr.is_some_and(|a| t.addrs.contains(&a)))
+    };
+    if let Some(i) = by_name {
+        if !tables[i].same_protocol {
+            return Err(format!(
+                "the socket named '{name}' passed by the service manager is not of listen[{i}]'s protocol"
+            ));
+        }
+        return Ok(Role::Table(i));
+    }
+    if let Some(i) = by_addr() {
+        return Ok(Role::Table(i));
+    }
+    if name.is_empty() || name == "unknown" || name.ends_with(".socket") {
+        return Ok(Role::Main);
+    }
+    let at = addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+    Err(format!(
+        "the service manager passed a socket named '{name}' ({at}) that no [[listen]] table claims (name = \"{name}\")"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table<'a>(name: Option<&'a str>, addr: &str, same: bool) -> Candidate<'a> {
+        Candidate {
+            name,
+            addrs: vec![addr.parse().expect("addr")],
+            same_protocol: same,
+        }
+    }
+
+    #[test]
+    fn sockets_go_to_their_table_by_name_then_address_else_to_host_port() {
+        let tables = [
+            table(Some("proxied"), "127.0.0.1:7008", true),
+            table(None, "127.0.0.1:7009", true),
+            table(Some("dgram"), "127.0.0.1:7010", false),
+        ];
+        let a = |s: &str| Some(s.parse().expect("addr"));
+        assert_eq!(
+            assign("proxied", a("0.0.0.0:99"), &tables),
+            Ok(Role::Table(0))
+        );
+        assert_eq!(
+            assign("echo-lab.socket", a("127.0.0.1:7009"), &tables),
+            Ok(Role::Table(1))
+        );
+        assert_eq!(
+            assign("echo-lab.socket", a("0.0.0.0:7"), &tables),
+            Ok(Role::Main)
+        );
+        assert_eq!(assign("unknown", a("0.0.0.0:7"), &tables), Ok(Role::Main));
+        let err = assign("extra", a("0.0.0.0:7"), &tables).unwrap_err();
+        assert!(
+            err.contains("'extra'") && err.contains("no [[listen]] table"),
+            "{err}"
+        );
+        let err = assign("dgram", a("0.0.0.0:7"), &tables).unwrap_err();
+        assert!(err.contains("protocol"), "{err}");
     }
 }

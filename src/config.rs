@@ -161,6 +161,10 @@ section! {
         proxy_protocol: bool = false, Flag, Live;
         /// Who may send a PROXY header: addresses and CIDRs of the proxies.
         proxy_trusted: Vec<ipnet::IpNet> = Vec::new(), Cidrs, Live;
+        /// Under socket activation: the `FileDescriptorName=` of the
+        /// socket unit's socket that serves this table.
+        name: Option<String> = None,
+            Optional(NonEmpty("must be a FileDescriptorName= of the socket unit")), Live;
     }
 }
 
@@ -727,6 +731,7 @@ mod change_report {
                 protocol: Protocol::Udp,
                 proxy_protocol: false,
                 proxy_trusted: Vec::new(),
+                name: None,
             }],
             metrics_listen: Some("127.0.0.1:9707".parse().unwrap()),
             log: LogConfig {

@@ -14,6 +14,7 @@
 //! | `connection` | one client: echo, backpressure, closing |
 //! | [`session`] | one session's record and its log line |
 //! | [`protocol`] | what bytes mean: `disconnect`, notices |
+//! | [`proxy`] | the PROXY protocol header (v1, v2) on listeners behind a proxy |
 //! | `timeouts` | O(1) idle deadlines (a FIFO per timeout value) |
 //! | [`affinity`] | CPUs: pinning, arrival CPU, the placement policy |
 //! | [`server`] | starting, reloading and draining the whole |
@@ -52,7 +53,7 @@ pub mod net;
 pub mod notify;
 pub(crate) mod pool;
 pub mod protocol;
-pub(crate) mod proxy;
+pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod sockets;

@@ -28,10 +28,10 @@ use ppp::{v1, v2, HeaderResult, PartialResult};
 
 /// The longest header accepted: v1 headers are at most 107 bytes; v2
 /// headers carry addresses and TLVs, which proxies keep small.
-pub(crate) const MAX_HEADER: usize = 4096;
+pub const MAX_HEADER: usize = 4096;
 
 /// How long a connection on a PROXY listener may take to send its header.
-pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest v1 line, CRLF included (the specification's bound).
 const V1_MAX: usize = 107;
@@ -45,7 +45,7 @@ const V2_FIXED: usize = 16;
 
 /// What the bytes received so far amount to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Parsed {
+pub enum Parsed {
     /// Could still become a header: read on.
     Incomplete,
     /// A whole header of `len` bytes (what follows is the client's).
@@ -60,7 +60,7 @@ pub(crate) enum Parsed {
 }
 
 /// Parses the start of a connection on a PROXY listener.
-pub(crate) fn parse(buf: &[u8]) -> Parsed {
+pub fn parse(buf: &[u8]) -> Parsed {
     if let Some(reason) = never_a_header(buf) {
         return Parsed::Invalid(reason);
     }

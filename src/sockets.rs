@@ -4,11 +4,13 @@
 //! options the accept loop applies per listener (the PROXY protocol).
 //!
 //! Each wanted address is a [`Want`]. [`TcpSockets::open`] makes the set at
-//! start: from the sockets the service manager passed, matched to the
-//! wanted addresses by their local address (socket activation: any socket
-//! that matches no `[[listen]]` table serves as `host`/`port`, which the
-//! unit then decides; the fd store: a stored socket serves the address it
-//! is bound to, and is closed if none wants it), else bound now.
+//! start from the sockets the daemon stored in the fd store (a stored
+//! socket serves the address it is bound to, and is closed if none wants
+//! it), binding the rest. [`TcpSockets::from_unit`] takes a `.socket`
+//! unit's sockets instead, each matched to its listener by
+//! `FileDescriptorName=` or address ([`activation::assign`]); one with the
+//! unit's default name serves as `host`/`port`, whose address the unit
+//! then decides, and one with a name no table claims is an error.
 //! [`TcpSockets::prepare`] does everything a reload can fail at — binding
 //! new addresses, listen(2) again with a new backlog — and keeps a
 //! duplicate of each socket whose address did not change, so nothing
@@ -22,6 +24,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use crate::activation::{self, Candidate, Role};
 use crate::config::{Config, Endpoint, Protocol};
 use crate::listener::Listening;
 use crate::net;
@@ -81,40 +84,69 @@ pub struct TcpSockets {
 }
 
 impl TcpSockets {
-    /// The sockets for `config` at start: `inherited` ones where they
-    /// match (all of them when `activated`), the rest bound now.
-    pub fn open(
-        config: &Config,
-        inherited: Vec<TcpListener>,
-        activated: bool,
-    ) -> Result<TcpSockets, SocketError> {
-        let mut spare = inherited;
-        let wants = wanted(config);
-        let mut bound = Vec::with_capacity(wants.len());
-        for (i, want) in wants.into_iter().enumerate() {
-            if activated && i == 0 {
-                continue; // host/port: the unit decides (below)
-            }
+    /// The sockets for `config` at start, not activated: those stored in
+    /// the fd store where they match a wanted address, the rest bound now.
+    pub fn open(config: &Config, stored: Vec<TcpListener>) -> Result<TcpSockets, SocketError> {
+        let mut spare = stored;
+        let mut bound = Vec::new();
+        for want in wanted(config) {
             let mine = take_matching(&mut spare, &want.endpoint);
-            let sockets = if !mine.is_empty() {
-                mine
-            } else if activated {
-                continue; // the unit passed nothing for this table
-            } else {
+            let sockets = if mine.is_empty() {
                 bind(&want.endpoint, config.backlog)?
+            } else {
+                mine
             };
             bound.push((want, sockets));
         }
-        if activated {
-            let main = wanted(config).swap_remove(0);
-            bound.insert(0, (main, std::mem::take(&mut spare)));
-        } else if !spare.is_empty() {
+        if !spare.is_empty() {
             log::info!(
                 "closing {} stored listening socket(s) the config no longer names",
                 spare.len()
             );
         }
-        Ok(TcpSockets { bound, activated })
+        Ok(TcpSockets {
+            bound,
+            activated: false,
+        })
+    }
+
+    /// The sockets a `.socket` unit passed, each serving the listener
+    /// [`activation::assign`] matches it to (its name, else its address,
+    /// else `host`/`port`); an error names a socket nothing claims.
+    pub fn from_unit(
+        config: &Config,
+        passed: Vec<(String, TcpListener)>,
+    ) -> Result<TcpSockets, String> {
+        let wants = wanted(config);
+        let tables = candidates(config, Protocol::Tcp);
+        // wants[0] is host/port; wants[1..] the TCP tables in file order.
+        let tcp_index: Vec<usize> = config
+            .listen
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.protocol == Protocol::Tcp)
+            .map(|(i, _)| i)
+            .collect();
+        let mut per_want: Vec<Vec<TcpListener>> = wants.iter().map(|_| Vec::new()).collect();
+        for (name, socket) in passed {
+            let role = activation::assign(&name, socket.local_addr().ok(), &tables)?;
+            let slot = match role {
+                Role::Main => 0,
+                Role::Table(t) => 1 + tcp_index.iter().position(|&i| i == t).unwrap_or(0),
+            };
+            per_want[slot].push(socket);
+        }
+        let bound = wants
+            .into_iter()
+            .zip(per_want)
+            .enumerate()
+            .filter(|(i, (_, sockets))| *i == 0 || !sockets.is_empty())
+            .map(|(_, pair)| pair)
+            .collect();
+        Ok(TcpSockets {
+            bound,
+            activated: true,
+        })
     }
 
     /// True if the sockets came from socket activation.
@@ -244,6 +276,20 @@ fn duplicate(sockets: &[TcpListener]) -> Result<Vec<TcpListener>, SocketError> {
         .map(|s| s.try_clone())
         .collect::<io::Result<_>>()
         .map_err(SocketError::Backlog)
+}
+
+/// The `[[listen]]` tables as activation matching sees them; `protocol`
+/// is the passed socket's.
+pub fn candidates(config: &Config, protocol: Protocol) -> Vec<Candidate<'_>> {
+    config
+        .listen
+        .iter()
+        .map(|l| Candidate {
+            name: l.name.as_deref(),
+            addrs: net::resolve(&l.address.host, l.address.port).unwrap_or_default(),
+            same_protocol: l.protocol == protocol,
+        })
+        .collect()
 }
 
 /// Takes from `spare` the sockets bound to what `endpoint` resolves to

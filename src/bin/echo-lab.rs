@@ -6,11 +6,12 @@
 //! happens before any thread exists; signal handlers are installed before
 //! threads start.
 
+use std::net::UdpSocket;
 use std::path::PathBuf;
 
 use clap::Parser;
 use echo_lab::activation::{self, Inherited};
-use echo_lab::config::{Config, LogTarget};
+use echo_lab::config::{Config, LogTarget, Protocol};
 use echo_lab::control::{self, Access};
 use echo_lab::daemon::{self, ConfigSource, Daemon};
 use echo_lab::notify::Notifier;
@@ -95,13 +96,20 @@ fn real_main() -> i32 {
     };
     // SAFETY: no other thread exists yet.
     let mut inherited = unsafe { activation::take() };
-    let datagram = std::mem::take(&mut inherited.datagram);
+    let datagram = match udp_activated(&config, std::mem::take(&mut inherited.datagram)) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("{e}");
+            return EX_CONFIG;
+        }
+    };
     let any_activated = !inherited.activated.is_empty() || !datagram.is_empty();
     let sockets = match listeners(&config, inherited, any_activated) {
         Ok(x) => x,
         Err(e) => {
             log::error!("{e}");
-            return EX_OSERR;
+            // Activated: nothing is bound, the unit and the config disagree.
+            return if any_activated { EX_CONFIG } else { EX_OSERR };
         }
     };
     let activated = sockets.activated();
@@ -261,14 +269,28 @@ fn check(
 /// every address, TCP and UDP.
 fn listeners(config: &Config, inherited: Inherited, activated: bool) -> Result<TcpSockets, String> {
     if activated {
-        return TcpSockets::open(config, inherited.activated, true).map_err(|e| e.to_string());
+        return TcpSockets::from_unit(config, inherited.activated);
     }
     if !inherited.stored.is_empty() {
         log::info!(
             "reusing the listening sockets kept by the service manager where they match the config"
         );
     }
-    TcpSockets::open(config, inherited.stored, false).map_err(|e| e.to_string())
+    TcpSockets::open(config, inherited.stored).map_err(|e| e.to_string())
+}
+
+/// The `ListenDatagram=` sockets a unit passed, once each is known to
+/// serve `udp` or a UDP `[[listen]]` table (all are served alike); a
+/// socket with a name no table claims is an error.
+fn udp_activated(
+    config: &Config,
+    passed: Vec<(String, UdpSocket)>,
+) -> Result<Vec<UdpSocket>, String> {
+    let tables = echo_lab::sockets::candidates(config, Protocol::Udp);
+    passed
+        .into_iter()
+        .map(|(name, s)| activation::assign(&name, s.local_addr().ok(), &tables).map(|_| s))
+        .collect()
 }
 
 fn control_access(config: &Config) -> Result<Access, String> {
