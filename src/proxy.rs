@@ -67,8 +67,17 @@ pub fn parse(buf: &[u8]) -> Parsed {
     if buf.starts_with(V1_PREFIX) || (buf.len() < V1_PREFIX.len() && V1_PREFIX.starts_with(buf)) {
         // v1 is a line: ppp reads a cut-off line as a bad one ("127.0" is
         // no address), so it gets the line only once it is whole.
-        return match memchr::memmem::find(buf, b"\r\n") {
-            Some(end) => v1_line(&buf[..end + 2]),
+        // The line ends at its first CR, which must be followed by LF
+        // (ppp's own reading of where a v1 header ends).
+        return match memchr::memchr(b'\r', buf) {
+            Some(cr) if cr + 1 >= V1_MAX => {
+                Parsed::Invalid(format!("PROXY v1 line longer than {V1_MAX} bytes"))
+            }
+            Some(cr) => match buf.get(cr + 1) {
+                None => Parsed::Incomplete,
+                Some(b'\n') => v1_line(&buf[..cr + 2]),
+                Some(_) => Parsed::Invalid("PROXY v1 line not ended by CRLF".into()),
+            },
             None if buf.len() >= V1_MAX => {
                 Parsed::Invalid(format!("PROXY v1 line longer than {V1_MAX} bytes"))
             }
@@ -227,6 +236,26 @@ mod tests {
                 assert_eq!(parse(&h[..n]), Parsed::Incomplete, "prefix of {n} bytes");
             }
         }
+    }
+
+    #[test]
+    fn a_v1_line_ends_at_its_first_cr() {
+        // Found by fuzzing: a CR not followed by LF inside an UNKNOWN line,
+        // and the LF only later. The header must be judged the same alone.
+        let input = b"PROXY UNKNOWN :;:\0\x009007PROX 0\xc5\x9b\xc5\x9b4107:OXY \n\r7\rJ\r\n";
+        let got = parse(input);
+        assert!(
+            matches!(got, Parsed::Invalid(ref m) if m.contains("CRLF")),
+            "{got:?}"
+        );
+        let ok = b"PROXY UNKNOWN anything at all\r\nrest";
+        assert_eq!(
+            parse(ok),
+            Parsed::Header {
+                len: ok.len() - 4,
+                source: None
+            }
+        );
     }
 
     #[test]
