@@ -47,22 +47,10 @@ fn one_on_each(d: &Daemon, base: &[u64]) -> Vec<TcpStream> {
     conns
 }
 
-/// Rewrites the config and reloads; returns the reload's log line.
-fn reload(d: &Daemon, config: &str, expect: &str) -> String {
-    std::fs::write(
-        d.config_path(),
-        format!("host = \"127.0.0.1\"\nport = 0\n{config}"),
-    )
-    .expect("rewrite config");
-    d.signal(libc::SIGHUP);
-    d.wait_for_log(expect, IO_TIMEOUT)
-}
-
 #[test]
 fn a_reload_that_grows_the_pool_gives_the_new_workers_the_new_idle_timeout_and_pending_cap() {
     let d = Daemon::start("pool_size = 1\nidle_timeout = 0\ncpu_affinity = false\n");
-    let line = reload(
-        &d,
+    let line = d.reload_with(
         "pool_size = 2\nidle_timeout = 3\nmax_pending_bytes = 67108864\ncpu_affinity = false\n",
         "pool_size: 1 -> 2",
     );

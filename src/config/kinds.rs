@@ -256,33 +256,24 @@ impl Kind<Vec<ipnet::IpNet>> for Cidrs {
         key: &str,
         r: &mut Reader<'_>,
     ) -> Option<Vec<ipnet::IpNet>> {
-        let DeValue::Array(items) = value.get_ref() else {
-            r.with_serde(value, key, |d| {
-                serde::Deserializer::deserialize_any(d, Refuse("an array of addresses or CIDRs"))
-            })?;
-            return None;
-        };
-        let mut out = Vec::with_capacity(items.len());
-        let mut ok = true;
-        for (i, item) in items.iter().enumerate() {
-            let at = format!("{key}[{i}]");
-            let Some(text) = r.deserialize::<String>(item, &at) else {
-                ok = false;
-                continue;
-            };
-            match parse_net(text.trim()) {
-                Some(net) => out.push(net),
-                None => {
+        read_array(
+            value,
+            key,
+            r,
+            "an array of addresses or CIDRs",
+            |item, at, r| {
+                let text = r.deserialize::<String>(item, at)?;
+                let net = parse_net(text.trim());
+                if net.is_none() {
                     r.fail(
-                        item,
-                        &at,
-                        format!("\"{text}\" is not an address or CIDR (like \"192.0.2.0/24\" or \"::1\")"),
-                    );
-                    ok = false;
+                    item,
+                    at,
+                    format!("\"{text}\" is not an address or CIDR (like \"192.0.2.0/24\" or \"::1\")"),
+                );
                 }
-            }
-        }
-        ok.then_some(out)
+                net
+            },
+        )
     }
 
     fn render(&self, value: &Vec<ipnet::IpNet>) -> Rendered {
@@ -325,27 +316,42 @@ pub(super) struct Tables;
 
 impl<S: Section + PartialEq> Kind<Vec<S>> for Tables {
     fn read(&self, value: &Spanned<DeValue<'_>>, key: &str, r: &mut Reader<'_>) -> Option<Vec<S>> {
-        let DeValue::Array(items) = value.get_ref() else {
-            r.with_serde(value, key, |d| {
-                serde::Deserializer::deserialize_any(d, Refuse("an array of tables"))
-            })?;
-            return None;
-        };
-        let mut out = Vec::with_capacity(items.len());
-        let mut ok = true;
-        for (i, item) in items.iter().enumerate() {
-            let at = format!("{key}[{i}]");
-            match expect_table(item, &at, r) {
-                Some(table) => out.push(S::read(table, &at, r)),
-                None => ok = false,
-            }
-        }
-        ok.then_some(out)
+        read_array(value, key, r, "an array of tables", |item, at, r| {
+            let table = expect_table(item, at, r)?;
+            Some(S::read(table, at, r))
+        })
     }
 
     fn render(&self, value: &Vec<S>) -> Rendered {
         Rendered::Tables(value.iter().map(|s| Rendered::Table(s.render())).collect())
     }
+}
+
+/// Reads an array element by element (element `i` named `key[i]`), every
+/// element's problems reported; `None` if it is not an array (`what` says
+/// what it should be) or any element was refused.
+fn read_array<T>(
+    value: &Spanned<DeValue<'_>>,
+    key: &str,
+    r: &mut Reader<'_>,
+    what: &'static str,
+    mut item: impl FnMut(&Spanned<DeValue<'_>>, &str, &mut Reader<'_>) -> Option<T>,
+) -> Option<Vec<T>> {
+    let DeValue::Array(items) = value.get_ref() else {
+        r.with_serde(value, key, |d| {
+            serde::Deserializer::deserialize_any(d, Refuse(what))
+        })?;
+        return None;
+    };
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, it) in items.iter().enumerate() {
+        match item(it, &format!("{key}[{i}]"), r) {
+            Some(x) => out.push(x),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 /// `value` as a table, or a refusal in serde's words ("invalid type:

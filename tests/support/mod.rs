@@ -738,6 +738,30 @@ impl Daemon {
         }
     }
 
+    /// How often the daemon's `worker` threads have blocked (voluntary
+    /// context switches, from /proc): a worker sleeping in `epoll_wait`
+    /// blocks once per message it waits for, one busy polling does not.
+    /// Unlike a CPU share, the count does not depend on what else the
+    /// machine runs.
+    pub fn worker_blocks(&self) -> u64 {
+        let dir = format!("/proc/{}/task", self.pid());
+        let Ok(tasks) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "worker")
+            })
+            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+            .filter_map(|st| {
+                st.lines()
+                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+            })
+            .sum()
+    }
+
     /// The names of the daemon's threads, from /proc.
     pub fn thread_names(&self) -> Vec<String> {
         let dir = format!("/proc/{}/task", self.pid());
@@ -765,6 +789,21 @@ impl Daemon {
             "fds {} -> {}; threads {} -> {}",
             base.fds, now.fds, base.threads, now.threads
         )
+    }
+}
+
+impl Daemon {
+    /// Rewrites the config (`config` after an ephemeral loopback host and
+    /// port), sends SIGHUP and waits for the log line containing `expect`,
+    /// which it returns.
+    pub fn reload_with(&self, config: &str, expect: &str) -> String {
+        std::fs::write(
+            self.config_path(),
+            format!("host = \"127.0.0.1\"\nport = 0\n{config}"),
+        )
+        .expect("rewrite config");
+        self.signal(libc::SIGHUP);
+        self.wait_for_log(expect, IO_TIMEOUT)
     }
 }
 
