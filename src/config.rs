@@ -58,9 +58,12 @@ use toml::de::DeTable;
 
 use diagnostic::Source;
 use kinds::{
-    AbsPath, Address, Cidrs, Flag, Host, Int, ListenAddr, Micros, NonEmpty, Optional, Seconds,
-    SocketPath, Table, Tables, Word,
+    AbsPath, Address, Cidrs, Flag, Host, Int, ListenAddr, Micros, NonEmpty, Optional, Rate, Rules,
+    Seconds, SocketPath, Table, Tables, Word,
 };
+
+pub use crate::admission::rate::ConnRate;
+pub use crate::admission::rules::Rule;
 use section::{Reader, Rendered, Section};
 
 pub use diagnostic::{ConfigError, Diagnostic};
@@ -117,6 +120,23 @@ section! {
         /// Source addresses the UDP rate limit tracks at once (82 bytes
         /// each); when full, the one first seen longest ago gives way.
         udp_rate_sources: usize = 16_384, Int(1, 1 << 20), Live;
+        /// Who may connect: `allow`/`deny` rules, first match wins; empty
+        /// (or absent) = everyone. A `[[listen]]` table's own replaces it.
+        access: Vec<Rule> = Vec::new(), Rules, Live;
+        /// Open connections per source; past it the busy notice; 0 = no cap.
+        max_connections_per_source: usize = 0, Int(0, 1_000_000), Live;
+        /// New connections per source (`"N/s"`, `"N/m"`, `burst B`); 0 = off.
+        connection_rate_per_source: ConnRate = ConnRate::OFF, Rate, Live;
+        /// Bits of an IPv4 address that make one source.
+        source_prefix_v4: u8 = 32, Int(0, 32), Live;
+        /// Bits of an IPv6 address that make one source.
+        source_prefix_v6: u8 = 64, Int(0, 128), Live;
+        /// Sources tracked at once (at least `max_connections`); when full
+        /// an idle one gives way.
+        source_table_size: usize = 65_536, Int(1, 1 << 24), Live;
+        /// Count and log what the per-source limits would refuse, refuse
+        /// nothing.
+        limits_dry_run: bool = false, Flag, Live;
         /// Unix control socket path; `None` = the platform default.
         control_socket: Option<PathBuf> = None, Optional(SocketPath), AtRestart;
         /// Group (besides root and the daemon's own user) allowed on the
@@ -165,6 +185,8 @@ section! {
         /// socket unit's socket that serves this table.
         name: Option<String> = None,
             Optional(NonEmpty("must be a FileDescriptorName= of the socket unit")), Live;
+        /// This listener's access rules, replacing the top-level `access`.
+        access: Option<Vec<Rule>> = None, Optional(Rules), Live;
     }
 }
 
@@ -526,6 +548,96 @@ mod tests {
     }
 
     #[test]
+    fn access_rules_parse_in_order() {
+        let c = Config::parse(
+            "access = [\"allow 192.0.2.0/24\", \"deny 192.0.2.7\", \"deny all\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let got: Vec<String> = c.access.iter().map(|r| r.to_string()).collect();
+        assert_eq!(got, ["allow 192.0.2.0/24", "deny 192.0.2.7", "deny all"]);
+        assert!(Config::default().access.is_empty());
+    }
+
+    #[test]
+    fn a_bad_rule_is_located_at_its_own_place() {
+        let d = err("\naccess = [\"allow 10.0.0.0/8\", \"deny all\",\n  \"permit 10.1.0.0/16\"]\n");
+        assert_eq!(
+            (d[0].line, d[0].column, d[0].key.as_deref()),
+            (3, 3, Some("access[2]"))
+        );
+        assert!(
+            d[0].message.contains("not allow or deny"),
+            "{}",
+            d[0].message
+        );
+        let d = err("access = [\"deny 10.0.0.1/8\", 5]\n");
+        assert_eq!(d.len(), 2);
+        assert_eq!((d[0].column, d[0].key.as_deref()), (11, Some("access[0]")));
+        assert!(
+            d[0].message.contains("did you mean 10.0.0.0/8"),
+            "{}",
+            d[0].message
+        );
+        assert_eq!(d[1].key.as_deref(), Some("access[1]"));
+        let d = err("access = \"deny all\"\n");
+        assert!(
+            d[0].message.contains("expected an array of rule strings"),
+            "{}",
+            d[0].message
+        );
+    }
+
+    #[test]
+    fn a_listen_table_has_its_own_rules() {
+        let c = Config::parse(
+            "access = [\"deny all\"]\n[[listen]]\naddress = \"127.0.0.1:7008\"\nprotocol = \"udp\"\naccess = [\"allow all\"]\n\
+             [[listen]]\naddress = \"127.0.0.1:7009\"\nprotocol = \"udp\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.listen[0].access.as_ref().map(|a| a.len()), Some(1));
+        assert_eq!(c.listen[1].access, None);
+        let d = err("[[listen]]\naddress = \"127.0.0.1:7008\"\nprotocol = \"udp\"\naccess = [\"deny 300.0.0.1\"]\n");
+        assert_eq!(
+            (d[0].line, d[0].column, d[0].key.as_deref()),
+            (4, 11, Some("listen[0].access[0]"))
+        );
+    }
+
+    #[test]
+    fn per_source_limits_parse_and_are_checked() {
+        let c = Config::parse(
+            "max_connections_per_source = 5\nconnection_rate_per_source = \"20/s burst 40\"\n\
+             source_prefix_v4 = 24\nsource_prefix_v6 = 56\nsource_table_size = 1000\nlimits_dry_run = true\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.max_connections_per_source, 5);
+        assert_eq!(c.connection_rate_per_source.to_string(), "20/s burst 40");
+        assert_eq!((c.source_prefix_v4, c.source_prefix_v6), (24, 56));
+        assert!(c.limits_dry_run);
+        let rate = |t: &str| {
+            Config::parse(t, "t.toml")
+                .unwrap()
+                .connection_rate_per_source
+        };
+        assert_eq!(rate("connection_rate_per_source = 0\n"), ConnRate::OFF);
+        assert_eq!(rate("connection_rate_per_source = \"0\"\n"), ConnRate::OFF);
+        assert_eq!(rate("connection_rate_per_source = \"30/m\"\n").per_secs, 60);
+        let d = err("connection_rate_per_source = \"20 per second\"\n");
+        assert_eq!(
+            (d[0].column, d[0].key.as_deref()),
+            (30, Some("connection_rate_per_source"))
+        );
+        let d = err("connection_rate_per_source = 20\n");
+        assert!(d[0].message.contains("no unit"), "{}", d[0].message);
+        let d = err("source_prefix_v4 = 33\nsource_prefix_v6 = 129\n");
+        assert_eq!(d.len(), 2);
+        assert!(d[0].message.contains("allowed: 0 to 32"));
+    }
+
+    #[test]
     fn syntax_error_is_located() {
         let d = err("port = 7007\nhost = \n");
         assert_eq!(d[0].line, 2);
@@ -721,6 +833,16 @@ mod change_report {
             udp_rate_packets: 10,
             udp_rate_bytes: 1000,
             udp_rate_sources: 8,
+            access: vec![
+                Rule::parse("allow 192.0.2.0/24").unwrap(),
+                Rule::parse("deny all").unwrap(),
+            ],
+            max_connections_per_source: 4,
+            connection_rate_per_source: ConnRate::parse("20/s").unwrap(),
+            source_prefix_v4: 24,
+            source_prefix_v6: 48,
+            source_table_size: 1000,
+            limits_dry_run: true,
             control_socket: Some("/tmp/x.sock".into()),
             control_group: Some("adm".into()),
             listen: vec![Listen {
@@ -732,6 +854,7 @@ mod change_report {
                 proxy_protocol: false,
                 proxy_trusted: Vec::new(),
                 name: None,
+                access: Some(vec![Rule::parse("deny ::1").unwrap()]),
             }],
             metrics_listen: Some("127.0.0.1:9707".parse().unwrap()),
             log: LogConfig {
@@ -773,12 +896,24 @@ mod change_report {
                 ("udp_rate_packets", "100", "10", Live),
                 ("udp_rate_bytes", "65536", "1000", Live),
                 ("udp_rate_sources", "16384", "8", Live),
+                (
+                    "access",
+                    "[]",
+                    "[\"allow 192.0.2.0/24\", \"deny all\"]",
+                    Live
+                ),
+                ("max_connections_per_source", "0", "4", Live),
+                ("connection_rate_per_source", "0", "20/s", Live),
+                ("source_prefix_v4", "32", "24", Live),
+                ("source_prefix_v6", "64", "48", Live),
+                ("source_table_size", "65536", "1000", Live),
+                ("limits_dry_run", "false", "true", Live),
                 ("control_socket", "unset", "/tmp/x.sock", AtRestart),
                 ("control_group", "unset", "adm", AtRestart),
                 (
                     "listen",
                     "[]",
-                    "[{ address = \"[::1]:9\", protocol = \"udp\", proxy_protocol = false, proxy_trusted = [] }]",
+                    "[{ address = \"[::1]:9\", protocol = \"udp\", proxy_protocol = false, proxy_trusted = [], access = [\"deny ::1\"] }]",
                     Live
                 ),
                 ("metrics_listen", "unset", "127.0.0.1:9707", Live),
@@ -791,9 +926,9 @@ mod change_report {
         );
         // And back: the same keys, values swapped.
         let back = changes(&new, &old);
-        assert_eq!(back.len(), 23);
+        assert_eq!(back.len(), 30);
         assert_eq!(back[9].to_string(), "cpu_affinity: false -> true");
-        assert_eq!(back[19].to_string(), "log.target: syslog -> unset");
+        assert_eq!(back[26].to_string(), "log.target: syslog -> unset");
     }
 
     #[test]

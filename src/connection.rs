@@ -22,9 +22,11 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::Shutdown;
+use std::sync::Arc;
 
 use mio::net::TcpStream;
 
+use crate::admission::{Admission, Gate, Listener, SourceHold};
 use crate::affinity::Steer;
 use crate::protocol::{Detector, Notice, Scan};
 use crate::proxy::{self, Parsed};
@@ -75,6 +77,10 @@ pub(crate) enum HeaderOutcome {
     Accepted,
     /// Not a valid header: the connection must close.
     Refused(String),
+    /// A valid header naming a client the access rules or its source's
+    /// limits refuse (the admission logged it): closed at once, or after
+    /// the busy notice.
+    Denied,
 }
 
 /// Echo bytes not yet written, consumed from the front.
@@ -153,10 +159,15 @@ pub(crate) struct Connection {
     session: Session,
     /// Counts the connection as open while it lives.
     _open: Open,
+    /// Counts the connection in its source (per-source limits) while it
+    /// lives; set once the client's address is known.
+    source: Option<SourceHold>,
     /// Who it is between.
     ends: Ends,
     /// On a PROXY listener, until the header is read: the bytes so far.
     header: Option<Vec<u8>>,
+    /// On a PROXY listener: who judges the client the header names.
+    gate: Option<Arc<Gate>>,
 }
 
 impl Connection {
@@ -174,15 +185,24 @@ impl Connection {
             steer: Steer::placed_at(std::time::Instant::now()),
             session: Session::new(),
             _open: open,
+            source: None,
             ends,
             header: None,
+            gate: None,
         }
     }
 
     /// Makes the connection wait for a PROXY header before anything is
-    /// echoed (see [`crate::proxy`]).
-    pub(crate) fn expect_proxy_header(&mut self) {
+    /// echoed (see [`crate::proxy`]); `gate` then judges the client it
+    /// names, as the accept loop judges a direct client.
+    pub(crate) fn expect_proxy_header(&mut self, gate: Arc<Gate>) {
         self.header = Some(Vec::new());
+        self.gate = Some(gate);
+    }
+
+    /// Counts the connection in its source from now on.
+    pub(crate) fn hold_source(&mut self, hold: SourceHold) {
+        self.source = Some(hold);
     }
 
     /// True while the PROXY header has not arrived.
@@ -361,6 +381,10 @@ impl Connection {
                     if let Some(client) = source {
                         self.ends.peer = client;
                     }
+                    if let Some(step) = self.admit_client() {
+                        report.header = Some(HeaderOutcome::Denied);
+                        return Some(step);
+                    }
                     report.header = Some(HeaderOutcome::Accepted);
                     let rest = got.split_off(len);
                     if rest.is_empty() {
@@ -369,6 +393,26 @@ impl Connection {
                     return self.take(&rest, report);
                 }
             }
+        }
+    }
+
+    /// The access rules and the per-source limits for the client a PROXY
+    /// header named (the peer itself for a `LOCAL` header): `None` if it
+    /// is admitted, else the step that closes it — at once for a rule, after
+    /// the busy notice for a limit.
+    fn admit_client(&mut self) -> Option<Step> {
+        let gate = self.gate.take()?;
+        let client = self.ends.peer.ip();
+        if !gate.allows(client, self.ends.local.map(Listener::Tcp)) {
+            self.session.end(CloseReason::Proxy);
+            return Some(Step::Close);
+        }
+        match gate.admit(client) {
+            Admission::Admit(hold) => {
+                self.source = Some(hold);
+                None
+            }
+            Admission::Refuse(notice) => Some(self.finish(notice)),
         }
     }
 
@@ -407,7 +451,10 @@ impl Connection {
         self.session.end(match notice {
             Notice::Goodbye => CloseReason::Disconnect,
             Notice::Idle(_) => CloseReason::Idle,
-            Notice::Busy(_) | Notice::ShuttingDown => CloseReason::Drain,
+            Notice::Busy(_)
+            | Notice::SourceBusy(_)
+            | Notice::SourceRate { .. }
+            | Notice::ShuttingDown => CloseReason::Drain,
         });
         self.queue_notice(notice);
         self.phase = Phase::Closing;

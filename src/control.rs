@@ -1,6 +1,9 @@
 //! The control socket: how `echo-labctl status|reload|stop` talk to a
 //! running daemon, and who may.
 //!
+//! Requests: `status`, `reload`, `stop` and `sources` (the busiest
+//! sources, from [`crate::admission`]).
+//!
 //! A Unix stream socket, mode 0660, carrying one JSON request line and one
 //! JSON response line per connection. Access is checked twice: by the file
 //! mode (and group, with `control_group`), and for every connection by the
@@ -25,6 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::SourceView;
 use crate::daemon::{Event, Status};
 
 /// Largest request accepted, in bytes.
@@ -57,7 +61,20 @@ pub enum Request {
     Reload,
     /// Start the drain.
     Stop,
+    /// The busiest sources: most open connections, then most refusals.
+    Sources {
+        /// How many.
+        #[serde(default = "default_top")]
+        top: usize,
+    },
 }
+
+fn default_top() -> usize {
+    20
+}
+
+/// The most sources one `sources` answer lists.
+pub const MAX_TOP: usize = 10_000;
 
 /// A response line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -70,6 +87,9 @@ pub struct Response {
     /// For `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// For `sources`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<SourceView>>,
 }
 
 impl Response {
@@ -78,6 +98,7 @@ impl Response {
             ok: false,
             message: Some(message.into()),
             status: None,
+            sources: None,
         }
     }
 }
@@ -446,6 +467,7 @@ fn answer(stream: &UnixStream, events: &Sender<Event>) -> Response {
                     ok: true,
                     message: None,
                     status: Some(status),
+                    sources: None,
                 },
                 Err(_) => Response::error("no answer from the daemon"),
             }
@@ -460,6 +482,7 @@ fn answer(stream: &UnixStream, events: &Sender<Event>) -> Response {
                     ok: true,
                     message: Some(format!("reloaded: {summary}")),
                     status: None,
+                    sources: None,
                 },
                 Ok(Err(e)) => Response::error(e),
                 Err(_) => Response::error("no answer from the daemon"),
@@ -473,6 +496,25 @@ fn answer(stream: &UnixStream, events: &Sender<Event>) -> Response {
                 ok: true,
                 message: Some("draining".into()),
                 status: None,
+                sources: None,
+            }
+        }
+        Request::Sources { top } => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            if events
+                .send(Event::Sources(top.clamp(1, MAX_TOP), tx))
+                .is_err()
+            {
+                return Response::error("the daemon is shutting down");
+            }
+            match rx.recv_timeout(REPLY_TIMEOUT) {
+                Ok(sources) => Response {
+                    ok: true,
+                    message: None,
+                    status: None,
+                    sources: Some(sources),
+                },
+                Err(_) => Response::error("no answer from the daemon"),
             }
         }
     }

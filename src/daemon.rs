@@ -26,7 +26,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
-use crate::config::{format_duration, Config, ConfigError, LogTarget, Protocol, DEFAULT_PATH};
+use crate::admission::{Listener, SourceView};
+use crate::config::{
+    format_duration, Config, ConfigError, LogTarget, Protocol, Rule, DEFAULT_PATH,
+};
 use crate::metrics::{self, MetricsServer};
 use crate::net;
 use crate::notify::{borrow_all, Notifier};
@@ -96,6 +99,8 @@ pub enum Event {
     Status(Sender<Status>),
     /// Reopen the log file (SIGUSR1).
     ReopenLogs,
+    /// Report the `n` busiest sources (`echo-labctl sources`).
+    Sources(usize, Sender<Vec<SourceView>>),
 }
 
 /// Reload counts, for status and metrics.
@@ -256,7 +261,7 @@ impl Daemon {
                 "; udp on {}: {} echoed, {} dropped",
                 net::describe(&self.udp.local_addrs()),
                 u.echoed,
-                u.dropped_bad_source + u.dropped_rate + u.dropped_too_large
+                u.dropped_bad_source + u.dropped_rate + u.dropped_too_large + u.dropped_access
             ),
             None => String::new(),
         };
@@ -350,6 +355,9 @@ impl Daemon {
                     let _ = reply.send(self.status());
                 }
                 Ok(Event::ReopenLogs) => reopen_logs(),
+                Ok(Event::Sources(n, reply)) => {
+                    let _ = reply.send(self.server.gate().top(n));
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     if self.drain_started.is_none() {
@@ -484,7 +492,10 @@ impl Daemon {
             .udp
             .prepare(&wanted, limit)
             .map_err(|e| unchanged(&e))?;
+        let rules = listener_rules(&config, &prepared.addresses());
         let mut report = self.server.reload(config).map_err(|e| unchanged(&e))?;
+        // The new sockets' own rules are in force before they serve.
+        self.server.gate().set_overrides(true, rules);
         if let Err(e) = self.udp.apply(prepared) {
             log::error!("cannot change the UDP side: {e}; it serves as before");
         }
@@ -561,6 +572,31 @@ fn reopen_logs() {
         Ok(None) => log::info!("SIGUSR1: the log target is not a file; nothing to reopen"),
         Err(e) => log::error!("{e}; still writing to the old file"),
     }
+}
+
+/// The UDP listeners with access rules of their own: each `[[listen]]`
+/// UDP table that sets `access`, by the local addresses of its sockets
+/// (`udp`: each UDP address served and its sockets' local addresses). The
+/// TCP ones are the server's (`Server::reload`).
+pub fn listener_rules(
+    config: &Config,
+    udp: &[(UdpSpec, Vec<std::net::SocketAddr>)],
+) -> Vec<(Listener, Vec<Rule>)> {
+    let mut out = Vec::new();
+    for l in &config.listen {
+        let Some(rules) = &l.access else { continue };
+        if l.protocol != Protocol::Udp {
+            continue;
+        }
+        let spec = UdpSpec {
+            host: l.address.host.clone(),
+            port: l.address.port,
+        };
+        for (_, addrs) in udp.iter().filter(|(s, _)| *s == spec) {
+            out.extend(addrs.iter().map(|a| (Listener::Udp(*a), rules.clone())));
+        }
+    }
+    out
 }
 
 /// The UDP addresses and limits a config asks for. `tcp_port` is the port

@@ -9,6 +9,7 @@
 //! | [`config`] | the config file: keys, defaults, parsing, located errors |
 //! | [`net`] | binding listening sockets with a backlog |
 //! | `listener` | the accept loop: the only thread touching listeners |
+//! | [`admission`] | who may connect: access rules, per-source limits, the source table |
 //! | `pool` | the workers: their table, where each connection goes, resizing, replacing |
 //! | `worker` | a pool thread's event loop and the connections it owns |
 //! | `connection` | one client: echo, backpressure, closing |
@@ -35,6 +36,7 @@
 //! Modules without a link are internal (`pub(crate)`).
 
 pub mod activation;
+pub mod admission;
 pub mod affinity;
 pub mod bench;
 pub mod client;

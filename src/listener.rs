@@ -1,6 +1,7 @@
 //! The accept loop: the only thread that touches the listening sockets.
 //!
-//! It accepts connections as fast as the kernel hands them over, refuses
+//! It accepts connections as fast as the kernel hands them over, closes
+//! those the access rules refuse ([`crate::admission`]), refuses
 //! those beyond `max_connections` with a one-line busy notice, and hands
 //! the rest to the pool's [`Dealer`] in batches (which worker gets each is
 //! the pool's business: see [`crate::pool`]), with the CPU the connection
@@ -28,6 +29,7 @@ use ipnet::IpNet;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::admission::{Admission, Gate, Listener};
 use crate::affinity;
 use crate::connection::{Connection, Ends};
 use crate::pool::{Batch, Dealer};
@@ -117,6 +119,8 @@ struct Acceptor {
     inbox: Receiver<AcceptCommand>,
     dealer: Dealer,
     stats: Arc<ServerStats>,
+    /// Access rules and per-source limits.
+    gate: Arc<Gate>,
     max_connections: usize,
     /// When to retry accepting after a resource error.
     retry_at: Option<Instant>,
@@ -134,6 +138,7 @@ pub(crate) fn spawn(
     listeners: Vec<Listening>,
     dealer: Dealer,
     stats: Arc<ServerStats>,
+    gate: Arc<Gate>,
     max_connections: usize,
 ) -> io::Result<AcceptorHandle> {
     let poll = Poll::new()?;
@@ -145,6 +150,7 @@ pub(crate) fn spawn(
         inbox,
         dealer,
         stats,
+        gate,
         max_connections,
         retry_at: None,
         last_logged: None,
@@ -288,8 +294,12 @@ impl Acceptor {
         }
     }
 
-    /// Refuses a new connection when at the limit, else deals it (with the
-    /// CPU its packets arrive on, when workers are pinned).
+    /// Closes a connection the access rules refuse (at once, without a
+    /// word), refuses one past `max_connections` or its source's limits
+    /// with the busy notice, else deals it (with the CPU its packets
+    /// arrive on, when workers are pinned). On a PROXY listener the peer
+    /// is the proxy: the rules and limits judge the client once its header
+    /// names it (`Connection::expect_proxy_header`), in the worker.
     fn admit(
         &mut self,
         mut stream: mio::net::TcpStream,
@@ -305,6 +315,11 @@ impl Acceptor {
                 self.log_untrusted(&ends);
                 return;
             }
+        } else if !self
+            .gate
+            .allows(ends.peer.ip(), ends.local.map(Listener::Tcp))
+        {
+            return; // dropping the stream closes it
         }
         if self.stats.active.load(Relaxed) >= self.max_connections {
             self.stats.refused.fetch_add(1, Relaxed);
@@ -316,6 +331,18 @@ impl Acceptor {
             let _ = stream.shutdown(std::net::Shutdown::Write);
             return;
         }
+        let hold = if proxy.is_some() {
+            None
+        } else {
+            match self.gate.admit(ends.peer.ip()) {
+                Admission::Admit(hold) => Some(hold),
+                Admission::Refuse(notice) => {
+                    let _ = Connection::send_last_words(&mut stream, notice);
+                    let _ = stream.shutdown(std::net::Shutdown::Write);
+                    return;
+                }
+            }
+        };
         // Echo is interactive: never hold back a small write.
         let _ = stream.set_nodelay(true);
         // Asking the kernel costs a system call: only when workers are pinned.
@@ -325,8 +352,9 @@ impl Acceptor {
             None
         };
         let mut conn = Connection::new(stream, stats::Open::new(&self.stats), ends);
-        if proxy.is_some() {
-            conn.expect_proxy_header();
+        match hold {
+            Some(hold) => conn.hold_source(hold),
+            None => conn.expect_proxy_header(self.gate.clone()),
         }
         batch.deal(Box::new(conn), hint);
     }

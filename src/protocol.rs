@@ -37,6 +37,11 @@ pub enum Notice {
     Idle(Duration),
     /// The server is at `max_connections`.
     Busy(usize),
+    /// The client's source has `max_connections_per_source` open.
+    SourceBusy(usize),
+    /// The client's source is over `connection_rate_per_source`: `count`
+    /// new connections per `per_secs` seconds.
+    SourceRate { count: u32, per_secs: u32 },
     /// The daemon is draining (SIGTERM); the client may finish.
     ShuttingDown,
 }
@@ -50,6 +55,13 @@ impl Notice {
             Notice::Busy(max) => {
                 format!("busy: {max} connections already open, try again later")
             }
+            Notice::SourceBusy(max) => {
+                format!("busy: {max} connections from your address already open, try again later")
+            }
+            Notice::SourceRate { count, per_secs } => format!(
+                "busy: more than {count} new connections per {} from your address, try again later",
+                if *per_secs == 60 { "minute" } else { "second" }
+            ),
             Notice::ShuttingDown => "shutting down".to_string(),
         };
         format!("{NOTICE_PREFIX}{text}\r\n")
@@ -230,6 +242,18 @@ mod tests {
             "[echo-lab] idle for 60s, closing\r\n"
         );
         assert!(Notice::Busy(3).line().starts_with(NOTICE_PREFIX));
+        assert_eq!(
+            Notice::SourceBusy(4).line(),
+            "[echo-lab] busy: 4 connections from your address already open, try again later\r\n"
+        );
+        assert_eq!(
+            Notice::SourceRate {
+                count: 20,
+                per_secs: 1
+            }
+            .line(),
+            "[echo-lab] busy: more than 20 new connections per second from your address, try again later\r\n"
+        );
     }
 }
 

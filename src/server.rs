@@ -31,6 +31,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::admission::{Gate, Limits};
 use crate::config::{self, Apply, Config};
 use crate::listener::{self, AcceptCommand, AcceptorHandle};
 use crate::pool::{Pool, Prepared};
@@ -100,6 +101,9 @@ pub struct Server {
     pool: Pool,
     /// Counters shared with the accept loop and the connections.
     stats: Arc<ServerStats>,
+    /// Access rules and per-source limits (shared with the accept loop,
+    /// the UDP side and every admitted connection).
+    gate: Arc<Gate>,
     /// Set once draining.
     draining: Option<Instant>,
 }
@@ -111,6 +115,20 @@ struct Plan {
     sockets: Option<TcpSockets>,
     /// The pool's new size and settings, its new workers built.
     pool: Prepared,
+}
+
+/// The per-source limits a config asks for. The table holds at least
+/// `max_connections` sources, so sources with open connections alone
+/// can never fill it.
+fn limits_of(config: &Config) -> Limits {
+    Limits {
+        cap: config.max_connections_per_source,
+        rate: config.connection_rate_per_source,
+        dry_run: config.limits_dry_run,
+        prefix_v4: config.source_prefix_v4,
+        prefix_v6: config.source_prefix_v6,
+        capacity: config.source_table_size.max(config.max_connections),
+    }
 }
 
 fn settings_of(config: &Config) -> Settings {
@@ -128,6 +146,8 @@ impl Server {
     /// `activated` says the sockets came from socket activation.
     pub fn start(config: Config, sockets: TcpSockets) -> io::Result<Server> {
         let stats = Arc::new(ServerStats::default());
+        let gate = Arc::new(Gate::new(config.access.clone(), limits_of(&config)));
+        gate.set_overrides(false, sockets.access_rules());
         let pool = Pool::start(config.pool_size, settings_of(&config), config.cpu_affinity)?;
         // The workers exist before the accept loop gets its sockets, so
         // connections already queued on inherited sockets (socket
@@ -136,6 +156,7 @@ impl Server {
             sockets.listening()?,
             pool.dealer(),
             stats.clone(),
+            gate.clone(),
             config.max_connections,
         )?;
         Ok(Server {
@@ -144,6 +165,7 @@ impl Server {
             acceptor,
             pool,
             stats,
+            gate,
             draining: None,
         })
     }
@@ -173,7 +195,15 @@ impl Server {
 
     /// Merged counters.
     pub fn snapshot(&self) -> Snapshot {
-        self.pool.snapshot(&self.stats)
+        let mut s = self.pool.snapshot(&self.stats);
+        s.admission = self.gate.counts();
+        s
+    }
+
+    /// Who may connect: the rules, the per-source limits and the table
+    /// (the UDP side and `echo-labctl sources` use it too).
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
     }
 
     /// The counters that prove progress: the accept loop's and each
@@ -218,6 +248,10 @@ impl Server {
 
     /// Puts a prepared reload in force; cannot fail.
     fn apply(&mut self, plan: Plan, new: Config) {
+        // The new rules are in force before new sockets are served.
+        self.gate.set_default(new.access.clone(), limits_of(&new));
+        let sockets = plan.sockets.as_ref().unwrap_or(&self.sockets);
+        self.gate.set_overrides(false, sockets.access_rules());
         if let Some(sockets) = plan.sockets {
             match sockets.listening() {
                 Ok(theirs) => self.acceptor.send(AcceptCommand::SetListeners(theirs)),

@@ -1,7 +1,8 @@
 //! The TCP listening sockets: which addresses the config asks for
 //! (`host`/`port`, then every `[[listen]]` table with `protocol = "tcp"`),
 //! binding them, keeping their very sockets across a reload, and the
-//! options the accept loop applies per listener (the PROXY protocol).
+//! options the accept loop applies per listener (the PROXY protocol, the
+//! listener's own access rules).
 //!
 //! Each wanted address is a [`Want`]. [`TcpSockets::open`] makes the set at
 //! start from the sockets the daemon stored in the fd store (a stored
@@ -25,7 +26,8 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use crate::activation::{self, Candidate, Role};
-use crate::config::{Config, Endpoint, Protocol};
+use crate::admission::Listener;
+use crate::config::{Config, Endpoint, Protocol, Rule};
 use crate::listener::Listening;
 use crate::net;
 
@@ -36,6 +38,8 @@ pub(crate) struct Want {
     pub endpoint: Endpoint,
     /// With the PROXY protocol on: the proxies trusted to send a header.
     pub proxy: Option<Arc<Vec<IpNet>>>,
+    /// The table's own access rules, replacing the top-level ones.
+    pub access: Option<Vec<Rule>>,
 }
 
 /// The TCP addresses `config` asks for, `host`/`port` first.
@@ -46,6 +50,7 @@ pub(crate) fn wanted(config: &Config) -> Vec<Want> {
             port: config.port,
         },
         proxy: None,
+        access: None,
     };
     let extra = config
         .listen
@@ -54,6 +59,7 @@ pub(crate) fn wanted(config: &Config) -> Vec<Want> {
         .map(|l| Want {
             endpoint: l.address.clone(),
             proxy: l.proxy_protocol.then(|| Arc::new(l.proxy_trusted.clone())),
+            access: l.access.clone(),
         });
     std::iter::once(main).chain(extra).collect()
 }
@@ -232,6 +238,18 @@ impl TcpSockets {
             bound,
             activated: true,
         })
+    }
+
+    /// The listeners with access rules of their own (their `[[listen]]`
+    /// table's `access`), by the local addresses of their sockets.
+    pub(crate) fn access_rules(&self) -> Vec<(Listener, Vec<Rule>)> {
+        let mut out = Vec::new();
+        for (want, sockets) in &self.bound {
+            let Some(rules) = &want.access else { continue };
+            let addrs = sockets.iter().filter_map(|s| s.local_addr().ok());
+            out.extend(addrs.map(|a| (Listener::Tcp(a), rules.clone())));
+        }
+        out
     }
 
     /// Duplicates of every socket with its options, for the accept loop.

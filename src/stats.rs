@@ -220,6 +220,9 @@ pub struct Snapshot {
     /// Sum of the echo latencies, nanoseconds.
     #[serde(default)]
     pub latency_sum_ns: u64,
+    /// Who was refused and why: access rules, per-source limits.
+    #[serde(default)]
+    pub admission: crate::admission::AdmissionCounts,
 }
 
 /// One worker in a [`Snapshot`].

@@ -521,6 +521,8 @@ impl Worker {
         let on = ends.local.map_or_else(String::new, |l| format!(" on {l}"));
         match outcome {
             HeaderOutcome::Accepted => log::debug!("PROXY header{on}: client {}", ends.peer),
+            // The admission counted and logged it.
+            HeaderOutcome::Denied => log::debug!("PROXY header{on}: client {} refused", ends.peer),
             HeaderOutcome::Refused(why) => {
                 self.stats.proxy_refused.fetch_add(1, Relaxed);
                 log::warn!("closed a connection from {}{on}: {why}", ends.peer)

@@ -200,3 +200,56 @@ fn a_reload_adds_and_removes_a_tcp_listener_while_the_others_serve() {
     round_trip(&mut on_extra, b"established stays\n");
     round_trip(&mut kept, b"and so does this one\n");
 }
+
+#[test]
+fn behind_haproxy_the_access_rules_and_the_per_source_cap_judge_the_header_address() {
+    let d = Daemon::start(&format!(
+        "access = [\"deny 127.0.0.5\", \"allow all\"]\nmax_connections_per_source = 1\n{PROXY_LISTENER}"
+    ));
+    let back = d.addrs()[1];
+    let front = free_port();
+    let _h = Haproxy::start(front, back, "send-proxy-v2");
+    let to: SocketAddr = format!("127.0.0.1:{front}").parse().expect("front");
+    // Denied by the rule for its own address, though HAProxy (127.0.0.1)
+    // is what connected: closed with nothing echoed.
+    let mut denied = connect_from("127.0.0.5", to);
+    denied.write_all(b"let me in\n").unwrap();
+    let mut got = Vec::new();
+    let _ = denied.read_to_end(&mut got);
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    // The cap counts each client's own address, not HAProxy's: one each.
+    let mut six = connect_from("127.0.0.6", to);
+    round_trip(&mut six, b"first from .6\n");
+    let mut seven = connect_from("127.0.0.7", to);
+    round_trip(&mut seven, b"first from .7\n");
+    let mut six_again = connect_from("127.0.0.6", to);
+    six_again.write_all(b"second from .6\n").unwrap();
+    let mut got = Vec::new();
+    let _ = six_again.read_to_end(&mut got);
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "[echo-lab] busy: 1 connections from your address already open, try again later\r\n"
+    );
+    round_trip(&mut six, b"still served\n");
+    let st = ctl_status(&d);
+    assert_eq!(st["stats"]["admission"]["refused_rule"], 1);
+    assert_eq!(st["stats"]["admission"]["refused_source_cap"], 1);
+    let out = ctl(&d, &["sources", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let of = |name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["source"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {list}"))
+    };
+    // (127.0.0.1 is there too: HAProxy's readiness probe came from it.)
+    let six = of("127.0.0.6");
+    assert_eq!(
+        (six["open"].as_u64(), six["refused_cap"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(of("127.0.0.5")["refused_rule"], 1);
+    assert_eq!(of("127.0.0.7")["open"], 1);
+}

@@ -186,7 +186,10 @@ fn real_main() -> i32 {
             return EX_OSERR;
         }
     };
+    let rules = daemon::listener_rules(server.config(), &udp_prepared.addresses());
+    server.gate().set_overrides(true, rules);
     let mut udp = UdpListeners::new(udp_limit);
+    udp.use_gate(server.gate().clone());
     if let Err(e) = udp.apply(udp_prepared) {
         log::error!("cannot start the UDP echo service: {e}");
         return EX_OSERR;

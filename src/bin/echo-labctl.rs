@@ -1,5 +1,6 @@
 //! `echo-labctl`: the control client of echo-lab — an echo session
-//! (`connect`), the daemon's control socket (`status`, `reload`, `stop`),
+//! (`connect`), the daemon's control socket (`status`, `sources`, `reload`,
+//! `stop`),
 //! load generation (`bench`) and shell completions.
 //!
 //! Exit codes: 0 ok, 1 the daemon said no (or the session ended badly),
@@ -43,6 +44,16 @@ enum Command {
     /// Show the daemon's state: version, pid, uptime, addresses, counters,
     /// last reload.
     Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the sources with the most connections or refusals now: open
+    /// connections, connection rate and refusals by reason, per source.
+    Sources {
+        /// How many sources.
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        top: usize,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -150,6 +161,27 @@ fn print_status(s: &Status) {
         "  connections:   {} active, {} total, {} refused",
         st.active, st.total, st.refused
     );
+    let a = &st.admission;
+    println!(
+        "  refused by:    {} max_connections, {} access rule, {} per-source cap, {} per-source rate",
+        st.refused, a.refused_rule, a.refused_source_cap, a.refused_source_rate
+    );
+    if a.dry_run_source_cap + a.dry_run_source_rate > 0 {
+        println!(
+            "  dry run:       would have refused {} at the per-source cap, {} over the rate",
+            a.dry_run_source_cap, a.dry_run_source_rate
+        );
+    }
+    println!(
+        "  sources:       {} tracked of {}, {} evicted, {} untracked",
+        a.sources, a.source_table_size, a.sources_evicted, a.untracked
+    );
+    for r in &a.rules {
+        println!(
+            "  access rule:   [{}] {}: {} matched",
+            r.scope, r.rule, r.matches
+        );
+    }
     println!("  bytes echoed:  {}", st.bytes_echoed);
     println!(
         "  closes:        {} idle, {} disconnect",
@@ -162,8 +194,8 @@ fn print_status(s: &Status) {
             u.received, u.echoed, u.bytes_echoed, u.send_errors
         );
         println!(
-            "  udp dropped:   {} bad source, {} over rate, {} too large; {} sources tracked",
-            u.dropped_bad_source, u.dropped_rate, u.dropped_too_large, u.sources
+            "  udp dropped:   {} bad source, {} over rate, {} too large, {} access rule; {} sources tracked",
+            u.dropped_bad_source, u.dropped_rate, u.dropped_too_large, u.dropped_access, u.sources
         );
     }
     match &s.last_reload {
@@ -180,6 +212,30 @@ fn print_status(s: &Status) {
                 humantime::format_rfc3339_seconds(when)
             );
         }
+    }
+}
+
+/// The sources as a table, like HAProxy's `show table`.
+fn print_sources(list: &[echo_lab::admission::SourceView]) {
+    println!(
+        "{:<40} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "SOURCE", "OPEN", "RATE/10s", "ADMITTED", "RULE", "CAP", "RATE"
+    );
+    for v in list {
+        let mut line = format!(
+            "{:<40} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8}",
+            v.source, v.open, v.rate_10s, v.admitted, v.refused_rule, v.refused_cap, v.refused_rate
+        );
+        if v.would_refuse_cap + v.would_refuse_rate > 0 {
+            line.push_str(&format!(
+                "  (dry run: would refuse {} cap, {} rate)",
+                v.would_refuse_cap, v.would_refuse_rate
+            ));
+        }
+        println!("{line}");
+    }
+    if list.is_empty() {
+        println!("(no sources seen)");
     }
 }
 
@@ -213,6 +269,28 @@ fn control(socket: Option<PathBuf>, command: Command) -> i32 {
                     }
                 } else {
                     print_status(&s);
+                }
+                0
+            }
+            Ok(r) => refused(&r),
+            Err(code) => code,
+        },
+        Command::Sources { top, json } => match ask(&path, Request::Sources { top }) {
+            Ok(Response {
+                ok: true,
+                sources: Some(list),
+                ..
+            }) => {
+                if json {
+                    match serde_json::to_string_pretty(&list) {
+                        Ok(j) => println!("{j}"),
+                        Err(e) => {
+                            eprintln!("echo-labctl: {e}");
+                            return 1;
+                        }
+                    }
+                } else {
+                    print_sources(&list);
                 }
                 0
             }
@@ -295,9 +373,10 @@ fn main() {
             );
             0
         }
-        c @ (Command::Status { .. } | Command::Reload | Command::Stop { .. }) => {
-            control(cli.socket, c)
-        }
+        c @ (Command::Status { .. }
+        | Command::Sources { .. }
+        | Command::Reload
+        | Command::Stop { .. }) => control(cli.socket, c),
         Command::Bench(args) => match echo_lab::bench::run(&args, &default_addr()) {
             Ok(code) => code,
             Err(e) => {

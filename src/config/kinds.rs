@@ -17,6 +17,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::section::{Apply, Change, Kind, Reader, Rendered, Section};
 use super::Endpoint;
+use crate::admission::rate::ConnRate;
+use crate::admission::rules::Rule;
 
 /// An integer in `min..=max` (the two fields), of whatever integer type
 /// the field has.
@@ -117,6 +119,99 @@ impl Kind<Endpoint> for Address {
             Rendered::Unset
         } else {
             Rendered::Value(value.to_string().into())
+        }
+    }
+}
+
+/// An ordered list of access rules, each a string (`"allow 192.0.2.0/24"`,
+/// `"deny all"`); a bad one is refused at its own place, named as
+/// `access[2]`. At most `MAX_RULES`.
+pub(super) struct Rules;
+
+/// The most rules one list may hold (each client is checked in order).
+const MAX_RULES: usize = 1024;
+
+impl Kind<Vec<Rule>> for Rules {
+    fn read(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+        r: &mut Reader<'_>,
+    ) -> Option<Vec<Rule>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            r.with_serde(value, key, |d| {
+                serde::Deserializer::deserialize_any(d, Refuse("an array of rule strings"))
+            })?;
+            return None;
+        };
+        if items.len() > MAX_RULES {
+            r.fail(
+                value,
+                key,
+                format!("{} rules; at most {MAX_RULES}", items.len()),
+            );
+            return None;
+        }
+        let mut rules = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{key}[{i}]");
+            let Some(text) = r.deserialize::<String>(item, &at) else {
+                ok = false;
+                continue;
+            };
+            match Rule::parse(&text) {
+                Ok(rule) => rules.push(rule),
+                Err(why) => {
+                    r.fail(item, &at, why);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(rules)
+    }
+
+    fn render(&self, value: &Vec<Rule>) -> Rendered {
+        let items = value.iter().map(|r| toml::Value::from(r.to_string()));
+        Rendered::Value(toml::Value::Array(items.collect()))
+    }
+}
+
+/// A connection rate: `"N/s"` or `"N/m"`, optionally `burst B`; 0 (or
+/// `"0"`) = off.
+pub(super) struct Rate;
+
+impl Kind<ConnRate> for Rate {
+    fn read(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+        r: &mut Reader<'_>,
+    ) -> Option<ConnRate> {
+        let text = match value.get_ref() {
+            DeValue::Integer(_) => {
+                let n: i64 = r.deserialize(value, key)?;
+                if n == 0 {
+                    return Some(ConnRate::OFF);
+                }
+                format!("{n}")
+            }
+            _ => r.deserialize::<String>(value, key)?,
+        };
+        match ConnRate::parse(text.trim()) {
+            Ok(rate) => Some(rate),
+            Err(why) => {
+                r.fail(value, key, why);
+                None
+            }
+        }
+    }
+
+    fn render(&self, value: &ConnRate) -> Rendered {
+        if value.is_on() {
+            Rendered::Value(value.to_string().into())
+        } else {
+            Rendered::Value(0.into())
         }
     }
 }

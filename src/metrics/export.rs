@@ -12,9 +12,8 @@
 //!
 //! Names follow the Prometheus conventions: `echo_lab_` prefix, base
 //! units (bytes, seconds), `_total` on counters (the encoder adds it).
-//! The refusals of the access rules (issue: refused by rule, per-source
-//! cap, rate) are reasons of `echo_lab_connections_refused_total` once
-//! those rules exist: [`Export::refusals`] is where they are added.
+//! The refusals of the access rules and the per-source limits are reasons
+//! of `echo_lab_connections_refused_total` ([`Export::refusals`]).
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -78,10 +77,18 @@ impl Export {
 
     /// Connection refusals by reason: `busy` (max_connections),
     /// `proxy_untrusted` (a PROXY listener's source not in
-    /// `proxy_trusted`); the access rules add theirs here.
+    /// `proxy_trusted`), `rule` (an access rule), `source_cap` and
+    /// `source_rate` (the per-source limits).
     fn refusals(&self) -> Vec<(&'static str, u64)> {
         let s = &self.status.stats;
-        vec![("busy", s.refused), ("proxy_untrusted", s.proxy_untrusted)]
+        let a = &s.admission;
+        vec![
+            ("busy", s.refused),
+            ("proxy_untrusted", s.proxy_untrusted),
+            ("rule", a.refused_rule),
+            ("source_cap", a.refused_source_cap),
+            ("source_rate", a.refused_source_rate),
+        ]
     }
 }
 
@@ -256,11 +263,12 @@ impl Export {
         counters(
             e,
             "echo_lab_udp_datagrams",
-            "UDP datagrams by outcome: echoed, or dropped (bad source, over its rate, too large), or an echo the kernel refused.",
+            "UDP datagrams by outcome: echoed, or dropped (bad source, an access rule, over its rate, too large), or an echo the kernel refused.",
             "outcome",
             &[
                 ("echoed", u.echoed),
                 ("bad_source", u.dropped_bad_source),
+                ("access", u.dropped_access),
                 ("rate_limited", u.dropped_rate),
                 ("too_large", u.dropped_too_large),
                 ("send_error", u.send_errors),

@@ -17,6 +17,8 @@ pub struct UdpStats {
     pub bad_source: AtomicU64,
     /// Dropped: the source is over its rate.
     pub rate_limited: AtomicU64,
+    /// Dropped: an access rule refuses the source.
+    pub access: AtomicU64,
     /// Dropped: larger than 65 507 bytes, or cut by the kernel.
     pub too_large: AtomicU64,
     /// Echoes the kernel would not send (send buffer full, no route).
@@ -47,6 +49,7 @@ impl UdpStats {
             bytes_echoed: self.bytes_echoed.load(Relaxed),
             dropped_bad_source: self.bad_source.load(Relaxed),
             dropped_rate: self.rate_limited.load(Relaxed),
+            dropped_access: self.access.load(Relaxed),
             dropped_too_large: self.too_large.load(Relaxed),
             send_errors: self.send_errors.load(Relaxed),
             recv_calls: self.recv_calls.load(Relaxed),
@@ -70,6 +73,9 @@ pub struct UdpSnapshot {
     pub dropped_bad_source: u64,
     /// Dropped because their source was over its rate.
     pub dropped_rate: u64,
+    /// Dropped because an access rule refuses their source.
+    #[serde(default)]
+    pub dropped_access: u64,
     /// Dropped for being larger than 65 507 bytes.
     pub dropped_too_large: u64,
     /// Echoes the kernel refused to send.

@@ -17,7 +17,10 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 
+use std::sync::Arc;
+
 use super::{RateLimit, UdpService, UdpSnapshot};
+use crate::admission::Gate;
 use crate::net;
 
 /// One UDP address the config asks for.
@@ -58,6 +61,20 @@ pub struct Prepared {
     activated: bool,
 }
 
+impl Prepared {
+    /// Each address served and the local addresses of its sockets (what
+    /// a `[[listen]]` table's access rules are keyed by).
+    pub fn addresses(&self) -> Vec<(UdpSpec, Vec<SocketAddr>)> {
+        self.bound
+            .iter()
+            .map(|(spec, socks)| {
+                let addrs = socks.iter().filter_map(|s| s.local_addr().ok()).collect();
+                (spec.clone(), addrs)
+            })
+            .collect()
+    }
+}
+
 /// The UDP side of the daemon.
 pub struct UdpListeners {
     service: Option<UdpService>,
@@ -66,9 +83,17 @@ pub struct UdpListeners {
     limit: RateLimit,
     /// The sockets came from the service manager.
     activated: bool,
+    /// The access rules the UDP thread applies.
+    gate: Option<Arc<Gate>>,
 }
 
 impl UdpListeners {
+    /// Sources are judged by `gate`'s access rules (from the next start of
+    /// the UDP thread: call before [`UdpListeners::apply`]).
+    pub fn use_gate(&mut self, gate: Arc<Gate>) {
+        self.gate = Some(gate);
+    }
+
     /// Nothing served yet; no thread. [`UdpListeners::prepare`] (or
     /// [`UdpListeners::adopt`]) and [`UdpListeners::apply`] start it, so
     /// sockets can be bound before the daemon forks and the thread started
@@ -79,6 +104,7 @@ impl UdpListeners {
             bound: Vec::new(),
             limit,
             activated: false,
+            gate: None,
         }
     }
 
@@ -168,7 +194,10 @@ impl UdpListeners {
                 s.set_limit(p.limit);
                 s.set_sockets(sockets)?;
             }
-            (None, false) => self.service = Some(UdpService::start(sockets, p.limit)?),
+            (None, false) => {
+                let service = UdpService::start_with(sockets, p.limit, self.gate.clone())?;
+                self.service = Some(service);
+            }
             (None, true) => {}
         }
         self.bound = p.bound;

@@ -10,7 +10,7 @@
 //! A UDP flood therefore costs one core at most and never delays a TCP
 //! worker, and a TCP crowd never delays UDP.
 //!
-//! Each datagram passes three checks before it is echoed, each counted
+//! Each datagram passes four checks before it is echoed, each counted
 //! when it refuses ([`UdpSnapshot`]):
 //!
 //! 1. [`guard`]: its source is not a well-known port, NFS, broadcast,
@@ -18,7 +18,9 @@
 //!    no loop with another UDP service and no broadcast storm;
 //! 2. its size: at most 65 507 bytes (the largest IPv4 UDP payload), and
 //!    not cut by the kernel;
-//! 3. [`bucket`]: its source is within its packet and byte rate, so a
+//! 3. the access rules ([`crate::admission`]) of its socket allow its
+//!    source (a refused source gets nothing);
+//! 4. [`bucket`]: its source is within its packet and byte rate, so a
 //!    forged source cannot aim echo-lab at a victim.
 //!
 //! The echo is the received bytes, never more. [`UdpService`] is the handle
@@ -41,6 +43,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 pub use bucket::RateLimit;
+
+use crate::admission::Gate;
 pub use counters::{UdpSnapshot, UdpStats};
 
 /// Messages to the UDP thread.
@@ -66,11 +70,22 @@ pub struct UdpService {
 }
 
 impl UdpService {
-    /// Starts the UDP thread on already-bound sockets.
+    /// Starts the UDP thread on already-bound sockets; every source may
+    /// have an echo (within the rate).
     pub fn start(sockets: Vec<UdpSocket>, limit: RateLimit) -> io::Result<UdpService> {
+        UdpService::start_with(sockets, limit, None)
+    }
+
+    /// Starts the UDP thread on already-bound sockets, refusing the
+    /// sources `gate`'s access rules refuse.
+    pub fn start_with(
+        sockets: Vec<UdpSocket>,
+        limit: RateLimit,
+        gate: Option<Arc<Gate>>,
+    ) -> io::Result<UdpService> {
         let stats = Arc::new(UdpStats::default());
         let theirs = duplicate(&sockets)?;
-        let (tx, waker, thread) = serve::spawn(theirs, limit, stats.clone())?;
+        let (tx, waker, thread) = serve::spawn(theirs, limit, stats.clone(), gate)?;
         Ok(UdpService {
             tx,
             waker,

@@ -26,6 +26,8 @@ use super::bucket::{RateLimit, SourceTable};
 use super::counters::UdpStats;
 use super::guard::{BadSource, Guard};
 use super::UdpCommand;
+use crate::admission::rules::RuleList;
+use crate::admission::{Gate, Listener};
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -43,6 +45,10 @@ struct Served {
     socket: UdpSocket,
     /// IPv6 socket that also receives IPv4 (sources appear v4-mapped).
     dual_stack: bool,
+    /// What the access rules know it as.
+    listener: Option<Listener>,
+    /// Its access rules, and the gate's generation they are from.
+    rules: Option<(u64, Arc<RuleList>)>,
 }
 
 struct Service {
@@ -56,6 +62,12 @@ struct Service {
     /// Refused sources since the last log line, and the latest one.
     refused: (u64, Option<(SocketAddr, BadSource)>),
     last_logged: Option<Instant>,
+    /// The access rules (none: everyone may have an echo).
+    gate: Option<Arc<Gate>>,
+    /// Datagrams the access rules refused since the last line about them,
+    /// and the latest source.
+    denied: (u64, Option<SocketAddr>),
+    denied_logged: Option<Instant>,
 }
 
 /// Starts the thread; returns its inbox, its waker and its handle.
@@ -63,6 +75,7 @@ pub(super) fn spawn(
     sockets: Vec<std::net::UdpSocket>,
     limit: RateLimit,
     stats: Arc<UdpStats>,
+    gate: Option<Arc<Gate>>,
 ) -> io::Result<(Sender<UdpCommand>, Waker, JoinHandle<()>)> {
     let poll = Poll::new()?;
     let waker = Waker::new(poll.registry(), WAKER)?;
@@ -77,6 +90,9 @@ pub(super) fn spawn(
         epoch: Instant::now(),
         refused: (0, None),
         last_logged: None,
+        gate,
+        denied: (0, None),
+        denied_logged: None,
     };
     service.set_sockets(sockets)?;
     let thread = std::thread::Builder::new()
@@ -92,11 +108,17 @@ impl Service {
             s.set_nonblocking(true)?;
             let dual_stack = matches!(s.local_addr()?, SocketAddr::V6(_))
                 && !socket2::SockRef::from(&s).only_v6()?;
+            let listener = Some(Listener::Udp(s.local_addr()?));
             let mut socket = UdpSocket::from_std(s);
             self.poll
                 .registry()
                 .register(&mut socket, Token(i), Interest::READABLE)?;
-            new.push(Served { socket, dual_stack });
+            new.push(Served {
+                socket,
+                dual_stack,
+                listener,
+                rules: None,
+            });
         }
         // Dropping the old ones closes them (and leaves the epoll set).
         self.sockets = new;
@@ -166,8 +188,24 @@ impl Service {
         }
     }
 
+    /// Socket `i`'s access rules in force (cached until they change).
+    fn rules_of(&mut self, i: usize) -> Option<Arc<RuleList>> {
+        let gate = self.gate.as_ref()?;
+        let served = self.sockets.get_mut(i)?;
+        let generation = gate.generation();
+        match &served.rules {
+            Some((g, rules)) if *g == generation => Some(rules.clone()),
+            _ => {
+                let rules = gate.rules(served.listener);
+                served.rules = Some((generation, rules.clone()));
+                Some(rules)
+            }
+        }
+    }
+
     /// Serves socket `i` for one turn; true if more may be queued.
     fn serve_socket(&mut self, i: usize, batch: &mut Batch) -> bool {
+        let rules = self.rules_of(i).filter(|r| !r.is_empty());
         let Some(served) = self.sockets.get(i) else {
             return false;
         };
@@ -186,7 +224,7 @@ impl Service {
             if n == 0 {
                 return false;
             }
-            self.echo_batch(batch, fd, n, dual_stack);
+            self.echo_batch(batch, fd, n, dual_stack, rules.as_deref());
             if n < super::batch::BATCH {
                 return false;
             }
@@ -196,9 +234,16 @@ impl Service {
 
     /// Decides about each of the `n` datagrams just received, then sends
     /// the echoes in one call.
-    fn echo_batch(&mut self, batch: &mut Batch, fd: i32, n: usize, dual_stack: bool) {
+    fn echo_batch(
+        &mut self,
+        batch: &mut Batch,
+        fd: i32,
+        n: usize,
+        dual_stack: bool,
+        rules: Option<&RuleList>,
+    ) {
         let now_ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let (mut bad, mut rate, mut large) = (0u64, 0u64, 0u64);
+        let (mut bad, mut rate, mut large, mut denied) = (0u64, 0u64, 0u64, 0u64);
         for i in 0..n {
             let Some(d) = batch.datagram(i) else {
                 bad += 1;
@@ -208,6 +253,11 @@ impl Service {
                 bad += 1;
                 self.refused.0 += 1;
                 self.refused.1 = Some((d.src, why));
+                continue;
+            }
+            if rules.is_some_and(|r| !r.check(d.src.ip()).allowed) {
+                denied += 1;
+                self.denied = (self.denied.0 + 1, Some(d.src));
                 continue;
             }
             if d.truncated || d.data.len() > MAX_DATAGRAM {
@@ -231,6 +281,7 @@ impl Service {
         UdpStats::add(&s.bad_source, bad);
         UdpStats::add(&s.rate_limited, rate);
         UdpStats::add(&s.too_large, large);
+        UdpStats::add(&s.access, denied);
         s.sources.store(
             self.table.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
@@ -240,6 +291,16 @@ impl Service {
 
     /// Says, at most once per interval, that sources were refused.
     fn log_refused(&mut self) {
+        if let (count, Some(src)) = self.denied {
+            if self
+                .denied_logged
+                .is_none_or(|t| t.elapsed() >= LOG_INTERVAL)
+            {
+                log::warn!("udp: refused {count} datagram(s) by access rules (latest from {src})");
+                self.denied = (0, None);
+                self.denied_logged = Some(Instant::now());
+            }
+        }
         let (count, Some((src, why))) = self.refused else {
             return;
         };

@@ -816,3 +816,77 @@ pub fn per_worker(d: &Daemon) -> Vec<u64> {
         .map(|w| w["connections"].as_u64().expect("connections"))
         .collect()
 }
+
+// ------------------------------------------------------------------------
+// Helpers for the access rules and per-source limits (tests/access.rs,
+// tests/source_limits.rs): clients from chosen loopback addresses.
+
+/// The per-source busy notice (`max_connections_per_source`).
+pub fn source_busy_notice(max: usize) -> Vec<u8> {
+    format!(
+        "[echo-lab] busy: {max} connections from your address already open, try again later\r\n"
+    )
+    .into_bytes()
+}
+
+/// The per-source rate notice (`connection_rate_per_source`, per second).
+pub fn source_rate_notice(count: u32) -> Vec<u8> {
+    format!(
+        "[echo-lab] busy: more than {count} new connections per second from your address, try again later\r\n"
+    )
+    .into_bytes()
+}
+
+/// Connects to `addr` from `from` (a loopback address such as 127.0.0.2:
+/// all of 127.0.0.0/8 is this host's), with the timeouts of [`connect`].
+pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    try_connect_from(from, addr).unwrap_or_else(|e| panic!("connect {from} -> {addr}: {e}"))
+}
+
+/// [`connect_from`], the error returned.
+pub fn try_connect_from(from: std::net::IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(from, 0).into())?;
+    socket.connect_timeout(&addr.into(), IO_TIMEOUT)?;
+    let s: TcpStream = socket.into();
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Sends `disconnect` and returns everything the server says before it
+/// closes: the goodbye if it served the connection, else a busy notice, or
+/// nothing (closed without a word, or the reset a refused connection's
+/// unread `disconnect` may cause).
+pub fn disconnect_answer(s: &mut TcpStream) -> Vec<u8> {
+    let _ = s.write_all(b"disconnect\n");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => out.extend_from_slice(&buf[..k]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "no answer ({e}); so far: {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+    out
+}
+
+/// True if the server served this connection (see [`disconnect_answer`]).
+pub fn admitted(s: &mut TcpStream) -> bool {
+    disconnect_answer(s) == GOODBYE
+}
+
+/// A loopback address 127.a.b.c for source number `n` (never 127.0.0.1,
+/// which the tests' own clients use).
+pub fn loopback_source(n: u32) -> std::net::IpAddr {
+    let v = 0x7f00_0002u32 + n;
+    std::net::IpAddr::V4(std::net::Ipv4Addr::from(v))
+}
