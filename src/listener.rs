@@ -65,6 +65,8 @@ struct Open {
     proxy: Option<Arc<Vec<IpNet>>>,
     /// Its address, named in each connection's ends.
     local: Option<std::net::SocketAddr>,
+    /// Its connections open now (the metrics' per-listener gauge).
+    count: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 /// Messages to the accept loop.
@@ -183,6 +185,7 @@ impl Acceptor {
                 socket,
                 proxy: l.proxy,
                 local,
+                count: local.map(|a| self.stats.listener_count(a)),
             });
         }
         // Dropping the old listeners closes them.
@@ -271,7 +274,8 @@ impl Acceptor {
                         local: listener.local,
                     };
                     let proxy = listener.proxy.clone();
-                    self.admit(stream, ends, proxy.as_deref(), pinned, &mut batch);
+                    let count = listener.count.clone();
+                    self.admit(stream, ends, count, proxy.as_deref(), pinned, &mut batch);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     drained = true;
@@ -304,6 +308,7 @@ impl Acceptor {
         &mut self,
         mut stream: mio::net::TcpStream,
         ends: Ends,
+        count: Option<Arc<std::sync::atomic::AtomicUsize>>,
         proxy: Option<&Vec<IpNet>>,
         pinned: bool,
         batch: &mut Batch<'_>,
@@ -351,7 +356,8 @@ impl Acceptor {
         } else {
             None
         };
-        let mut conn = Connection::new(stream, stats::Open::new(&self.stats), ends);
+        let open = stats::Open::on_listener(&self.stats, count);
+        let mut conn = Connection::new(stream, open, ends);
         match hold {
             Some(hold) => conn.hold_source(hold),
             None => conn.expect_proxy_header(self.gate.clone()),

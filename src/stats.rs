@@ -12,8 +12,9 @@
 //! made and out when it is dropped, wherever that happens (a close, a
 //! worker that died, a queue that was dropped), so it can never drift.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Counters written by one worker.
@@ -138,6 +139,8 @@ pub(crate) struct ServerStats {
     pub untrusted_proxy: AtomicU64,
     /// Accept loop turns; the watchdog checks that it moves.
     pub accept_heartbeat: AtomicU64,
+    /// Connections open per listener address (see [`Open::on_listener`]).
+    pub per_listener: Mutex<Vec<(SocketAddr, Arc<AtomicUsize>)>>,
 }
 
 impl Default for ServerStats {
@@ -149,26 +152,59 @@ impl Default for ServerStats {
             refused: AtomicU64::new(0),
             untrusted_proxy: AtomicU64::new(0),
             accept_heartbeat: AtomicU64::new(0),
+            per_listener: Mutex::new(Vec::new()),
         }
     }
 }
 
-/// One open connection, counted in [`ServerStats::active`] for as long as
-/// this token lives.
+/// One open connection, counted in [`ServerStats::active`] (and in its
+/// listener's count, if given) for as long as this token lives.
 #[derive(Debug)]
-pub(crate) struct Open(Arc<ServerStats>);
+pub(crate) struct Open(Arc<ServerStats>, Option<Arc<AtomicUsize>>);
 
 impl Open {
     /// Counts a new connection in.
     pub(crate) fn new(stats: &Arc<ServerStats>) -> Self {
         stats.active.fetch_add(1, Relaxed);
-        Open(stats.clone())
+        Open(stats.clone(), None)
+    }
+
+    /// Counts a new connection in, and in `listener`'s count too (one of
+    /// [`ServerStats::listener_count`]).
+    pub(crate) fn on_listener(
+        stats: &Arc<ServerStats>,
+        listener: Option<Arc<AtomicUsize>>,
+    ) -> Self {
+        let mut open = Open::new(stats);
+        if let Some(l) = &listener {
+            l.fetch_add(1, Relaxed);
+        }
+        open.1 = listener;
+        open
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
+        if let Some(l) = &self.1 {
+            l.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl ServerStats {
+    /// The count of connections open on the listener at `addr`, made on
+    /// first use and kept (a listener that is removed and comes back goes
+    /// on counting; its connections may outlive it).
+    pub(crate) fn listener_count(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
+        let mut all = self.per_listener.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = all.iter().find(|(a, _)| *a == addr) {
+            return c.clone();
+        }
+        let c = Arc::new(AtomicUsize::new(0));
+        all.push((addr, c.clone()));
+        c
     }
 }
 
@@ -223,6 +259,9 @@ pub struct Snapshot {
     /// Who was refused and why: access rules, per-source limits.
     #[serde(default)]
     pub admission: crate::admission::AdmissionCounts,
+    /// Connections open per listener address.
+    #[serde(default)]
+    pub listeners: Vec<(String, u64)>,
 }
 
 /// One worker in a [`Snapshot`].
@@ -251,6 +290,13 @@ impl Snapshot {
             proxy_untrusted: server.untrusted_proxy.load(Relaxed),
             ..Snapshot::default()
         };
+        s.listeners = server
+            .per_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(a, c)| (a.to_string(), c.load(Relaxed) as u64))
+            .collect();
         let mut closed = [0u64; CloseReason::ALL.len()];
         s.latency_buckets = vec![0; LATENCY_BOUNDS_US.len() + 1];
         for w in workers {

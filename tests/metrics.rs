@@ -471,3 +471,31 @@ fn udp_datagrams_are_counted_by_outcome() {
         (0..k).map(|i| format!("datagram {i}").len()).sum::<usize>() as f64
     );
 }
+
+#[test]
+fn connections_are_counted_per_listener() {
+    let d = Daemon::start(
+        "metrics_listen = \"127.0.0.1:0\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nprotocol = \"tcp\"\n",
+    );
+    let m = metrics_addr(&d);
+    let addrs = d.addrs().to_vec();
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    let mut held = Vec::new();
+    for (addr, n) in [(addrs[0], 3), (addrs[1], 2)] {
+        for _ in 0..n {
+            let mut c = connect(addr);
+            round_trip(&mut c, b"x\n");
+            held.push(c);
+        }
+    }
+    let gauge = |a: SocketAddr| format!("echo_lab_listener_connections{{listener=\"{a}\"}}");
+    let body = scrape_until(m, "5 connections open", |b| {
+        sample(b, "echo_lab_connections") == 5.0
+    });
+    assert_eq!(sample(&body, &gauge(addrs[0])), 3.0, "{body}");
+    assert_eq!(sample(&body, &gauge(addrs[1])), 2.0, "{body}");
+    held.truncate(3);
+    scrape_until(m, "the second listener's closed", |b| {
+        sample(b, &gauge(addrs[1])) == 0.0 && sample(b, &gauge(addrs[0])) == 3.0
+    });
+}

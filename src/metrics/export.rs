@@ -150,6 +150,16 @@ impl Collector for Export {
             let labels = [("worker", worker.as_str()), ("cpu", cpu.as_str())];
             ConstGauge::new(w.connections as i64).encode(fam.encode_family(&labels)?)?;
         }
+        let mut fam = e.encode_descriptor(
+            "echo_lab_listener_connections",
+            "TCP connections open now, by the listener address they reached.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (addr, n) in &s.listeners {
+            let labels = [("listener", addr.as_str())];
+            ConstGauge::new(*n as i64).encode(fam.encode_family(&labels)?)?;
+        }
         one(
             &mut e,
             "echo_lab_connections_accepted",
