@@ -100,6 +100,10 @@ impl TcpSockets {
             let sockets = if mine.is_empty() {
                 bind(&want.endpoint, config.backlog)?
             } else {
+                log::info!(
+                    "reusing the listening socket kept by the service manager for {}",
+                    want.endpoint
+                );
                 mine
             };
             bound.push((want, sockets));

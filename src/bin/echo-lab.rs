@@ -274,11 +274,6 @@ fn listeners(config: &Config, inherited: Inherited, activated: bool) -> Result<T
     if activated {
         return TcpSockets::from_unit(config, inherited.activated);
     }
-    if !inherited.stored.is_empty() {
-        log::info!(
-            "reusing the listening sockets kept by the service manager where they match the config"
-        );
-    }
     TcpSockets::open(config, inherited.stored).map_err(|e| e.to_string())
 }
 
