@@ -261,7 +261,7 @@ impl Connection {
 
     /// Logs the session line (see [`Session::log`]).
     pub(crate) fn log_session(&self) {
-        self.session.log(self.ends);
+        self.session.log(self.ends.peer, self.ends.local);
     }
 
     /// The current phase.

@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::admission::SourceView;
-use crate::daemon::{Event, Status};
+use crate::event::{Event, Status};
 
 /// Largest request accepted, in bytes.
 pub const MAX_REQUEST: usize = 4096;

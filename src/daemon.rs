@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
-use crate::admission::{Listener, SourceView};
+use crate::admission::Listener;
 use crate::config::{
     format_duration, Config, ConfigError, LogTarget, Protocol, Rule, DEFAULT_PATH,
 };
@@ -34,9 +34,8 @@ use crate::metrics::{self, MetricsServer};
 use crate::net;
 use crate::notify::{borrow_all, Notifier};
 use crate::server::Server;
-use crate::stats::Snapshot;
 use crate::udp::listeners::{describe_limit, UdpListeners, UdpSpec};
-use crate::udp::{RateLimit, UdpSnapshot};
+use crate::udp::RateLimit;
 
 /// How often the supervisor wakes when nothing happens (drain progress).
 const TICK: Duration = Duration::from_millis(50);
@@ -89,74 +88,7 @@ pub fn load_config(explicit: Option<&Path>) -> Result<(Config, ConfigSource), Co
     Ok((config, ConfigSource::File(path)))
 }
 
-/// Something the supervisor must act on.
-pub enum Event {
-    /// Reload the config; the answer goes back if someone waits for it.
-    Reload(Option<Sender<Result<String, String>>>),
-    /// Start the drain (first time) or stop now (second time).
-    Terminate,
-    /// Report status.
-    Status(Sender<Status>),
-    /// Reopen the log file (SIGUSR1).
-    ReopenLogs,
-    /// Report the `n` busiest sources (`echo-labctl sources`).
-    Sources(usize, Sender<Vec<SourceView>>),
-}
-
-/// Reload counts, for status and metrics.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct Reloads {
-    /// Reloads applied.
-    pub ok: u64,
-    /// Reloads refused (bad file, address in use...).
-    pub failed: u64,
-    /// Configs in force since start: 1, plus one per applied reload.
-    pub generation: u64,
-}
-
-/// The outcome of the last reload, for status.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct LastReload {
-    /// Seconds since the Unix epoch.
-    pub at_unix: u64,
-    /// What changed, or empty on error.
-    pub applied: Option<String>,
-    /// Why it was refused.
-    pub error: Option<String>,
-}
-
-/// What `echo-labctl status` shows.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct Status {
-    /// Daemon version.
-    pub version: String,
-    /// Process id.
-    pub pid: u32,
-    /// Config file path, or "embedded defaults".
-    pub config: String,
-    /// Addresses listened on.
-    pub listen: Vec<String>,
-    /// Sockets came from the service manager.
-    pub socket_activated: bool,
-    /// Draining (SIGTERM received).
-    pub draining: bool,
-    /// Counters.
-    pub stats: Snapshot,
-    /// Addresses UDP echo is served on.
-    #[serde(default)]
-    pub udp_listen: Vec<String>,
-    /// UDP counters, when UDP is served.
-    #[serde(default)]
-    pub udp: Option<UdpSnapshot>,
-    /// The last reload, if any.
-    pub last_reload: Option<LastReload>,
-    /// Reloads applied and refused.
-    #[serde(default)]
-    pub reloads: Reloads,
-    /// The metrics endpoint's address, if on.
-    #[serde(default)]
-    pub metrics: Option<String>,
-}
+pub use crate::event::{Event, LastReload, Reloads, Status};
 
 /// Forwards SIGHUP, SIGTERM, SIGINT and SIGUSR1 to `tx` from a dedicated
 /// thread. Call before starting other threads.

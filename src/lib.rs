@@ -20,6 +20,7 @@
 //! | [`affinity`] | CPUs: pinning, arrival CPU, the placement policy |
 //! | [`server`] | starting, reloading and draining the whole |
 //! | [`daemon`] | the supervisor: signals and requests to actions |
+//! | [`event`] | the supervisor's inbox (events) and its answers (status) |
 //! | [`notify`] | the systemd notify protocol and watchdog |
 //! | [`activation`] | sockets passed by systemd (activation, fd store) |
 //! | [`control`] | the control socket and its access rule |
@@ -45,6 +46,7 @@ pub mod config;
 pub(crate) mod connection;
 pub mod control;
 pub mod daemon;
+pub mod event;
 #[cfg(feature = "fault-injection")]
 pub(crate) mod fault;
 pub mod limits;

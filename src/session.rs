@@ -19,7 +19,8 @@
 
 use std::time::Instant;
 
-use crate::connection::Ends;
+use std::net::SocketAddr;
+
 use crate::stats::CloseReason;
 
 /// The `log` target of session lines (what JSON calls `"event"`).
@@ -93,12 +94,12 @@ impl Session {
     }
 
     /// Writes the session line (at `info`) of the session between `ends`.
-    pub(crate) fn log(&self, ends: Ends) {
+    pub(crate) fn log(&self, client: SocketAddr, listener: Option<SocketAddr>) {
         let secs = self.started.elapsed().as_secs_f64();
         log::info!(
             target: TARGET,
-            client:% = ends.peer,
-            listener:% = Listener(ends.local),
+            client:% = client,
+            listener:% = Listener(listener),
             protocol = "tcp",
             duration_s = (secs * 1e3).round() / 1e3,
             received = self.received,

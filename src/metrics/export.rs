@@ -23,7 +23,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::process::Process;
-use crate::daemon::Status;
+use crate::event::Status;
 
 /// The formats a scrape can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

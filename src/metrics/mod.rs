@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::daemon::Event;
+use crate::event::Event;
 use export::{Export, Format};
 
 /// Threads serving requests.
