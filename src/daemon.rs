@@ -171,7 +171,7 @@ impl Daemon {
         listener: Option<std::net::TcpListener>,
     ) -> std::io::Result<Self> {
         if let Some(l) = listener {
-            let server = MetricsServer::start(l, events.clone())?;
+            let server = MetricsServer::start(l, events.clone(), self.server.gate().clone())?;
             log::info!("metrics on http://{}/metrics", server.local_addr());
             self.metrics = Some(server);
         }
@@ -463,7 +463,7 @@ impl Daemon {
         };
         let l =
             metrics::bind(addr).map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
-        let server = MetricsServer::start(l, events.clone())
+        let server = MetricsServer::start(l, events.clone(), self.server.gate().clone())
             .map_err(|e| format!("cannot start the metrics endpoint: {e}"))?;
         Ok(Some(Some(server)))
     }

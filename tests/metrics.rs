@@ -499,3 +499,34 @@ fn connections_are_counted_per_listener() {
         sample(b, &gauge(addrs[1])) == 0.0 && sample(b, &gauge(addrs[0])) == 3.0
     });
 }
+
+#[test]
+fn the_access_rules_apply_to_the_metrics_endpoint() {
+    let d = Daemon::start(
+        "metrics_listen = \"127.0.0.1:0\"\naccess = [\"allow 127.0.0.1\", \"deny all\"]\n",
+    );
+    let m = metrics_addr(&d);
+    // Allowed: a scrape from 127.0.0.1 is answered.
+    assert_eq!(get(m, "/metrics", None).0, 200);
+    // Denied: from 127.0.0.8 the connection is closed unanswered.
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: SocketAddr = "127.0.0.8:0".parse().unwrap();
+    s.bind(&from.into()).expect("bind 127.0.0.8");
+    s.connect(&m.into()).expect("connect");
+    let mut s: TcpStream = s.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(
+        out.is_empty(),
+        "a denied scraper was answered: {}",
+        String::from_utf8_lossy(&out)
+    );
+    // Counted as a refusal by rule, like any refused client.
+    let (_, _, body) = get(m, "/metrics", None);
+    assert_eq!(
+        sample(&body, "echo_lab_connections_refused_total{reason=\"rule\"}"),
+        1.0
+    );
+}

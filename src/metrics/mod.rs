@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::admission::Gate;
 use crate::event::Event;
 use export::{Export, Format};
 
@@ -76,7 +77,12 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Serves `GET /metrics` on `listener` (from [`bind`]), asking
     /// `events`' supervisor for the counters on each scrape.
-    pub fn start(listener: TcpListener, events: Sender<Event>) -> io::Result<MetricsServer> {
+    /// Clients the top-level `access` rules refuse are closed at once.
+    pub fn start(
+        listener: TcpListener,
+        events: Sender<Event>,
+        gate: Arc<Gate>,
+    ) -> io::Result<MetricsServer> {
         let addr = listener.local_addr()?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -87,6 +93,7 @@ impl MetricsServer {
             poll,
             listener,
             events,
+            gate,
             pool: threadpool::Builder::new()
                 .num_threads(HANDLERS)
                 .thread_name("metrics".into())
@@ -133,6 +140,8 @@ struct Acceptor {
     poll: Poll,
     listener: mio::net::TcpListener,
     events: Sender<Event>,
+    /// The access rules: the top-level list applies to scrapers too.
+    gate: Arc<Gate>,
     pool: threadpool::ThreadPool,
     /// Connections reading their request head, by token.
     pending: slab::Slab<Pending>,
@@ -174,7 +183,13 @@ impl Acceptor {
     fn accept_all(&mut self) {
         loop {
             match self.listener.accept() {
-                Ok((stream, _)) => self.admit(stream),
+                Ok((stream, peer)) => {
+                    // Refused by rule: closed unanswered, counted and
+                    // logged as any refused client is.
+                    if self.gate.allows(peer.ip(), None) {
+                        self.admit(stream);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
