@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`config`] | the config file: keys, defaults, parsing, located errors |
 //! | [`net`] | binding listening sockets with a backlog |
+//! | [`sockets`] | the TCP listening sockets by address: opened, reused on reload, taken from systemd |
 //! | `listener` | the accept loop: the only thread touching listeners |
 //! | [`admission`] | who may connect: access rules, per-source limits, the source table |
 //! | `pool` | the workers: their table, where each connection goes, resizing, replacing |
