@@ -61,12 +61,11 @@ fn connect_when_up(addr: SocketAddr) -> TcpStream {
 fn knock_until_exit(child: &mut Child, addr: SocketAddr) -> std::process::ExitStatus {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
+        let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+        if let Some(status) = wait_child(child, Duration::from_millis(20)) {
             return status;
         }
         assert!(Instant::now() < deadline, "the daemon did not exit");
-        let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
