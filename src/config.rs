@@ -106,6 +106,10 @@ section! {
         /// After traffic, a worker polls without sleeping for this long (lower
         /// latency for a core's worth of CPU while traffic flows); zero = off.
         busy_poll: Duration = Duration::ZERO, Micros { max: 10_000 }, Live;
+        /// After a wakeup that found several connections ready, a worker
+        /// polls without sleeping for a moment (`worker::DENSE_SPIN`): dense
+        /// traffic then pays fewer sleeps and wakeups; sparse traffic none.
+        spin_when_busy: bool = true, Flag, Live;
         /// Pin worker k to the k-th allowed CPU and deal each connection to
         /// the worker on the CPU its packets arrive on (see `affinity`).
         cpu_affinity: bool = true, Flag, AtRestart;
@@ -828,6 +832,7 @@ mod change_report {
             drain_timeout: Duration::from_secs(3),
             max_pending_bytes: 4096,
             busy_poll: Duration::from_micros(50),
+            spin_when_busy: false,
             cpu_affinity: false,
             udp: true,
             udp_rate_packets: 10,
@@ -891,6 +896,7 @@ mod change_report {
                 ("drain_timeout", "10s", "3s", Live),
                 ("max_pending_bytes", "65536", "4096", Live),
                 ("busy_poll", "0s", "50us", Live),
+                ("spin_when_busy", "true", "false", Live),
                 ("cpu_affinity", "true", "false", AtRestart),
                 ("udp", "false", "true", Live),
                 ("udp_rate_packets", "100", "10", Live),
@@ -926,9 +932,9 @@ mod change_report {
         );
         // And back: the same keys, values swapped.
         let back = changes(&new, &old);
-        assert_eq!(back.len(), 30);
-        assert_eq!(back[9].to_string(), "cpu_affinity: false -> true");
-        assert_eq!(back[26].to_string(), "log.target: syslog -> unset");
+        assert_eq!(back.len(), 31);
+        assert_eq!(back[10].to_string(), "cpu_affinity: false -> true");
+        assert_eq!(back[27].to_string(), "log.target: syslog -> unset");
     }
 
     #[test]

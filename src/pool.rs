@@ -434,6 +434,7 @@ mod tests {
             idle_timeout: Duration::ZERO,
             max_pending_bytes: 1024,
             busy_poll: Duration::ZERO,
+            spin_when_busy: true,
             sessions: false,
             latency: false,
         })
@@ -519,6 +520,7 @@ mod tests {
             idle_timeout: Duration::from_secs(2),
             max_pending_bytes: 4096,
             busy_poll: Duration::from_micros(50),
+            spin_when_busy: true,
             sessions: false,
             latency: false,
         });

@@ -136,6 +136,7 @@ fn settings_of(config: &Config) -> Settings {
         idle_timeout: config.idle_timeout,
         max_pending_bytes: config.max_pending_bytes,
         busy_poll: config.busy_poll,
+        spin_when_busy: config.spin_when_busy,
         sessions: config.log.sessions,
         latency: config.metrics_listen.is_some(),
     }

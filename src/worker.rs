@@ -49,6 +49,32 @@ const WAKER: Token = Token(usize::MAX);
 /// a heartbeat.
 const HEARTBEAT: Duration = Duration::from_millis(500);
 
+/// A wakeup that served at least this many connections finds traffic
+/// dense: more is likely to be ready within [`DENSE_SPIN`].
+pub(crate) const DENSE_READY: usize = 2;
+/// How long a worker polls without sleeping after a dense wakeup
+/// (`spin_when_busy`). Under clients that hand the server a few messages
+/// at a time, a worker that sleeps as soon as it runs dry pays a sleep and
+/// a wakeup every few round trips; a short spin catches the next ones
+/// awake. One connection's wakeups serve one event each, so it never
+/// spins, and when traffic stops a worker spins this long at most once.
+pub(crate) const DENSE_SPIN: Duration = Duration::from_micros(50);
+
+/// How long to poll without sleeping after a wakeup that served `served`
+/// connections: `busy_poll` after any traffic, else [`DENSE_SPIN`] after
+/// a dense wakeup with `spin_when_busy`, else not at all.
+fn spin_after(settings: &Settings, served: usize) -> Option<Duration> {
+    if served == 0 {
+        None
+    } else if !settings.busy_poll.is_zero() {
+        Some(settings.busy_poll)
+    } else if settings.spin_when_busy && served >= DENSE_READY {
+        Some(DENSE_SPIN)
+    } else {
+        None
+    }
+}
+
 /// How long a closing connection may keep sending before it is dropped.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -95,6 +121,9 @@ pub(crate) struct Settings {
     /// sleep in `epoll_wait` as soon as nothing is ready (see
     /// [`Worker::run`]).
     pub busy_poll: Duration,
+    /// Spin for [`DENSE_SPIN`] after a wakeup that served at least
+    /// [`DENSE_READY`] connections (`spin_when_busy`).
+    pub spin_when_busy: bool,
     /// Log a line per finished session (`[log] sessions`).
     pub sessions: bool,
     /// Time each echo for the latency histogram (while metrics are on).
@@ -359,13 +388,13 @@ impl Worker {
     /// up their read budget last turn.
     fn serve_ready(&mut self, events: &Events, now: Instant) {
         let again = std::mem::take(&mut self.again);
-        let mut served = false;
+        let mut served = 0;
         for event in events.iter().filter(|e| e.token() != WAKER) {
-            served = true;
+            served += 1;
             self.serve(event.token().0, Readiness::of(event), now);
         }
-        if served && !self.settings.busy_poll.is_zero() {
-            self.spin_until = Some(now + self.settings.busy_poll);
+        if let Some(spin) = spin_after(&self.settings, served) {
+            self.spin_until = Some(now + spin);
         }
         for slot in again {
             self.serve(slot, Readiness::AGAIN, now);
@@ -733,5 +762,52 @@ impl Worker {
         let _ = Connection::send_last_words(conn.stream_mut(), Notice::ShuttingDown);
         conn.session_mut().end(CloseReason::Drain);
         self.finished(&mut conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(busy_poll: Duration, spin_when_busy: bool) -> Settings {
+        Settings {
+            idle_timeout: Duration::ZERO,
+            max_pending_bytes: 1024,
+            busy_poll,
+            spin_when_busy,
+            sessions: false,
+            latency: false,
+        }
+    }
+
+    #[test]
+    fn a_dense_wakeup_spins_briefly_a_single_event_does_not() {
+        let s = settings(Duration::ZERO, true);
+        assert_eq!(spin_after(&s, 0), None);
+        assert_eq!(spin_after(&s, 1), None, "one connection never spins");
+        assert_eq!(spin_after(&s, DENSE_READY), Some(DENSE_SPIN));
+        assert_eq!(spin_after(&s, 500), Some(DENSE_SPIN));
+    }
+
+    #[test]
+    fn spin_when_busy_off_never_spins() {
+        let s = settings(Duration::ZERO, false);
+        assert_eq!(spin_after(&s, 1), None);
+        assert_eq!(spin_after(&s, 500), None);
+    }
+
+    #[test]
+    fn busy_poll_spins_its_own_length_after_any_traffic() {
+        let long = Duration::from_millis(2);
+        for dense in [true, false] {
+            let s = settings(long, dense);
+            assert_eq!(
+                spin_after(&s, 0),
+                None,
+                "nothing served, nothing to wait for"
+            );
+            assert_eq!(spin_after(&s, 1), Some(long));
+            assert_eq!(spin_after(&s, 500), Some(long));
+        }
     }
 }
