@@ -274,9 +274,11 @@ impl Gate {
         }
     }
 
-    /// The `n` busiest sources now.
+    /// The `n` busiest sources now, ranked after the table's lock is
+    /// released (the accept loop waits on it).
     pub(crate) fn top(&self, n: usize) -> Vec<SourceView> {
-        lock(&self.table).top(n, self.now_ms())
+        let rows = lock(&self.table).rows(self.now_ms());
+        table::rank(rows, n)
     }
 
     /// What was refused and what the rules matched.

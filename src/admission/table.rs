@@ -234,6 +234,62 @@ pub struct SourceView {
     pub would_refuse_rate: u64,
 }
 
+/// One source's figures as [`Table::rows`] copied them.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    key: Key,
+    open: u32,
+    rate: u64,
+    admitted: u32,
+    refused: [u32; 3],
+    would: [u32; 2],
+}
+
+impl Row {
+    /// The ranking: open connections, then refusals (dry run included),
+    /// then the rate.
+    fn score(&self) -> (u32, u64, u64) {
+        let refused = self
+            .refused
+            .iter()
+            .chain(&self.would)
+            .map(|&r| u64::from(r));
+        (self.open, refused.sum(), self.rate)
+    }
+
+    fn view(&self, limits: &Limits) -> SourceView {
+        SourceView {
+            source: self.key.describe(limits),
+            open: u64::from(self.open),
+            rate_10s: self.rate,
+            admitted: u64::from(self.admitted),
+            refused_rule: u64::from(self.refused[Reason::Rule.index()]),
+            refused_cap: u64::from(self.refused[Reason::Cap.index()]),
+            refused_rate: u64::from(self.refused[Reason::Rate.index()]),
+            would_refuse_cap: u64::from(self.would[0]),
+            would_refuse_rate: u64::from(self.would[1]),
+        }
+    }
+}
+
+/// The table's sources copied out, with how it groups addresses.
+pub(crate) struct Rows {
+    rows: Vec<Row>,
+    limits: Limits,
+}
+
+/// The `n` busiest of `rows`, busiest first (all of them if `n` is 0).
+pub(crate) fn rank(rows: Rows, n: usize) -> Vec<SourceView> {
+    let Rows { mut rows, limits } = rows;
+    let by = |a: &Row, b: &Row| b.score().cmp(&a.score());
+    if rows.len() > n && n > 0 {
+        rows.select_nth_unstable_by(n - 1, by);
+        rows.truncate(n);
+    }
+    rows.sort_by(by);
+    rows.iter().map(|r| r.view(&limits)).collect()
+}
+
 /// The table's own counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct TableCounts {
@@ -388,37 +444,33 @@ impl Table {
     }
 
     /// The `n` sources with the most open connections, then the most
-    /// refusals, then the highest rate.
+    /// refusals, then the highest rate (all of them if `n` is 0).
+    #[cfg(test)]
     pub(crate) fn top(&self, n: usize, now_ms: u64) -> Vec<SourceView> {
-        let mut all: Vec<(Key, &Entry)> = self.entries.iter().map(|(k, e)| (*k, e)).collect();
-        let score = |e: &Entry| {
-            let refused: u64 = e
-                .refused
-                .iter()
-                .chain(&e.would)
-                .map(|&r| u64::from(r))
-                .sum();
-            (e.open, refused, e.freq.per_period(now_ms))
-        };
-        let by = |a: &(Key, &Entry), b: &(Key, &Entry)| score(b.1).cmp(&score(a.1));
-        if all.len() > n && n > 0 {
-            all.select_nth_unstable_by(n - 1, by);
-            all.truncate(n);
-        }
-        all.sort_by(by);
-        all.iter()
-            .map(|(k, e)| SourceView {
-                source: k.describe(&self.limits),
-                open: u64::from(e.open),
-                rate_10s: e.freq.per_period(now_ms),
-                admitted: u64::from(e.admitted),
-                refused_rule: u64::from(e.refused[Reason::Rule.index()]),
-                refused_cap: u64::from(e.refused[Reason::Cap.index()]),
-                refused_rate: u64::from(e.refused[Reason::Rate.index()]),
-                would_refuse_cap: u64::from(e.would[0]),
-                would_refuse_rate: u64::from(e.would[1]),
+        rank(self.rows(now_ms), n)
+    }
+
+    /// Every tracked source's figures, copied out (one pass, no
+    /// allocation per source) so that the `sources` request ranks and
+    /// formats them after the table's lock is released: the accept loop
+    /// takes that lock for every connection.
+    pub(crate) fn rows(&self, now_ms: u64) -> Rows {
+        let rows = self
+            .entries
+            .iter()
+            .map(|(k, e)| Row {
+                key: *k,
+                open: e.open,
+                rate: e.freq.per_period(now_ms),
+                admitted: e.admitted,
+                refused: e.refused,
+                would: e.would,
             })
-            .collect()
+            .collect();
+        Rows {
+            rows,
+            limits: self.limits,
+        }
     }
 
     /// The entry of `key`, made (evicting an idle one if the table is
