@@ -13,7 +13,7 @@
 //! every busy thread, is always runnable, and is preempted for whole
 //! scheduler ticks with all its connections waiting.
 //!
-//! So with `cpu_affinity` on (the default) worker *k* is pinned to the
+//! So with `cpu_affinity` on worker *k* is pinned to the
 //! *k*-th CPU the daemon may use (its affinity mask, so `taskset`, cpusets
 //! and systemd's `CPUAffinity=` are respected), and a new connection goes to
 //! a worker on the CPU that processed its handshake (SO_INCOMING_CPU). This
@@ -35,6 +35,17 @@
 //! only after it has stayed [`MIN_DWELL`] where it is, and only when two
 //! checks in a row saw its packets on the same other CPU, so a connection
 //! moves at most once per [`MIN_DWELL`] whatever its client does.
+//!
+//! Why it is off by default: locality holds only while each client keeps
+//! a connection on one thread that stays on one CPU. A client whose
+//! runtime moves connections between threads (tokio's work stealing)
+//! sends a connection's packets from either CPU, so the pinned worker
+//! gains nothing and keeps its cost: it cannot follow the scheduler to an
+//! idle CPU, and at light load each wakeup from the other CPU is a
+//! cross-CPU one. Measured on two shared cores, pinning won about 10 %
+//! under `echo-labctl bench` and lost about as much under a tokio client,
+//! with 1.4 times the CPU per round trip at 5000 round trips a second
+//! (docs/PERFORMANCE.md, "Pinning").
 //!
 //! Nothing here knows about workers or sockets beyond a file descriptor:
 //! the pool (`crate::pool`) feeds [`choose`] the loads it keeps.

@@ -112,7 +112,9 @@ section! {
         spin_when_busy: bool = true, Flag, Live;
         /// Pin worker k to the k-th allowed CPU and deal each connection to
         /// the worker on the CPU its packets arrive on (see `affinity`).
-        cpu_affinity: bool = true, Flag, AtRestart;
+        /// Off by default: it pays only where clients keep their
+        /// connections on one CPU (docs/PERFORMANCE.md, "Pinning").
+        cpu_affinity: bool = false, Flag, AtRestart;
         /// Also serve UDP echo on `host:port` (same port number as TCP).
         udp: bool = false, Flag, Live;
         /// Datagrams per second echoed to one source address, and its
@@ -475,7 +477,7 @@ mod tests {
         let c = Config::parse(
             "host = \"::1\"\nport = 0\nbacklog = 16\npool_size = 2\nidle_timeout = \"90s\"\n\
              max_connections = 5\ndrain_timeout = 3\nmax_pending_bytes = 4096\n\
-             busy_poll = 10\ncpu_affinity = false\n\
+             busy_poll = 10\ncpu_affinity = true\n\
              control_socket = \"/tmp/x.sock\"\ncontrol_group = \"adm\"\n[log]\nlevel = \"debug\"\ntarget = \"syslog\"\n",
             "t.toml",
         )
@@ -485,7 +487,7 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(90));
         assert_eq!(c.drain_timeout, Duration::from_secs(3));
         assert_eq!(c.busy_poll, Duration::from_micros(10));
-        assert!(!c.cpu_affinity);
+        assert!(c.cpu_affinity);
         assert_eq!(c.log.level, LogLevel::Debug);
         assert_eq!(c.log.target, Some(LogTarget::Syslog));
     }
@@ -833,7 +835,7 @@ mod change_report {
             max_pending_bytes: 4096,
             busy_poll: Duration::from_micros(50),
             spin_when_busy: false,
-            cpu_affinity: false,
+            cpu_affinity: true,
             udp: true,
             udp_rate_packets: 10,
             udp_rate_bytes: 1000,
@@ -897,7 +899,7 @@ mod change_report {
                 ("max_pending_bytes", "65536", "4096", Live),
                 ("busy_poll", "0s", "50us", Live),
                 ("spin_when_busy", "true", "false", Live),
-                ("cpu_affinity", "true", "false", AtRestart),
+                ("cpu_affinity", "false", "true", AtRestart),
                 ("udp", "false", "true", Live),
                 ("udp_rate_packets", "100", "10", Live),
                 ("udp_rate_bytes", "65536", "1000", Live),
@@ -933,7 +935,7 @@ mod change_report {
         // And back: the same keys, values swapped.
         let back = changes(&new, &old);
         assert_eq!(back.len(), 31);
-        assert_eq!(back[10].to_string(), "cpu_affinity: false -> true");
+        assert_eq!(back[10].to_string(), "cpu_affinity: true -> false");
         assert_eq!(back[27].to_string(), "log.target: syslog -> unset");
     }
 

@@ -1,8 +1,9 @@
-//! `cpu_affinity` (on by default): workers pinned one per CPU, each
-//! connection served by the worker on the CPU its packets arrive on, moved
-//! there when its client has moved for good (at most once per 10 s: a
-//! client that hops between CPUs is not chased), and never at the price of
-//! balance.
+//! `cpu_affinity` (off by default, so every test here turns it on; the
+//! first also checks that the default leaves workers unpinned): workers
+//! pinned one per CPU, each connection served by the worker on the CPU
+//! its packets arrive on, moved there when its client has moved for good
+//! (at most once per 10 s: a client that hops between CPUs is not chased),
+//! and never at the price of balance.
 //!
 //! Over loopback a connection's packets are processed on the CPU of the
 //! thread that sends them, so a test thread pinned to a CPU
@@ -106,11 +107,11 @@ fn open_from(addr: std::net::SocketAddr, cpu: usize, n: usize) -> Vec<TcpStream>
 }
 
 #[test]
-fn workers_are_pinned_one_per_cpu_unless_turned_off() {
+fn workers_are_pinned_one_per_cpu_when_turned_on_and_unpinned_by_default() {
     let Some((a, b)) = two_cpus("workers_are_pinned") else {
         return;
     };
-    let d = Daemon::start("pool_size = 2\n");
+    let d = Daemon::start("pool_size = 2\ncpu_affinity = true\n");
     // A worker thread is named when it starts and pins itself just after:
     // wait for both to have done so.
     let mut want = vec![a.to_string(), b.to_string()];
@@ -124,7 +125,8 @@ fn workers_are_pinned_one_per_cpu_unless_turned_off() {
     cpus.sort();
     assert_eq!(cpus, vec![Some(a as u64), Some(b as u64)]);
 
-    let off = Daemon::start("pool_size = 2\ncpu_affinity = false\n");
+    // No cpu_affinity line: the default.
+    let off = Daemon::start("pool_size = 2\n");
     wait_until(IO_TIMEOUT, "two worker threads", || {
         worker_cpu_lists(&off).len() == 2
     });
@@ -147,7 +149,7 @@ fn connections_go_to_the_worker_on_their_cpu() {
     let Some((a, b)) = two_cpus("connections_go_to_the_worker_on_their_cpu") else {
         return;
     };
-    let d = Daemon::start("pool_size = 2\n");
+    let d = Daemon::start("pool_size = 2\ncpu_affinity = true\n");
     let from_a = open_from(d.addr(), a, 6);
     wait_until(IO_TIMEOUT, "6 connections on the worker of CPU a", || {
         on_cpu(&d, a) == 6
@@ -168,7 +170,7 @@ fn a_connection_follows_its_client_to_another_cpu_without_losing_a_byte() {
     let Some((a, b)) = two_cpus("a_connection_follows_its_client") else {
         return;
     };
-    let d = Daemon::start("pool_size = 2\n");
+    let d = Daemon::start("pool_size = 2\ncpu_affinity = true\n");
     let addr = d.addr();
     let handle = std::thread::spawn(move || {
         pin_me(a);
@@ -225,7 +227,7 @@ fn a_client_that_hops_between_cpus_is_not_chased() {
     let Some((a, b)) = two_cpus("a_client_that_hops_between_cpus_is_not_chased") else {
         return;
     };
-    let d = Daemon::start("pool_size = 2\n");
+    let d = Daemon::start("pool_size = 2\ncpu_affinity = true\n");
     let addr = d.addr();
     // Ten clients; each switches CPU every 100 round trips for 3 s, like
     // client threads a scheduler migrates.
@@ -264,7 +266,7 @@ fn locality_never_costs_balance() {
     let Some((a, b)) = two_cpus("locality_never_costs_balance") else {
         return;
     };
-    let d = Daemon::start("pool_size = 2\n");
+    let d = Daemon::start("pool_size = 2\ncpu_affinity = true\n");
     // Every client on one CPU: pure locality would give one worker all.
     let clients = open_from(d.addr(), a, 60);
     wait_until(IO_TIMEOUT, "all 60 connections adopted", || {

@@ -118,7 +118,7 @@ fn a_worker_that_dies_is_replaced_on_its_own_cpu() {
         cpus.len() >= 2,
         "this test needs two CPUs; this process may use {cpus:?} (run it on a 2-CPU machine)"
     );
-    let d = Daemon::start("pool_size = 2\n");
+    let d = Daemon::start("pool_size = 2\ncpu_affinity = true\n");
     let before = worker_cpus(&d);
     let second = before[1].expect("worker 1 is pinned") as usize;
     assert_ne!(before[0], before[1], "workers on distinct CPUs: {before:?}");

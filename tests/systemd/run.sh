@@ -204,9 +204,10 @@ set_conf() {
   in_ct sed -i -E "s|^#? *$1 = .*|$1 = $2|" "$f" && in_ct grep -q "^$1 = $2\$" "$f"
 }
 configure() {
-  set_conf port "$PORT" && set_conf idle_timeout '"5m"' && set_conf drain_timeout '"5s"' && set_conf level '"debug"'
+  set_conf port "$PORT" && set_conf idle_timeout '"5m"' && set_conf drain_timeout '"5s"' && set_conf level '"debug"' &&
+    set_conf cpu_affinity true
 }
-check "configure 127.0.0.1:$PORT, log level debug" configure
+check "configure 127.0.0.1:$PORT, log level debug, cpu_affinity on" configure
 
 # ------------------------------------------------------------ echo-lab.service
 check "systemctl start echo-lab" in_ct systemctl start echo-lab
@@ -220,7 +221,7 @@ status_line() {
 check "systemctl status shows the daemon's STATUS= line" status_line
 check "echo-labctl status reaches the daemon (/run/echo-lab/control.sock)" in_ct echo-labctl status
 workers_pinned() {
-  # cpu_affinity (the default) under the unit's system call filter, which
+  # cpu_affinity (turned on by configure) under the unit's system call filter, which
   # lets sched_setaffinity back in: every worker reports a CPU, and the
   # journal has no "cannot pin".
   local json; json=$(in_ct echo-labctl status --json) || return 1
