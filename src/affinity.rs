@@ -42,10 +42,8 @@
 //! sends a connection's packets from either CPU, so the pinned worker
 //! gains nothing and keeps its cost: it cannot follow the scheduler to an
 //! idle CPU, and at light load each wakeup from the other CPU is a
-//! cross-CPU one. Measured on two shared cores, pinning won about 10 %
-//! under `echo-labctl bench` and lost about as much under a tokio client,
-//! with 1.4 times the CPU per round trip at 5000 round trips a second
-//! (docs/PERFORMANCE.md, "Pinning").
+//! cross-CPU one. docs/PERFORMANCE.md ("Pinning") has the measurements,
+//! client by client.
 //!
 //! Nothing here knows about workers or sockets beyond a file descriptor:
 //! the pool (`crate::pool`) feeds [`choose`] the loads it keeps.
