@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# ab.sh: echo-lab under two or more configurations, with tokio-echo beside
+# ab.sh: echo-lab under two or more configurations, with peer servers beside
 # them, under the same three clients as compare.sh, in interleaved rounds;
 # prints each figure's median with its min-max spread over rounds. It is
 # how a setting's default is decided (docs/PERFORMANCE.md, "Pinning").
 #
 # Usage: bench/ab.sh [--rounds N] [--duration SECS] [--points LIST]
-#                    [--no-peer] NAME=TOML [NAME=TOML ...]
+#                    [--peers LIST] NAME=TOML [NAME=TOML ...]
 #
 #   NAME=TOML     an echo-lab variant: NAME labels its column, TOML is
 #                 added to its config (top-level keys; "\n" separates
@@ -21,7 +21,11 @@
 #                 rate of R round trips/s over 50 connections under
 #                 echo-labctl bench --rate. Default:
 #                 ctl-50,teb-50,tok-50,tok-1000,rate-5000,rate-45000
-#   --no-peer     leave tokio-echo out
+#   --peers LIST  comma-separated peer servers from bench/: tokio-echo,
+#                 thread-echo (a thread per connection), uring-echo,
+#                 shared-echo (threads sharing one epoll: what a shared
+#                 poller buys over connections owned by one worker), the
+#                 others on 2 threads; or none. Default: tokio-echo
 #
 # Figures: round trips/s; p99 latency in µs (not for teb, which reports
 # counts only); server CPU µs per round trip (user + system time of the
@@ -36,7 +40,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 rounds=5
 duration=3
 points=ctl-50,teb-50,tok-50,tok-1000,rate-5000,rate-45000
-peer=1
+peers=tokio-echo
 names=()
 tomls=()
 while [ $# -gt 0 ]; do
@@ -44,7 +48,7 @@ while [ $# -gt 0 ]; do
         --rounds) rounds=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
         --points) points=$2; shift 2 ;;
-        --no-peer) peer=0; shift ;;
+        --peers) peers=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *=*) names+=("${1%%=*}"); tomls+=("${1#*=}"); shift ;;
         *) echo "ab.sh: unknown argument $1 (a variant is NAME=TOML)" >&2; exit 2 ;;
@@ -56,9 +60,17 @@ case $duration in
 esac
 
 say() { printf '%s\n' "ab.sh: $*" >&2; }
-say "building (release): echo-lab, tokio-echo, tokio-client"
+say "building (release): echo-lab and bench/ servers and clients"
 (cd "$root" && cargo build --release --quiet --bins)
-for pkg in tokio-echo tokio-client; do
+[ "$peers" != none ] || peers=""
+IFS=',' read -r -a peer_list <<<"$peers"
+for p in "${peer_list[@]}"; do
+    case $p in
+        tokio-echo|thread-echo|uring-echo|shared-echo) ;;
+        *) echo "ab.sh: unknown peer $p (tokio-echo, thread-echo, uring-echo, shared-echo)" >&2; exit 2 ;;
+    esac
+done
+for pkg in tokio-client "${peer_list[@]}"; do
     (cd "$root/bench/$pkg" && cargo build --release --quiet)
 done
 
@@ -78,13 +90,15 @@ teb=$(command -v tcp-echo-benchmark || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tcp
 ulimit -n "$(ulimit -Hn)"
 clk_tck=$(getconf CLK_TCK)
 
-# start VARIANT-INDEX|peer: starts the server, waits (at most 10 s) for its
+# start VARIANT-INDEX|PEER: starts the server, waits (at most 10 s) for its
 # "listening on ADDR" line; sets server_pid and addr.
 start() {
     local cmd
-    if [ "$1" = peer ]; then
-        cmd=("$root/bench/tokio-echo/target/release/tokio-echo" 127.0.0.1:0 --workers 2)
-    else
+    case $1 in
+        thread-echo) cmd=("$root/bench/thread-echo/target/release/thread-echo" 127.0.0.1:0) ;;
+        *-echo) cmd=("$root/bench/$1/target/release/$1" 127.0.0.1:0 --workers 2) ;;
+    esac
+    if [[ $1 != *-echo ]]; then
         # The base config, less the keys the variant sets, then the variant.
         local variant key line
         variant=$(printf '%b' "${tomls[$1]}")
@@ -158,9 +172,8 @@ measure() {
     esac
 }
 
-servers=("${!names[@]}")
-[ "$peer" = 0 ] || servers+=(peer)
-label() { if [ "$1" = peer ]; then echo tokio-echo; else echo "${names[$1]}"; fi; }
+servers=("${!names[@]}" "${peer_list[@]}")
+label() { if [[ $1 == *-echo ]]; then echo "$1"; else echo "${names[$1]}"; fi; }
 results=$work/results.tsv
 : > "$results"
 IFS=',' read -r -a point_list <<<"$points"
