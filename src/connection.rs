@@ -150,6 +150,11 @@ pub(crate) struct Connection {
     read_closed: bool,
     /// Reading stopped because `pending` reached the cap.
     paused: bool,
+    /// The poller has reported the client's end of input. Kept, because
+    /// that report is an edge: if it came while reading was paused, no
+    /// later event repeats it, and a short read must not be taken to mean
+    /// "nothing more until the next event" (the end of stream is next).
+    end_reported: bool,
     /// Reads that brought data since the worker last asked where this
     /// connection's packets arrive (see [`Connection::placement_due`]).
     reads_since_placed: u32,
@@ -181,6 +186,7 @@ impl Connection {
             phase: Phase::Open,
             read_closed: false,
             paused: false,
+            end_reported: false,
             reads_since_placed: 0,
             steer: Steer::placed_at(std::time::Instant::now()),
             session: Session::new(),
@@ -278,6 +284,7 @@ impl Connection {
         read_closed_hint: bool,
     ) -> (Step, ReadReport) {
         let mut report = ReadReport::default();
+        self.end_reported |= read_closed_hint;
         if self.phase == Phase::Lingering {
             return (self.discard_input(buf), report);
         }
@@ -309,7 +316,7 @@ impl Connection {
                     // A short read drained the socket; with edge-triggered
                     // readiness a later arrival raises a new event. When the
                     // peer has closed, read on to see the end of stream.
-                    if n < want && !read_closed_hint {
+                    if n < want && !self.end_reported {
                         return (Step::Wait, report);
                     }
                 }
