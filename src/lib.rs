@@ -18,6 +18,7 @@
 //! | [`protocol`] | what bytes mean: `disconnect`, notices |
 //! | [`proxy`] | the PROXY protocol header (v1, v2) on listeners behind a proxy |
 //! | `timeouts` | O(1) idle deadlines (a FIFO per timeout value) |
+//! | `wake_timer` | a worker's alarm at its next deadline, so its poll needs no timeout |
 //! | [`affinity`] | CPUs: pinning, arrival CPU, the placement policy |
 //! | [`server`] | starting, reloading and draining the whole |
 //! | [`daemon`] | the supervisor: signals and requests to actions |
@@ -65,6 +66,7 @@ pub mod sockets;
 pub mod stats;
 pub(crate) mod timeouts;
 pub mod udp;
+pub(crate) mod wake_timer;
 pub(crate) mod worker;
 
 /// sysexits(3) EX_CONFIG: the config is invalid.

@@ -11,8 +11,10 @@
 //! wakeup per message. Here a message costs `epoll_wait`, `read`, `write` on
 //! the thread that was already waiting.
 //!
-//! The loop never blocks except in `epoll_wait`, whose timeout is the
-//! nearest deadline (idle, lingering close, drain) or the heartbeat period.
+//! The loop never blocks except in `epoll_wait`, which wakes at the latest
+//! at the nearest deadline (idle, lingering close, drain) or the heartbeat
+//! period: a [`WakeTimer`] in the same poller rings then, so the wait
+//! itself needs no timeout (and the kernel no timer per sleep).
 //! Commands from the rest of the daemon (a new connection, new settings,
 //! drain, stop, retire) arrive in the worker's [`Mailbox`], with a
 //! [`mio::Waker`] to interrupt the wait. A panic while serving one
@@ -41,9 +43,12 @@ use crate::protocol::Notice;
 use crate::proxy::HEADER_TIMEOUT;
 use crate::stats::{CloseReason, WorkerStats};
 use crate::timeouts::TimeoutQueue;
+use crate::wake_timer::WakeTimer;
 
 /// Token of the waker; connection tokens are slab keys.
 const WAKER: Token = Token(usize::MAX);
+/// Token of the alarm that wakes the loop at its next deadline.
+const ALARM: Token = Token(usize::MAX - 1);
 
 /// Longest sleep: the loop turns at least this often so the watchdog sees
 /// a heartbeat.
@@ -241,6 +246,8 @@ pub(crate) struct Worker {
     id: u64,
     /// Readiness of this worker's sockets.
     poll: Poll,
+    /// Rings at the loop's next deadline, so `epoll_wait` needs no timeout.
+    alarm: WakeTimer,
     /// The connections, keyed by their poll token.
     conns: Slab<Connection>,
     /// Open connections by last activity (idle timeout).
@@ -295,6 +302,7 @@ impl Worker {
     ) -> std::io::Result<(Worker, WorkerHandle)> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
+        let alarm = WakeTimer::new(poll.registry(), ALARM)?;
         let (tx, inbox) = std::sync::mpsc::channel();
         let mailbox = Arc::new(Mailbox {
             tx: Mutex::new(Some(tx)),
@@ -307,6 +315,7 @@ impl Worker {
         let worker = Worker {
             id,
             poll,
+            alarm,
             conns: Slab::new(),
             idle: TimeoutQueue::default(),
             linger: TimeoutQueue::default(),
@@ -364,19 +373,14 @@ impl Worker {
     /// poller failed.
     fn wait(&mut self, events: &mut Events) -> bool {
         let now = Instant::now();
-        let mut timeout = self.poll_timeout(now);
-        match self.spin_until {
-            Some(until) if now < until => timeout = Duration::ZERO,
-            Some(_) => self.spin_until = None,
-            None => {}
-        }
-        if let Err(e) = self.poll.poll(events, Some(timeout)) {
+        let timeout = self.poll_timeout(now);
+        if let Err(e) = self.poll.poll(events, timeout) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 log::error!("worker poll failed: {e}; closing its connections");
                 return false;
             }
         }
-        if timeout.is_zero() && events.is_empty() && self.again.is_empty() {
+        if timeout == Some(Duration::ZERO) && events.is_empty() && self.again.is_empty() {
             // Spinning and nothing came: let a thread that shares
             // this CPU (a local client, say) run before asking again.
             std::thread::yield_now();
@@ -384,14 +388,40 @@ impl Worker {
         true
     }
 
+    /// How long the next poll may block: not at all while spinning or
+    /// with connections to serve again; else until woken, with the alarm
+    /// set for the next deadline (or, if the alarm cannot be set, until
+    /// that deadline, rounded up to the poller's millisecond).
+    fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
+        match self.spin_until {
+            Some(until) if now < until => return Some(Duration::ZERO),
+            Some(_) => self.spin_until = None,
+            None => {}
+        }
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let until = self.next_deadline(now);
+        match self.alarm.ring_by(until, now) {
+            Ok(()) => None,
+            Err(_) => Some(until.saturating_duration_since(now) + Duration::from_micros(999)),
+        }
+    }
+
     /// Serves every connection the poller reported, then those that used
     /// up their read budget last turn.
     fn serve_ready(&mut self, events: &Events, now: Instant) {
         let again = std::mem::take(&mut self.again);
         let mut served = 0;
-        for event in events.iter().filter(|e| e.token() != WAKER) {
-            served += 1;
-            self.serve(event.token().0, Readiness::of(event), now);
+        for event in events.iter() {
+            match event.token() {
+                WAKER => {}
+                ALARM => self.alarm.rang(),
+                Token(slot) => {
+                    served += 1;
+                    self.serve(slot, Readiness::of(event), now);
+                }
+            }
         }
         if let Some(spin) = spin_after(&self.settings, served) {
             self.spin_until = Some(now + spin);
@@ -420,10 +450,8 @@ impl Worker {
         true
     }
 
-    fn poll_timeout(&self, now: Instant) -> Duration {
-        if !self.again.is_empty() {
-            return Duration::ZERO;
-        }
+    /// The loop's next deadline: the nearest timeout, or the heartbeat.
+    fn next_deadline(&self, now: Instant) -> Instant {
         let mut until = now + HEARTBEAT;
         if !self.settings.idle_timeout.is_zero() {
             if let Some(d) = self.idle.next_deadline(self.settings.idle_timeout) {
@@ -439,8 +467,7 @@ impl Worker {
         if let Some(d) = self.drain_deadline {
             until = until.min(d);
         }
-        // Round up to the next millisecond so a wakeup is never early.
-        until.saturating_duration_since(now) + Duration::from_micros(999)
+        until
     }
 
     /// Handles readiness of one connection, isolating panics to it.

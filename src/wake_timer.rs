@@ -1,0 +1,172 @@
+//! A worker's alarm clock: a `timerfd` in the worker's own poller, so the
+//! loop can sleep in `epoll_wait` with no timeout at all.
+//!
+//! A worker must wake at its nearest deadline (an idle, lingering or
+//! PROXY-header timeout, the drain deadline) and at least every heartbeat
+//! period for the watchdog. Passing that deadline to `epoll_wait` as its
+//! timeout makes the kernel arm and cancel a high-resolution timer on every
+//! sleep, and a worker sleeps up to once per message: at a fixed rate
+//! that is a few per cent of the CPU per round trip on a virtual machine,
+//! where programming the timer hardware is an exit to the hypervisor
+//! (figures in docs/PERFORMANCE.md). Here the deadline is handed to a
+//! `timerfd` instead, and
+//! only when it must be: deadlines move later as connections are used (a
+//! touched idle deadline never moves earlier), so an alarm already set for
+//! no later than the new deadline stays; it may ring early, in which case
+//! the loop finds nothing due and sets it again. Under traffic the alarm is
+//! set about once per heartbeat, not once per sleep.
+//!
+//! The alarm is registered edge-triggered under its own token; the loop
+//! calls [`WakeTimer::rang`] when that token is reported.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+
+/// A one-shot monotonic alarm that a worker's poller watches.
+#[derive(Debug)]
+pub(crate) struct WakeTimer {
+    fd: OwnedFd,
+    /// When the alarm is set to ring, if it is set.
+    armed: Option<Instant>,
+}
+
+impl WakeTimer {
+    /// Creates the alarm and registers it with `registry` under `token`.
+    pub(crate) fn new(registry: &Registry, token: Token) -> io::Result<WakeTimer> {
+        // SAFETY: timerfd_create takes no pointers; the result is checked.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)?;
+        Ok(WakeTimer { fd, armed: None })
+    }
+
+    /// Makes sure the alarm rings no later than `at`: sets it only if it is
+    /// not set, has rung (or is due), or is set for later than `at`.
+    pub(crate) fn ring_by(&mut self, at: Instant, now: Instant) -> io::Result<()> {
+        let keep = self.armed.is_some_and(|armed| armed > now && armed <= at);
+        if keep {
+            return Ok(());
+        }
+        self.set(at.saturating_duration_since(now))?;
+        self.armed = Some(at);
+        Ok(())
+    }
+
+    /// Called when the poller reports the alarm: clears it.
+    pub(crate) fn rang(&mut self) {
+        let mut count = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a buffer of 8; a failure
+        // (EAGAIN: nothing to clear) changes nothing.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+        self.armed = None;
+    }
+
+    /// Sets the alarm to ring once, `after` from now (at least 1 ns: a zero
+    /// value would disarm it).
+    fn set(&self, after: Duration) -> io::Result<()> {
+        let after = after.max(Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: after.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: spec is a valid itimerspec; the old value is not asked for.
+        if unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) }
+            != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Poll};
+
+    const ALARM: Token = Token(7);
+
+    fn rings_within(poll: &mut Poll, bound: Duration) -> bool {
+        let mut events = Events::with_capacity(4);
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            poll.poll(&mut events, Some(deadline - Instant::now()))
+                .expect("poll");
+            if events.iter().any(|e| e.token() == ALARM) {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn the_alarm_rings_at_the_deadline_and_not_before() {
+        let mut poll = Poll::new().expect("poll");
+        let mut timer = WakeTimer::new(poll.registry(), ALARM).expect("timer");
+        let start = Instant::now();
+        timer
+            .ring_by(start + Duration::from_millis(30), start)
+            .expect("set");
+        assert!(rings_within(&mut poll, Duration::from_secs(5)));
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        timer.rang();
+        assert!(
+            !rings_within(&mut poll, Duration::from_millis(50)),
+            "a rung alarm stays quiet until set again"
+        );
+    }
+
+    #[test]
+    fn a_later_deadline_keeps_the_alarm_an_earlier_one_moves_it() {
+        let mut poll = Poll::new().expect("poll");
+        let mut timer = WakeTimer::new(poll.registry(), ALARM).expect("timer");
+        let now = Instant::now();
+        timer
+            .ring_by(now + Duration::from_secs(60), now)
+            .expect("set");
+        timer
+            .ring_by(now + Duration::from_secs(120), now)
+            .expect("kept");
+        assert_eq!(timer.armed, Some(now + Duration::from_secs(60)));
+        let start = Instant::now();
+        timer
+            .ring_by(start + Duration::from_millis(20), start)
+            .expect("moved");
+        assert!(rings_within(&mut poll, Duration::from_secs(5)));
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_alarm_that_is_due_is_set_again() {
+        let mut poll = Poll::new().expect("poll");
+        let mut timer = WakeTimer::new(poll.registry(), ALARM).expect("timer");
+        let start = Instant::now();
+        timer.ring_by(start, start).expect("set");
+        assert!(rings_within(&mut poll, Duration::from_secs(5)));
+        // Not told that it rang: a deadline in the past still sets it.
+        let later = Instant::now();
+        timer
+            .ring_by(later + Duration::from_millis(10), later)
+            .expect("set again");
+        assert!(rings_within(&mut poll, Duration::from_secs(5)));
+    }
+}
