@@ -21,7 +21,9 @@
 //! indexed by file descriptor, allocated up front (`--max-fd`, default
 //! 65 536), so serving never takes a lock on the table either.
 //!
-//! Usage: `shared-echo ADDR [--workers N] [--max-events N] [--max-fd N]`.
+//! Usage: `shared-echo ADDR [--workers N] [--max-events N] [--max-fd N]
+//! [--timeout-ms N]`. `--timeout-ms` gives `epoll_wait` a timeout (default
+//! none), to measure what the kernel's timer per sleep costs.
 //! Prints `listening on ADDR` on stdout when ready.
 
 use std::cell::UnsafeCell;
@@ -56,12 +58,15 @@ struct Shared {
     listener: TcpListener,
     slots: Vec<Slot>,
     max_events: usize,
+    /// `epoll_wait`'s timeout; -1 = none.
+    timeout_ms: i32,
 }
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| usage());
     let (mut workers, mut max_events, mut max_fd) = (2usize, 64usize, 65_536usize);
+    let mut timeout_ms = -1i32;
     while let Some(a) = args.next() {
         let v = args
             .next()
@@ -71,6 +76,7 @@ fn main() {
             "--workers" => workers = v,
             "--max-events" => max_events = v,
             "--max-fd" => max_fd = v,
+            "--timeout-ms" => timeout_ms = v as i32,
             _ => usage(),
         }
     }
@@ -92,6 +98,7 @@ fn main() {
         listener,
         slots,
         max_events,
+        timeout_ms,
     });
     add(
         epfd,
@@ -114,7 +121,9 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: shared-echo ADDR [--workers N] [--max-events N] [--max-fd N]");
+    eprintln!(
+        "usage: shared-echo ADDR [--workers N] [--max-events N] [--max-fd N] [--timeout-ms N]"
+    );
     std::process::exit(2)
 }
 
@@ -128,7 +137,14 @@ fn run(s: &Shared) {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; s.max_events];
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = unsafe { libc::epoll_wait(s.epfd, events.as_mut_ptr(), events.len() as i32, -1) };
+        let n = unsafe {
+            libc::epoll_wait(
+                s.epfd,
+                events.as_mut_ptr(),
+                events.len() as i32,
+                s.timeout_ms,
+            )
+        };
         if n < 0 {
             continue; // EINTR
         }
