@@ -17,7 +17,9 @@
 //! set about once per heartbeat, not once per sleep.
 //!
 //! The alarm is registered edge-triggered under its own token; the loop
-//! calls [`WakeTimer::rang`] when that token is reported.
+//! calls [`WakeTimer::rang`] when that token is reported. The `timerfd`
+//! calls themselves ([`timerfd`], [`arm`], [`clear`]) are shared with the
+//! fixed-rate load generator (`bench::paced`), which sleeps on one too.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -37,18 +39,7 @@ pub(crate) struct WakeTimer {
 impl WakeTimer {
     /// Creates the alarm and registers it with `registry` under `token`.
     pub(crate) fn new(registry: &Registry, token: Token) -> io::Result<WakeTimer> {
-        // SAFETY: timerfd_create takes no pointers; the result is checked.
-        let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = timerfd()?;
         registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)?;
         Ok(WakeTimer { fd, armed: None })
     }
@@ -60,42 +51,61 @@ impl WakeTimer {
         if keep {
             return Ok(());
         }
-        self.set(at.saturating_duration_since(now))?;
+        arm(&self.fd, at.saturating_duration_since(now))?;
         self.armed = Some(at);
         Ok(())
     }
 
     /// Called when the poller reports the alarm: clears it.
     pub(crate) fn rang(&mut self) {
-        let mut count = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into a buffer of 8; a failure
-        // (EAGAIN: nothing to clear) changes nothing.
-        let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+        clear(&self.fd);
         self.armed = None;
     }
+}
 
-    /// Sets the alarm to ring once, `after` from now (at least 1 ns: a zero
-    /// value would disarm it).
-    fn set(&self, after: Duration) -> io::Result<()> {
-        let after = after.max(Duration::from_nanos(1));
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: after.as_secs() as libc::time_t,
-                tv_nsec: after.subsec_nanos() as libc::c_long,
-            },
-        };
-        // SAFETY: spec is a valid itimerspec; the old value is not asked for.
-        if unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) }
-            != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+/// A non-blocking monotonic timerfd (also the paced load generator's clock).
+pub(crate) fn timerfd() -> io::Result<OwnedFd> {
+    // SAFETY: timerfd_create takes no pointers; the result is checked.
+    let fd = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Arms `timer` to expire once, `after` from now (at least 1 ns: a zero
+/// value would disarm it).
+pub(crate) fn arm(timer: &OwnedFd, after: Duration) -> io::Result<()> {
+    let after = after.max(Duration::from_nanos(1));
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: after.as_secs() as libc::time_t,
+            tv_nsec: after.subsec_nanos() as libc::c_long,
+        },
+    };
+    // SAFETY: spec is a valid itimerspec; the old value is not asked for.
+    if unsafe { libc::timerfd_settime(timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads the expiry count so `timer` is not readable until it fires again.
+pub(crate) fn clear(timer: &OwnedFd) {
+    let mut count = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a buffer of 8; a failure
+    // (EAGAIN: nothing to clear) changes nothing.
+    let _ = unsafe { libc::read(timer.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::ops::Range;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -46,6 +46,7 @@ use super::payload;
 use super::plan::{Plan, Round};
 use super::tally::{Failure, Progress, Tally};
 use super::wire::{self, Step};
+use crate::wake_timer;
 
 /// How often messages in flight are checked against the timeout.
 const SWEEP: Duration = Duration::from_millis(100);
@@ -154,7 +155,7 @@ impl<'a> Loop<'a> {
         ids: Range<u64>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let timer = timerfd()?;
+        let timer = wake_timer::timerfd()?;
         poll.registry()
             .register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
         let mut lp = Loop {
@@ -223,7 +224,7 @@ impl<'a> Loop<'a> {
             }
             for event in events.iter() {
                 match event.token() {
-                    TIMER => drain_timer(&self.timer),
+                    TIMER => wake_timer::clear(&self.timer),
                     Token(i) => {
                         if event.is_writable() {
                             self.flush(i);
@@ -250,7 +251,7 @@ impl<'a> Loop<'a> {
             let due = start + self.schedule.due(c.id, self.cycle);
             if due > now {
                 let wait = due - now;
-                arm_timer(&self.timer, wait)?;
+                wake_timer::arm(&self.timer, wait)?;
                 return Ok(wait);
             }
             let measured = match self.plan.next_round(due) {
@@ -392,51 +393,6 @@ fn connect(plan: &Plan) -> io::Result<TcpStream> {
     stream.set_nodelay(true)?;
     stream.set_nonblocking(true)?;
     Ok(TcpStream::from_std(stream))
-}
-
-/// A non-blocking monotonic timerfd.
-fn timerfd() -> io::Result<OwnedFd> {
-    // SAFETY: timerfd_create takes no pointers; the result is checked.
-    let fd = unsafe {
-        libc::timerfd_create(
-            libc::CLOCK_MONOTONIC,
-            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Arms the timer to expire once, `after` from now (at least 1 ns: a zero
-/// value would disarm it).
-fn arm_timer(timer: &OwnedFd, after: Duration) -> io::Result<()> {
-    let after = after.max(Duration::from_nanos(1));
-    let spec = libc::itimerspec {
-        it_interval: libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        },
-        it_value: libc::timespec {
-            tv_sec: after.as_secs() as libc::time_t,
-            tv_nsec: after.subsec_nanos() as libc::c_long,
-        },
-    };
-    // SAFETY: spec is a valid itimerspec; the old value is not asked for.
-    if unsafe { libc::timerfd_settime(timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Reads the expiry count so the timer is not readable until it fires again.
-fn drain_timer(timer: &OwnedFd) {
-    let mut count = [0u8; 8];
-    // SAFETY: reads at most 8 bytes into a buffer of 8; a failure
-    // (EAGAIN: already drained) changes nothing.
-    let _ = unsafe { libc::read(timer.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
 }
 
 #[cfg(test)]
