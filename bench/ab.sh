@@ -37,6 +37,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
 rounds=5
 duration=3
 points=ctl-50,teb-50,tok-50,tok-1000,rate-5000,rate-45000
@@ -131,7 +133,6 @@ stop() {
     server_pid=""
 }
 
-cpu_secs() { awk -v t="$clk_tck" '{ sub(/^.*\) /, ""); printf "%.3f", ($12 + $13) / t }' "/proc/$1/stat"; }
 
 # json_figures: "RATE P99 CPU_US" from a client's JSON line on stdin.
 json_figures() {
@@ -164,7 +165,7 @@ measure() {
              before=$(cpu_secs "$server_pid")
              text=$("$teb" -a "$addr" -l 64 -c "$conns" -t "$duration" 2>>"$work/client.err") || return 0
              after=$(cpu_secs "$server_pid")
-             n=$(sed -nE 's/^Total: [0-9]+ requests, ([0-9]+) responses$/\1/p' <<<"$text")
+             n=$(teb_totals "$text" | cut -d' ' -f2)
              [ -n "$n" ] && [ "$n" -gt 0 ] || return 0
              awk -v n="$n" -v d="$duration" -v a="$before" -v b="$after" \
                  'BEGIN { printf "%.1f - %.3f\n", n / d, (b - a) * 1e6 / n }' ;;

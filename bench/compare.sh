@@ -49,6 +49,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
 invocation="bench/compare.sh${*:+ $*}"
 rounds=5
 duration=3
@@ -225,9 +227,6 @@ stop_server() {
     server_pid=""
 }
 
-cpu_secs() { # user + system CPU seconds of a process
-    awk -v t="$clk_tck" '{ sub(/^.*\) /, ""); printf "%.3f", ($12 + $13) / t }' "/proc/$1/stat"
-}
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 results=$work/results.jsonl
@@ -269,7 +268,7 @@ teb_point() {
     text=$("$teb" -a "$server_addr" -l "$size" -c "$conns" -t "$duration" 2>"$work/teb.err") || code=$?
     t1=$EPOCHREALTIME; after=$(cpu_secs "$server_pid")
     cat "$work/teb.err" >> "$work/bench.err"
-    total=$(sed -nE 's/^Total: ([0-9]+) requests, ([0-9]+) responses$/\1 \2/p' <<<"$text")
+    total=$(teb_totals "$text")
     # It prints "Write error!" for a connection whose write failed and
     # panics (non-zero exit) on a connect failure: both are failures here.
     writes=$(grep -c 'Write error' "$work/teb.err" || true)
