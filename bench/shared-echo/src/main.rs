@@ -30,7 +30,7 @@ use std::cell::UnsafeCell;
 use std::io::{self, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 const IDLE: u8 = 0;
@@ -46,6 +46,10 @@ struct Conn {
 
 struct Slot {
     state: AtomicU8,
+    /// The poller reported the peer's end of input. Kept, because the
+    /// report is an edge: if it came while the echo was waiting for room,
+    /// a later short read must not be taken for "nothing more".
+    end_reported: AtomicBool,
     conn: UnsafeCell<Conn>,
 }
 
@@ -87,6 +91,7 @@ fn main() {
     let slots = (0..max_fd)
         .map(|_| Slot {
             state: AtomicU8::new(IDLE),
+            end_reported: AtomicBool::new(false),
             conn: UnsafeCell::new(Conn {
                 stream: None,
                 unsent: Vec::new(),
@@ -151,7 +156,7 @@ fn run(s: &Shared) {
         for ev in &events[..n as usize] {
             match ev.u64 {
                 LISTENER => accept_all(s),
-                fd => on_event(s, fd as usize, &mut buf),
+                fd => on_event(s, fd as usize, ev.events, &mut buf),
             }
         }
     }
@@ -167,14 +172,18 @@ fn accept_all(s: &Shared) {
         let slot = &s.slots[fd as usize];
         // The descriptor is new, so no event for it can be in flight yet.
         unsafe { (*slot.conn.get()).stream = Some(stream) };
+        slot.end_reported.store(false, Ordering::Relaxed);
         let ev = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
         add(s.epfd, fd, fd as u64, ev as u32);
     }
 }
 
 /// Claims the connection or leaves a note for the thread serving it.
-fn on_event(s: &Shared, fd: usize, buf: &mut [u8]) {
+fn on_event(s: &Shared, fd: usize, events: u32, buf: &mut [u8]) {
     let slot = &s.slots[fd];
+    if events & (libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0 {
+        slot.end_reported.store(true, Ordering::Release);
+    }
     loop {
         match slot.state.load(Ordering::Acquire) {
             IDLE => {
@@ -201,7 +210,7 @@ fn on_event(s: &Shared, fd: usize, buf: &mut [u8]) {
     loop {
         // SAFETY: this thread moved the state to RUNNING.
         let conn = unsafe { &mut *slot.conn.get() };
-        if !serve(conn, buf) {
+        if !serve(conn, buf, &slot.end_reported) {
             // Ended: free the slot first, then close (which also takes the
             // descriptor out of the epoll), so a new connection given the
             // same descriptor never finds the slot still claimed.
@@ -223,7 +232,7 @@ fn on_event(s: &Shared, fd: usize, buf: &mut [u8]) {
 }
 
 /// Reads until EAGAIN, echoing each chunk; false when the connection ends.
-fn serve(conn: &mut Conn, buf: &mut [u8]) -> bool {
+fn serve(conn: &mut Conn, buf: &mut [u8], end_reported: &AtomicBool) -> bool {
     let Some(stream) = conn.stream.as_ref() else {
         return true;
     };
@@ -256,7 +265,7 @@ fn serve(conn: &mut Conn, buf: &mut [u8]) -> bool {
             conn.unsent.extend_from_slice(&buf[w..n]);
             return true;
         }
-        if n < buf.len() {
+        if n < buf.len() && !end_reported.load(Ordering::Acquire) {
             // A short read: the socket is most likely empty; the next edge
             // brings us back (saves the recv that would say EAGAIN).
             return true;
