@@ -26,13 +26,11 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use crate::admission::SourceView;
-use crate::event::{Event, Status};
-
-/// Largest request accepted, in bytes.
-pub const MAX_REQUEST: usize = 4096;
+use crate::event::Event;
+pub use echo_lab_proto::control::{
+    client_default_path, default_path, parse, request, ClientError, Request, RequestError,
+    Response, MAX_REQUEST, MAX_TOP,
+};
 
 /// Control connections served at once. Only allowed users get this far
 /// (file mode), and a stalled one holds a small thread for at most
@@ -50,104 +48,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a reload may take before the caller is told it timed out.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A request line.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "cmd", rename_all = "lowercase")]
-pub enum Request {
-    /// Report status.
-    Status,
-    /// Reload the config and say what happened.
-    Reload,
-    /// Start the drain.
-    Stop,
-    /// The busiest sources: most open connections, then most refusals.
-    Sources {
-        /// How many.
-        #[serde(default = "default_top")]
-        top: usize,
-    },
-}
-
-fn default_top() -> usize {
-    20
-}
-
-/// The most sources one `sources` answer lists.
-pub const MAX_TOP: usize = 10_000;
-
-/// A response line.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Response {
-    /// The daemon did what was asked.
-    pub ok: bool,
-    /// What happened, or why not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// For `status`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<Status>,
-    /// For `sources`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sources: Option<Vec<SourceView>>,
-}
-
-impl Response {
-    fn error(message: impl Into<String>) -> Self {
-        Response {
-            ok: false,
-            message: Some(message.into()),
-            status: None,
-            sources: None,
-        }
-    }
-}
-
-/// Where the control socket lives when `control_socket` is not set:
-/// `$RUNTIME_DIRECTORY/control.sock` under systemd, `/run/echo-lab/control.sock`
-/// for root, else `$XDG_RUNTIME_DIR/echo-lab.sock` or `/tmp/echo-lab-UID.sock`.
-pub fn default_path() -> PathBuf {
-    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
-        let first = dir
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        if !first.is_empty() {
-            return Path::new(&first).join("control.sock");
-        }
-    }
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    if uid == 0 {
-        return PathBuf::from("/run/echo-lab/control.sock");
-    }
-    user_path(uid)
-}
-
-fn user_path(uid: u32) -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => Path::new(&dir).join("echo-lab.sock"),
-        _ => PathBuf::from(format!("/tmp/echo-lab-{uid}.sock")),
-    }
-}
-
-/// Where a client looks when not told: the system daemon's socket if it
-/// exists, else the caller's own.
-pub fn client_default_path() -> PathBuf {
-    let system = PathBuf::from("/run/echo-lab/control.sock");
-    if system.exists() {
-        return system;
-    }
-    // SAFETY: geteuid cannot fail.
-    let mine = user_path(unsafe { libc::geteuid() });
-    if mine.exists() {
-        mine
-    } else {
-        system
-    }
-}
 
 /// Resolves a group name or number to a gid.
 pub fn resolve_group(name: &str) -> io::Result<u32> {
@@ -353,7 +253,7 @@ fn dispatch(stream: UnixStream, access: Access, events: &Sender<Event>, busy: &A
         busy.fetch_sub(1, Ordering::AcqRel);
         reply(
             stream,
-            &Response::error("busy: too many control connections; try again"),
+            &Response::refused("busy: too many control connections; try again"),
         );
         return;
     }
@@ -399,218 +299,58 @@ fn serve(stream: UnixStream, access: &Access, events: &Sender<Event>) {
                 peer.uid,
                 peer.pid
             );
-            Response::error(format!(
+            Response::refused(format!(
                 "permission denied: uid {} may not control this daemon (allowed: {})",
                 peer.uid,
                 access.describe()
             ))
         }
-        Err(e) => Response::error(format!("cannot identify the caller: {e}")),
+        Err(e) => Response::refused(format!("cannot identify the caller: {e}")),
     };
     reply(stream, &response);
-}
-
-/// Why a request line was refused, before anything was asked of the daemon.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    /// The peer closed without sending anything.
-    #[error("empty request")]
-    Empty,
-    /// More than [`MAX_REQUEST`] bytes arrived without a line end.
-    #[error("request too large (max {MAX_REQUEST} bytes)")]
-    TooLarge,
-    /// Not one JSON object naming a known `cmd`.
-    #[error("malformed request: {0} (expected one JSON line like {{\"cmd\":\"status\"}})")]
-    Malformed(String),
-}
-
-/// Parses one request line as read from a peer (its `\n`, if any,
-/// included): at most [`MAX_REQUEST`] bytes of one JSON object whose `cmd`
-/// names a [`Request`]. Pure, so it is fuzzed on its own
-/// (fuzz/fuzz_targets/control.rs).
-pub fn parse(line: &[u8]) -> Result<Request, RequestError> {
-    if line.len() > MAX_REQUEST {
-        return Err(RequestError::TooLarge);
-    }
-    if line.is_empty() {
-        return Err(RequestError::Empty);
-    }
-    // serde reads an internally tagged enum from a JSON array too
-    // (`["stop"]`); the protocol is one object, so nothing else is tried.
-    let first = line
-        .iter()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
-    if first != Some(&b'{') {
-        return Err(RequestError::Malformed("expected a JSON object".into()));
-    }
-    serde_json::from_slice(line).map_err(|e| RequestError::Malformed(e.to_string()))
 }
 
 fn answer(stream: &UnixStream, events: &Sender<Event>) -> Response {
     let mut line = Vec::new();
     let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64 + 1));
     if let Err(e) = reader.read_until(b'\n', &mut line) {
-        return Response::error(format!("cannot read request: {e}"));
+        return Response::refused(format!("cannot read request: {e}"));
     }
     let request = match parse(&line) {
         Ok(r) => r,
-        Err(e) => return Response::error(e.to_string()),
+        Err(e) => return Response::refused(e.to_string()),
     };
-    match request {
-        Request::Status => {
-            let (tx, rx) = std::sync::mpsc::channel();
-            if events.send(Event::Status(tx)).is_err() {
-                return Response::error("the daemon is shutting down");
-            }
-            match rx.recv_timeout(REPLY_TIMEOUT) {
-                Ok(status) => Response {
-                    ok: true,
-                    message: None,
-                    status: Some(status),
-                    sources: None,
-                },
-                Err(_) => Response::error("no answer from the daemon"),
-            }
-        }
-        Request::Reload => {
-            let (tx, rx) = std::sync::mpsc::channel();
-            if events.send(Event::Reload(Some(tx))).is_err() {
-                return Response::error("the daemon is shutting down");
-            }
-            match rx.recv_timeout(REPLY_TIMEOUT) {
-                Ok(Ok(summary)) => Response {
-                    ok: true,
-                    message: Some(format!("reloaded: {summary}")),
-                    status: None,
-                    sources: None,
-                },
-                Ok(Err(e)) => Response::error(e),
-                Err(_) => Response::error("no answer from the daemon"),
-            }
-        }
-        Request::Stop => {
-            if events.send(Event::Terminate).is_err() {
-                return Response::error("the daemon is shutting down");
-            }
-            Response {
-                ok: true,
-                message: Some("draining".into()),
-                status: None,
-                sources: None,
-            }
-        }
-        Request::Sources { top } => {
-            let (tx, rx) = std::sync::mpsc::channel();
-            if events
-                .send(Event::Sources(top.clamp(1, MAX_TOP), tx))
-                .is_err()
-            {
-                return Response::error("the daemon is shutting down");
-            }
-            match rx.recv_timeout(REPLY_TIMEOUT) {
-                Ok(sources) => Response {
-                    ok: true,
-                    message: None,
-                    status: None,
-                    sources: Some(sources),
-                },
-                Err(_) => Response::error("no answer from the daemon"),
-            }
-        }
-    }
-}
-
-/// A control request failed before the daemon could answer.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// No daemon listens there (or we may not connect).
-    #[error("cannot reach the daemon at {path}: {source}")]
-    Unreachable {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    /// The daemon's answer was unreadable.
-    #[error("bad answer from the daemon: {0}")]
-    BadAnswer(String),
-}
-
-/// Sends one request and reads the answer.
-pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
-    let unreachable = |source| ClientError::Unreachable {
-        path: path.display().to_string(),
-        source,
+    let answered = match request {
+        Request::Status => ask(events, Event::Status).map(|status| Response::Status {
+            status: Box::new(status),
+        }),
+        Request::Reload => ask(events, |tx| Event::Reload(Some(tx))).map(|outcome| match outcome {
+            Ok(summary) => Response::Reloaded { summary },
+            Err(e) => Response::refused(e),
+        }),
+        Request::Stop => tell(events, Event::Terminate).map(|()| Response::Draining),
+        Request::Sources { top } => ask(events, |tx| Event::Sources(top.clamp(1, MAX_TOP), tx))
+            .map(|sources| Response::Sources { sources }),
     };
-    let mut stream = UnixStream::connect(path).map_err(unreachable)?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(unreachable)?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(unreachable)?;
-    let mut line = serde_json::to_string(req).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
-    line.push('\n');
-    // A refused caller may find the socket closed before its request is
-    // written; the refusal is then waiting to be read, so read regardless.
-    let sent = stream.write_all(line.as_bytes());
-    let mut answer = String::new();
-    let read = BufReader::new(&stream).read_line(&mut answer);
-    if answer.trim().is_empty() {
-        if let Err(e) = sent {
-            return Err(unreachable(e));
-        }
-    }
-    read.map_err(|e| ClientError::BadAnswer(e.to_string()))?;
-    if answer.trim().is_empty() {
-        return Err(ClientError::BadAnswer(
-            "the daemon closed without answering".into(),
-        ));
-    }
-    serde_json::from_str(&answer).map_err(|e| ClientError::BadAnswer(format!("{e}: {answer}")))
+    answered.unwrap_or_else(Response::refused)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Hands the supervisor an event that carries a reply channel, and waits
+/// (at most [`REPLY_TIMEOUT`]) for the reply: the one way a control
+/// request asks the supervisor something.
+fn ask<T>(
+    events: &Sender<Event>,
+    event: impl FnOnce(Sender<T>) -> Event,
+) -> Result<T, &'static str> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    tell(events, event(tx))?;
+    rx.recv_timeout(REPLY_TIMEOUT)
+        .map_err(|_| "no answer from the daemon")
+}
 
-    #[test]
-    fn requests_as_the_client_sends_them() {
-        for req in [Request::Status, Request::Reload, Request::Stop] {
-            let mut line = serde_json::to_string(&req).unwrap();
-            line.push('\n');
-            assert_eq!(parse(line.as_bytes()), Ok(req));
-        }
-        // Other members are ignored; the line end is optional.
-        assert_eq!(parse(b"{\"cmd\":\"stop\",\"why\":[1]}"), Ok(Request::Stop));
-    }
-
-    #[test]
-    fn refusals() {
-        assert_eq!(parse(b""), Err(RequestError::Empty));
-        assert_eq!(parse(&[b' '; MAX_REQUEST + 1]), Err(RequestError::TooLarge));
-        for bad in [
-            &b"\n"[..],
-            b"{\"cmd\":\"explode\"}\n",
-            b"{\"cmd\":\n",
-            b"{\"cmd\":\"status\"}garbage\n",
-            b"{}\n",
-        ] {
-            assert!(
-                matches!(parse(bad), Err(RequestError::Malformed(_))),
-                "{bad:?}"
-            );
-        }
-    }
-
-    /// Found by fuzz/fuzz_targets/control.rs: serde accepted a JSON array
-    /// whose first element is the command (`["stop"]`) as that command.
-    #[test]
-    fn an_array_is_not_a_request() {
-        for bad in [&b"[\"stop\"\n]"[..], b"[\"status\"]\n", b" [\"reload\"]"] {
-            assert!(
-                matches!(parse(bad), Err(RequestError::Malformed(_))),
-                "{bad:?}"
-            );
-        }
-    }
+/// Hands the supervisor an event that needs no reply.
+fn tell(events: &Sender<Event>, event: Event) -> Result<(), &'static str> {
+    events
+        .send(event)
+        .map_err(|_| "the daemon is shutting down")
 }

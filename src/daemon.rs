@@ -470,6 +470,7 @@ impl Daemon {
 
     fn status(&self) -> Status {
         Status {
+            schema: echo_lab_proto::status::SCHEMA,
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             config: self.source.describe(),

@@ -9,8 +9,7 @@
 use std::sync::mpsc::Sender;
 
 use crate::admission::SourceView;
-use crate::stats::Snapshot;
-use crate::udp::UdpSnapshot;
+pub use echo_lab_proto::status::{LastReload, Reloads, Status};
 
 /// Something the supervisor must act on.
 pub enum Event {
@@ -24,59 +23,4 @@ pub enum Event {
     ReopenLogs,
     /// Report the `n` busiest sources (`echo-labctl sources`).
     Sources(usize, Sender<Vec<SourceView>>),
-}
-
-/// Reload counts, for status and metrics.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct Reloads {
-    /// Reloads applied.
-    pub ok: u64,
-    /// Reloads refused (bad file, address in use...).
-    pub failed: u64,
-    /// Configs in force since start: 1, plus one per applied reload.
-    pub generation: u64,
-}
-
-/// The outcome of the last reload, for status.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct LastReload {
-    /// Seconds since the Unix epoch.
-    pub at_unix: u64,
-    /// What changed, or empty on error.
-    pub applied: Option<String>,
-    /// Why it was refused.
-    pub error: Option<String>,
-}
-
-/// What `echo-labctl status` shows.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct Status {
-    /// Daemon version.
-    pub version: String,
-    /// Process id.
-    pub pid: u32,
-    /// Config file path, or "embedded defaults".
-    pub config: String,
-    /// Addresses listened on.
-    pub listen: Vec<String>,
-    /// Sockets came from the service manager.
-    pub socket_activated: bool,
-    /// Draining (SIGTERM received).
-    pub draining: bool,
-    /// Counters.
-    pub stats: Snapshot,
-    /// Addresses UDP echo is served on.
-    #[serde(default)]
-    pub udp_listen: Vec<String>,
-    /// UDP counters, when UDP is served.
-    #[serde(default)]
-    pub udp: Option<UdpSnapshot>,
-    /// The last reload, if any.
-    pub last_reload: Option<LastReload>,
-    /// Reloads applied and refused.
-    #[serde(default)]
-    pub reloads: Reloads,
-    /// The metrics endpoint's address, if on.
-    #[serde(default)]
-    pub metrics: Option<String>,
 }

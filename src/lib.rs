@@ -1,12 +1,18 @@
 //! echo-lab: a TCP echo daemon (RFC 862) built the way trusted Linux daemons
 //! are built.
 //!
-//! The library holds everything; the two binaries are thin. A reader finds
-//! each concern in the module named for it:
+//! This crate is the daemon; its binary (`src/bin/echo-lab.rs`) is thin.
+//! What it shares with its client, `echo-labctl` (crates/echo-labctl), is
+//! in crates of its own: the config (`echo-lab-config`, which the client
+//! reads to find the daemon) and what crosses a process boundary
+//! (`echo-lab-proto`: the control protocol, the status document, the
+//! notices, the exit codes). The client's line editor and load generator
+//! are not compiled into the daemon. A reader finds each concern in the
+//! module named for it:
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`config`] | the config file: keys, defaults, parsing, located errors |
+//! | [`config`] | the config file (re-exported from `echo-lab-config`) |
 //! | [`net`] | binding listening sockets with a backlog |
 //! | [`sockets`] | the TCP listening sockets by address: opened, reused on reload, taken from systemd |
 //! | `listener` | the accept loop: the only thread touching listeners |
@@ -15,7 +21,7 @@
 //! | `worker` | a pool thread's event loop and the connections it owns |
 //! | `connection` | one client: echo, backpressure, closing |
 //! | [`session`] | one session's record and its log line |
-//! | [`protocol`] | what bytes mean: `disconnect`, notices |
+//! | [`protocol`] | what bytes mean: `disconnect`, notices (re-exported from `echo-lab-proto`) |
 //! | [`proxy`] | the PROXY protocol header (v1, v2) on listeners behind a proxy |
 //! | `timeouts` | O(1) idle deadlines (a FIFO per timeout value) |
 //! | `wake_timer` | a worker's alarm at its next deadline, so its poll needs no timeout |
@@ -31,9 +37,6 @@
 //! | [`metrics`] | the Prometheus endpoint (`metrics_listen`) |
 //! | [`stats`] | counters and the merged snapshot `status` shows |
 //! | [`udp`] | UDP echo: batches, source guard, per-source rate |
-//! | [`client`] | `echo-labctl connect` |
-//! | [`client_udp`] | `echo-labctl connect --udp` |
-//! | [`bench`] | `echo-labctl bench` |
 //! | `fault` | test-only fault hooks (feature `fault-injection`) |
 //!
 //! Modules without a link are internal (`pub(crate)`).
@@ -41,10 +44,6 @@
 pub mod activation;
 pub mod admission;
 pub mod affinity;
-pub mod bench;
-pub mod client;
-pub mod client_udp;
-pub mod config;
 pub(crate) mod connection;
 pub mod control;
 pub mod daemon;
@@ -58,7 +57,6 @@ pub mod metrics;
 pub mod net;
 pub mod notify;
 pub(crate) mod pool;
-pub mod protocol;
 pub mod proxy;
 pub mod server;
 pub mod session;
@@ -69,9 +67,6 @@ pub mod udp;
 pub(crate) mod wake_timer;
 pub(crate) mod worker;
 
-/// sysexits(3) EX_CONFIG: the config is invalid.
-pub const EX_CONFIG: i32 = 78;
-/// sysexits(3) EX_UNAVAILABLE: the daemon cannot be reached.
-pub const EX_UNAVAILABLE: i32 = 69;
-/// sysexits(3) EX_OSERR: the OS refused something the daemon needs.
-pub const EX_OSERR: i32 = 71;
+pub use echo_lab_config as config;
+pub use echo_lab_proto::exit::{EX_CONFIG, EX_OSERR, EX_UNAVAILABLE};
+pub use echo_lab_proto::protocol;

@@ -391,7 +391,7 @@ impl Pool {
     /// The shared counters merged with every worker's, retired ones too.
     pub(crate) fn snapshot(&self, server: &ServerStats) -> Snapshot {
         let workers = self.table.read();
-        let mut snap = Snapshot::collect(
+        let mut snap = crate::stats::collect(
             server,
             workers
                 .iter()

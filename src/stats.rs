@@ -48,12 +48,7 @@ pub(crate) struct WorkerStats {
     pub latency: Latency,
 }
 
-/// Upper bounds of the echo latency buckets, in microseconds (a `+Inf`
-/// bucket follows): 5 µs to 1 s, about three per decade.
-pub const LATENCY_BOUNDS_US: [u64; 16] = [
-    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
-    1_000_000,
-];
+pub use echo_lab_proto::status::{Snapshot, WorkerLoad, LATENCY_BOUNDS_US};
 
 /// A histogram of echo latency — from the poller reporting a client's
 /// input to its echo written in full — written by one worker: a relaxed
@@ -208,124 +203,54 @@ impl ServerStats {
     }
 }
 
-/// A merged, point-in-time view of all counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Snapshot {
-    /// Seconds since start.
-    pub uptime_secs: u64,
-    /// Connections open now.
-    pub active: u64,
-    /// Connections accepted since start.
-    pub total: u64,
-    /// Connections refused (busy).
-    pub refused: u64,
-    /// Bytes echoed since start (read from clients).
-    pub bytes_echoed: u64,
-    /// Bytes written to clients since start (echo and notices).
-    #[serde(default)]
-    pub bytes_sent: u64,
-    /// Connections closed since start, by reason (`client`, `disconnect`,
-    /// `idle`, `error`, `drain`, `proxy`), in [`CloseReason::ALL`] order.
-    #[serde(default)]
-    pub closed: Vec<(String, u64)>,
-    /// Connections closed for idleness.
-    pub idle_closes: u64,
-    /// Sessions ended with `disconnect`.
-    pub disconnects: u64,
-    /// Panics caught while serving connections.
-    pub panics: u64,
-    /// PROXY listeners: connections closed because their source may not
-    /// send a header.
-    #[serde(default)]
-    pub proxy_untrusted: u64,
-    /// PROXY listeners: connections closed for a bad or missing header.
-    #[serde(default)]
-    pub proxy_refused: u64,
-    /// Worker threads.
-    pub pool_size: u64,
-    /// Connections handed from one worker to another since start.
-    #[serde(default)]
-    pub handoffs: u64,
-    /// Each worker's CPU and connections, in pool order.
-    #[serde(default)]
-    pub workers: Vec<WorkerLoad>,
-    /// Echo latency: count per bucket of [`LATENCY_BOUNDS_US`] (the last is
-    /// `+Inf`), not cumulative; all zero while metrics are off.
-    #[serde(default)]
-    pub latency_buckets: Vec<u64>,
-    /// Sum of the echo latencies, nanoseconds.
-    #[serde(default)]
-    pub latency_sum_ns: u64,
-    /// Who was refused and why: access rules, per-source limits.
-    #[serde(default)]
-    pub admission: crate::admission::AdmissionCounts,
-    /// Connections open per listener address.
-    #[serde(default)]
-    pub listeners: Vec<(String, u64)>,
-}
-
-/// One worker in a [`Snapshot`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct WorkerLoad {
-    /// The CPU it is pinned to, if any.
-    pub cpu: Option<usize>,
-    /// Connections it serves now.
-    pub connections: u64,
-    /// Connections it handed to the worker on the CPU their packets
-    /// arrive on.
-    pub moved_out: u64,
-}
-
-impl Snapshot {
-    /// Merges the shared counters and every worker's.
-    pub(crate) fn collect<'a>(
-        server: &ServerStats,
-        workers: impl Iterator<Item = &'a WorkerStats>,
-    ) -> Self {
-        let mut s = Snapshot {
-            uptime_secs: server.started.elapsed().as_secs(),
-            active: server.active.load(Relaxed) as u64,
-            total: server.accepted.load(Relaxed),
-            refused: server.refused.load(Relaxed),
-            proxy_untrusted: server.untrusted_proxy.load(Relaxed),
-            ..Snapshot::default()
-        };
-        s.listeners = server
-            .per_listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(a, c)| (a.to_string(), c.load(Relaxed) as u64))
-            .collect();
-        let mut closed = [0u64; CloseReason::ALL.len()];
-        s.latency_buckets = vec![0; LATENCY_BOUNDS_US.len() + 1];
-        for w in workers {
-            for (sum, b) in s.latency_buckets.iter_mut().zip(&w.latency.buckets) {
-                *sum += b.load(Relaxed);
-            }
-            s.latency_sum_ns += w.latency.sum_ns.load(Relaxed);
-            s.bytes_echoed += w.bytes.load(Relaxed);
-            s.bytes_sent += w.bytes_sent.load(Relaxed);
-            for (sum, c) in closed.iter_mut().zip(&w.closed) {
-                *sum += c.load(Relaxed);
-            }
-            s.idle_closes += w.idle_closes.load(Relaxed);
-            s.disconnects += w.disconnects.load(Relaxed);
-            s.panics += w.panics.load(Relaxed);
-            s.handoffs += w.moved_out.load(Relaxed);
-            s.proxy_refused += w.proxy_refused.load(Relaxed);
-            s.pool_size += 1;
-            s.workers.push(WorkerLoad {
-                cpu: w.cpu,
-                connections: w.connections.load(Relaxed) as u64,
-                moved_out: w.moved_out.load(Relaxed),
-            });
+/// Merges the shared counters and every worker's.
+pub(crate) fn collect<'a>(
+    server: &ServerStats,
+    workers: impl Iterator<Item = &'a WorkerStats>,
+) -> Snapshot {
+    let mut s = Snapshot {
+        uptime_secs: server.started.elapsed().as_secs(),
+        active: server.active.load(Relaxed) as u64,
+        total: server.accepted.load(Relaxed),
+        refused: server.refused.load(Relaxed),
+        proxy_untrusted: server.untrusted_proxy.load(Relaxed),
+        ..Snapshot::default()
+    };
+    s.listeners = server
+        .per_listener
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(a, c)| (a.to_string(), c.load(Relaxed) as u64))
+        .collect();
+    let mut closed = [0u64; CloseReason::ALL.len()];
+    s.latency_buckets = vec![0; LATENCY_BOUNDS_US.len() + 1];
+    for w in workers {
+        for (sum, b) in s.latency_buckets.iter_mut().zip(&w.latency.buckets) {
+            *sum += b.load(Relaxed);
         }
-        s.closed = CloseReason::ALL
-            .iter()
-            .zip(closed)
-            .map(|(r, n)| (r.as_str().to_string(), n))
-            .collect();
-        s
+        s.latency_sum_ns += w.latency.sum_ns.load(Relaxed);
+        s.bytes_echoed += w.bytes.load(Relaxed);
+        s.bytes_sent += w.bytes_sent.load(Relaxed);
+        for (sum, c) in closed.iter_mut().zip(&w.closed) {
+            *sum += c.load(Relaxed);
+        }
+        s.idle_closes += w.idle_closes.load(Relaxed);
+        s.disconnects += w.disconnects.load(Relaxed);
+        s.panics += w.panics.load(Relaxed);
+        s.handoffs += w.moved_out.load(Relaxed);
+        s.proxy_refused += w.proxy_refused.load(Relaxed);
+        s.pool_size += 1;
+        s.workers.push(WorkerLoad {
+            cpu: w.cpu,
+            connections: w.connections.load(Relaxed) as u64,
+            moved_out: w.moved_out.load(Relaxed),
+        });
     }
+    s.closed = CloseReason::ALL
+        .iter()
+        .zip(closed)
+        .map(|(r, n)| (r.as_str().to_string(), n))
+        .collect();
+    s
 }

@@ -71,7 +71,7 @@ fn bench(args: &[&str], limit: Duration) -> (i32, String) {
 
 /// Like [`bench`], also returning stderr.
 fn bench_with_stderr(args: &[&str], limit: Duration) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_echo-labctl"))
+    let mut child = Command::new(support::ECHO_LABCTL)
         .arg("bench")
         .args(args)
         .stdout(Stdio::piped())

@@ -138,7 +138,7 @@ fn malformed_oversized_and_stalled_requests_get_errors() {
     let d = Daemon::start("");
     let bad = raw_request(&d, b"{\"cmd\":\"explode\"}\n");
     assert!(
-        bad.contains("\"ok\":false") && bad.contains("malformed request"),
+        bad.contains("\"reply\":\"refused\"") && bad.contains("malformed request"),
         "{bad}"
     );
     let junk = raw_request(&d, b"\x00\xff not json\n");

@@ -45,11 +45,11 @@ fi
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
-cargo clippy --all-targets --all-features --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 step "cargo build --release"
-cargo build --release --locked
+cargo build --workspace --release --locked
 step "cargo test"
-cargo test --locked --features fault-injection 2>&1 | tee target/cargo-test.log
+cargo test --workspace --locked --features echo-lab/fault-injection 2>&1 | tee target/cargo-test.log
 [ $quick = 1 ] && exit 0
 
 if [ -d man ] && ls man/*.[0-9] >/dev/null 2>&1; then

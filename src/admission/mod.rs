@@ -50,6 +50,7 @@ use rate::ConnRate;
 use rules::{Rule, RuleList};
 use table::{LogNote, Outcome, Reason, Table};
 
+pub use echo_lab_proto::status::{AdmissionCounts, RuleCount};
 pub(crate) use table::Limits;
 pub use table::SourceView;
 
@@ -341,42 +342,6 @@ fn log_note(note: &LogNote, why: &str) {
     } else {
         log::warn!("refused {}: {why}{more}", note.source);
     }
-}
-
-/// One access rule and the clients it matched.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RuleCount {
-    /// `default` (the top-level list) or the listener (`udp 127.0.0.1:7008`).
-    pub scope: String,
-    /// The rule as written canonically (`deny 192.0.2.0/24`).
-    pub rule: String,
-    /// Clients (connections, datagrams) it decided.
-    pub matches: u64,
-}
-
-/// Refusals by reason and the source table's state, in `status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AdmissionCounts {
-    /// TCP connections refused by an access rule.
-    pub refused_rule: u64,
-    /// Refused at `max_connections_per_source`.
-    pub refused_source_cap: u64,
-    /// Refused over `connection_rate_per_source`.
-    pub refused_source_rate: u64,
-    /// Dry run: admitted, would have been refused at the cap.
-    pub dry_run_source_cap: u64,
-    /// Dry run: admitted, would have been refused over the rate.
-    pub dry_run_source_rate: u64,
-    /// Sources in the table now.
-    pub sources: u64,
-    /// The table's bound.
-    pub source_table_size: u64,
-    /// Idle sources evicted to make room.
-    pub sources_evicted: u64,
-    /// Connections admitted untracked (table full of busy sources).
-    pub untracked: u64,
-    /// Each rule in force and what it matched.
-    pub rules: Vec<RuleCount>,
 }
 
 /// The connection rate in words, for logs.

@@ -46,6 +46,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use slab::Slab;
 
 use super::rate::{Bucket, ConnRate, Freq};
+pub use echo_lab_proto::status::SourceView;
 
 /// The limits the table enforces and how it groups addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,30 +209,6 @@ pub(crate) enum Outcome {
     },
     /// Refused: the source is at its cap or over its rate.
     Refuse(Reason),
-}
-
-/// One source as `echo-labctl sources` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SourceView {
-    /// The address, or the network (`2001:db8::/64`) when grouped.
-    pub source: String,
-    /// Connections open now.
-    pub open: u64,
-    /// New connections (admitted or refused) over the last 10 s, as
-    /// HAProxy's `conn_rate(10s)`.
-    pub rate_10s: u64,
-    /// Connections admitted while tracked.
-    pub admitted: u64,
-    /// Refused by an access rule.
-    pub refused_rule: u64,
-    /// Refused at the per-source cap.
-    pub refused_cap: u64,
-    /// Refused over the per-source rate.
-    pub refused_rate: u64,
-    /// Dry run: would have been refused at the cap.
-    pub would_refuse_cap: u64,
-    /// Dry run: would have been refused over the rate.
-    pub would_refuse_rate: u64,
 }
 
 /// One source's figures as [`Table::rows`] copied them.

@@ -26,8 +26,7 @@ pub const BATCH: usize = 32;
 /// datagram over the 65 507 echo-lab serves is seen whole, never cut.
 const SLOT: usize = 65_536;
 
-/// The largest datagram echoed (the largest IPv4 UDP payload).
-pub const MAX_DATAGRAM: usize = 65_507;
+pub use echo_lab_proto::protocol::MAX_DATAGRAM;
 
 /// One received datagram.
 pub struct Datagram<'a> {

@@ -1,6 +1,7 @@
 //! What the UDP service has done: counters its one thread writes (relaxed
 //! atomics, as the TCP workers' are) and the snapshot `status` shows.
 
+pub use echo_lab_proto::status::UdpSnapshot;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Counters written by the UDP thread, read by the supervisor.
@@ -57,33 +58,4 @@ impl UdpStats {
             sources: self.sources.load(Relaxed),
         }
     }
-}
-
-/// The UDP counters in `status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct UdpSnapshot {
-    /// Datagrams received.
-    pub received: u64,
-    /// Datagrams echoed.
-    pub echoed: u64,
-    /// Bytes echoed.
-    pub bytes_echoed: u64,
-    /// Dropped for their source (port below 1024 or 2049, broadcast,
-    /// multicast, unspecified, mapped).
-    pub dropped_bad_source: u64,
-    /// Dropped because their source was over its rate.
-    pub dropped_rate: u64,
-    /// Dropped because an access rule refuses their source.
-    #[serde(default)]
-    pub dropped_access: u64,
-    /// Dropped for being larger than 65 507 bytes.
-    pub dropped_too_large: u64,
-    /// Echoes the kernel refused to send.
-    pub send_errors: u64,
-    /// `recvmmsg` calls that returned datagrams.
-    pub recv_calls: u64,
-    /// `sendmmsg` calls.
-    pub send_calls: u64,
-    /// Sources tracked by the rate limit now.
-    pub sources: u64,
 }

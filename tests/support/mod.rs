@@ -27,8 +27,11 @@ use std::time::{Duration, Instant};
 
 /// The daemon binary under test.
 pub const ECHO_LAB: &str = env!("CARGO_BIN_EXE_echo-lab");
-/// The client binary under test.
-pub const ECHO_LABCTL: &str = env!("CARGO_BIN_EXE_echo-labctl");
+/// The client binary under test. It is another package's binary
+/// (crates/echo-labctl), built beside the daemon's in the same target
+/// directory by `cargo test` at the workspace root (the client package's
+/// own tests make cargo build it); [`ctl`] says so if it is missing.
+pub const ECHO_LABCTL: &str = concat!(env!("CARGO_BIN_EXE_echo-lab"), "ctl");
 
 /// Bound on one read or write, and on anything that should take
 /// milliseconds; only a bug gets near it.
@@ -36,7 +39,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on the daemon logging its `listening on` line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The notices, as sent (see `src/protocol.rs`).
+/// The notices, as sent (see `crates/echo-lab-proto/src/protocol.rs`).
 pub const GOODBYE: &[u8] = b"[echo-lab] goodbye\r\n";
 pub const SHUTTING_DOWN: &[u8] = b"[echo-lab] shutting down\r\n";
 
@@ -491,6 +494,10 @@ pub fn contains_disconnect_word(data: &[u8]) -> bool {
 /// Runs `echo-labctl --socket <the daemon's control socket> ARGS...`,
 /// bounded by [`IO_TIMEOUT`] and more.
 pub fn ctl(d: &Daemon, args: &[&str]) -> Output {
+    assert!(
+        Path::new(ECHO_LABCTL).exists(),
+        "{ECHO_LABCTL} is missing: run the tests from the workspace root (cargo test builds it)"
+    );
     let mut cmd = Command::new(ECHO_LABCTL);
     cmd.arg("--socket").arg(d.control_path()).args(args);
     run_with_input(&mut cmd, b"", IO_TIMEOUT * 4)

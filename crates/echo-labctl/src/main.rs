@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, Subcommand};
-use echo_lab::config::{Config, DEFAULT_PATH};
-use echo_lab::control::{self, ClientError, Request, Response};
-use echo_lab::daemon::Status;
-use echo_lab::EX_UNAVAILABLE;
+use echo_lab_config::{Config, DEFAULT_PATH};
+use echo_lab_proto::control::{self, ClientError, Request, Response};
+use echo_lab_proto::exit::{EX_UNAVAILABLE, EX_USAGE};
+use echo_lab_proto::status::{SourceView, Status};
+use serde::Serialize;
 
 #[derive(Parser)]
 #[command(name = "echo-labctl", version, about = "Talk to an echo-lab daemon", long_about = None)]
@@ -70,7 +71,7 @@ enum Command {
         timeout: u64,
     },
     /// Load an echo server and report round trips per second and latency.
-    Bench(echo_lab::bench::BenchArgs),
+    Bench(echo_labctl::bench::BenchArgs),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -113,9 +114,32 @@ fn ask(path: &Path, req: Request) -> Result<Response, i32> {
     }
 }
 
+/// Reports an answer that is not the one asked for (a refusal, or a
+/// daemon speaking another version of the protocol).
 fn refused(r: &Response) -> i32 {
-    eprintln!("echo-labctl: {}", r.message.as_deref().unwrap_or("refused"));
+    match r {
+        Response::Refused { message } => eprintln!("echo-labctl: {message}"),
+        other => eprintln!("echo-labctl: unexpected answer from the daemon: {other:?}"),
+    }
     1
+}
+
+/// Prints `value` as pretty JSON, or `text` it.
+fn print_either<T: Serialize>(value: &T, json: bool, text: impl FnOnce(&T)) -> i32 {
+    if !json {
+        text(value);
+        return 0;
+    }
+    match serde_json::to_string_pretty(value) {
+        Ok(j) => {
+            println!("{j}");
+            0
+        }
+        Err(e) => {
+            eprintln!("echo-labctl: {e}");
+            1
+        }
+    }
 }
 
 fn print_status(s: &Status) {
@@ -216,7 +240,7 @@ fn print_status(s: &Status) {
 }
 
 /// The sources as a table, like HAProxy's `show table`.
-fn print_sources(list: &[echo_lab::admission::SourceView]) {
+fn print_sources(list: &[SourceView]) {
     println!(
         "{:<40} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8}",
         "SOURCE", "OPEN", "RATE/10s", "ADMITTED", "RULE", "CAP", "RATE"
@@ -254,87 +278,57 @@ fn control(socket: Option<PathBuf>, command: Command) -> i32 {
     let path = socket_path(socket);
     match command {
         Command::Status { json } => match ask(&path, Request::Status) {
-            Ok(Response {
-                ok: true,
-                status: Some(s),
-                ..
-            }) => {
-                if json {
-                    match serde_json::to_string_pretty(&s) {
-                        Ok(j) => println!("{j}"),
-                        Err(e) => {
-                            eprintln!("echo-labctl: {e}");
-                            return 1;
-                        }
-                    }
-                } else {
-                    print_status(&s);
-                }
-                0
-            }
+            Ok(Response::Status { status }) => print_either(&*status, json, print_status),
             Ok(r) => refused(&r),
             Err(code) => code,
         },
         Command::Sources { top, json } => match ask(&path, Request::Sources { top }) {
-            Ok(Response {
-                ok: true,
-                sources: Some(list),
-                ..
-            }) => {
-                if json {
-                    match serde_json::to_string_pretty(&list) {
-                        Ok(j) => println!("{j}"),
-                        Err(e) => {
-                            eprintln!("echo-labctl: {e}");
-                            return 1;
-                        }
-                    }
-                } else {
-                    print_sources(&list);
-                }
-                0
+            Ok(Response::Sources { sources }) => {
+                print_either(&sources, json, |list| print_sources(list))
             }
             Ok(r) => refused(&r),
             Err(code) => code,
         },
         Command::Reload => match ask(&path, Request::Reload) {
-            Ok(r) if r.ok => {
-                println!("{}", r.message.unwrap_or_default());
+            Ok(Response::Reloaded { summary }) => {
+                println!("reloaded: {summary}");
                 0
             }
             Ok(r) => refused(&r),
             Err(code) => code,
         },
-        Command::Stop { wait, timeout } => {
-            let pid = match ask(&path, Request::Status) {
-                Ok(Response {
-                    status: Some(s), ..
-                }) => s.pid,
-                Ok(r) => return refused(&r),
-                Err(code) => return code,
-            };
-            match ask(&path, Request::Stop) {
-                Ok(r) if r.ok => {}
-                Ok(r) => return refused(&r),
-                Err(code) => return code,
-            }
-            if !wait {
-                println!("echo-lab (pid {pid}) is draining");
-                return 0;
-            }
-            let deadline = Instant::now() + Duration::from_secs(timeout);
-            while process_alive(pid) {
-                if Instant::now() >= deadline {
-                    eprintln!("echo-labctl: echo-lab (pid {pid}) still running after {timeout}s");
-                    return 1;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            println!("echo-lab (pid {pid}) has exited");
-            0
-        }
-        _ => 64,
+        Command::Stop { wait, timeout } => stop(&path, wait, timeout),
+        _ => EX_USAGE,
     }
+}
+
+/// `stop [--wait]`: starts the drain, then (with `--wait`) waits for the
+/// daemon's process to end.
+fn stop(path: &Path, wait: bool, timeout: u64) -> i32 {
+    let pid = match ask(path, Request::Status) {
+        Ok(Response::Status { status }) => status.pid,
+        Ok(r) => return refused(&r),
+        Err(code) => return code,
+    };
+    match ask(path, Request::Stop) {
+        Ok(Response::Draining) => {}
+        Ok(r) => return refused(&r),
+        Err(code) => return code,
+    }
+    if !wait {
+        println!("echo-lab (pid {pid}) is draining");
+        return 0;
+    }
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    while process_alive(pid) {
+        if Instant::now() >= deadline {
+            eprintln!("echo-labctl: echo-lab (pid {pid}) still running after {timeout}s");
+            return 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("echo-lab (pid {pid}) has exited");
+    0
 }
 
 /// The address clients use by default: the daemon's configured one, with a
@@ -357,9 +351,9 @@ fn main() {
             let timeout = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(5));
             if udp {
                 let addr = addr.unwrap_or_else(default_addr);
-                std::process::exit(echo_lab::client_udp::run(&addr, timeout));
+                std::process::exit(echo_labctl::client_udp::run(&addr, timeout));
             }
-            echo_lab::client::run(&echo_lab::client::Options {
+            echo_labctl::client::run(&echo_labctl::client::Options {
                 addr: addr.unwrap_or_else(default_addr),
                 timeout,
             })
@@ -377,7 +371,7 @@ fn main() {
         | Command::Sources { .. }
         | Command::Reload
         | Command::Stop { .. }) => control(cli.socket, c),
-        Command::Bench(args) => match echo_lab::bench::run(&args, &default_addr()) {
+        Command::Bench(args) => match echo_labctl::bench::run(&args, &default_addr()) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("echo-labctl: {e:#}");

@@ -16,11 +16,11 @@ use std::io::{self, BufRead, IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::client::EX_USAGE;
-use crate::EX_UNAVAILABLE;
+use echo_lab_proto::exit::EX_UNAVAILABLE;
+use echo_lab_proto::exit::EX_USAGE;
 
 /// The largest datagram echo-lab echoes.
-const MAX_DATAGRAM: usize = crate::udp::batch::MAX_DATAGRAM;
+const MAX_DATAGRAM: usize = echo_lab_proto::protocol::MAX_DATAGRAM;
 
 /// What became of one line.
 enum Outcome {

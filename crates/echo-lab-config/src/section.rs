@@ -55,7 +55,7 @@ macro_rules! section {
             }
         }
 
-        impl $crate::config::section::Section for $name {
+        impl $crate::section::Section for $name {
             const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
 
             fn read_key(
@@ -63,9 +63,9 @@ macro_rules! section {
                 name: &str,
                 value: &serde_spanned::Spanned<toml::de::DeValue<'_>>,
                 key: &str,
-                r: &mut $crate::config::section::Reader<'_>,
+                r: &mut $crate::section::Reader<'_>,
             ) -> bool {
-                use $crate::config::section::Kind;
+                use $crate::section::Kind;
                 match name {
                     $(stringify!($field) => {
                         if let Some(v) = Kind::<$ty>::read(&$kind, value, key, r) {
@@ -77,8 +77,8 @@ macro_rules! section {
                 true
             }
 
-            fn render(&self) -> Vec<(&'static str, $crate::config::section::Rendered)> {
-                use $crate::config::section::Kind;
+            fn render(&self) -> Vec<(&'static str, $crate::section::Rendered)> {
+                use $crate::section::Kind;
                 vec![$((stringify!($field), Kind::<$ty>::render(&$kind, &self.$field))),*]
             }
 
@@ -86,10 +86,10 @@ macro_rules! section {
                 old: &Self,
                 new: &Self,
                 prefix: &str,
-                cap: $crate::config::section::Apply,
-                out: &mut Vec<$crate::config::section::Change>,
+                cap: $crate::section::Apply,
+                out: &mut Vec<$crate::section::Change>,
             ) {
-                use $crate::config::section::{join_key, Apply, Kind};
+                use $crate::section::{join_key, Apply, Kind};
                 $(Kind::<$ty>::changes(
                     &$kind,
                     &join_key(prefix, stringify!($field)),
@@ -161,7 +161,7 @@ pub(crate) trait Kind<T: PartialEq> {
 
 /// When a changed key takes effect on a running daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Apply {
+pub enum Apply {
     /// At once, on reload.
     Live,
     /// At the next start; a reload reports it as deferred.
@@ -181,7 +181,7 @@ impl Apply {
 
 /// One key whose value differs between two configs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Change {
+pub struct Change {
     /// Dotted key path (`log.level`).
     pub key: String,
     /// The old value as the file would say it, unquoted (`5m`, `unset`).

@@ -38,7 +38,7 @@ use super::{cpu, split, BenchArgs, EXIT_FAILURES};
 const HEADER: usize = 8;
 
 /// The largest datagram echo-lab echoes.
-const MAX_SIZE: usize = crate::udp::batch::MAX_DATAGRAM;
+const MAX_SIZE: usize = echo_lab_proto::protocol::MAX_DATAGRAM;
 
 /// One flow: one datagram in flight at a time.
 struct Flow {

@@ -25,6 +25,10 @@ use std::time::Duration;
 /// The marker that starts every line the server sends on its own.
 pub const NOTICE_PREFIX: &str = "[echo-lab] ";
 
+/// The largest UDP datagram echoed (the largest IPv4 UDP payload); a
+/// larger one is dropped, so a client sends nothing larger.
+pub const MAX_DATAGRAM: usize = 65_507;
+
 /// The command word that ends a session.
 const WORD: &[u8] = b"disconnect";
 

@@ -42,11 +42,11 @@ use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use super::clock;
 use super::payload;
 use super::plan::{Plan, Round};
 use super::tally::{Failure, Progress, Tally};
 use super::wire::{self, Step};
-use crate::wake_timer;
 
 /// How often messages in flight are checked against the timeout.
 const SWEEP: Duration = Duration::from_millis(100);
@@ -155,7 +155,7 @@ impl<'a> Loop<'a> {
         ids: Range<u64>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let timer = wake_timer::timerfd()?;
+        let timer = clock::timerfd()?;
         poll.registry()
             .register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
         let mut lp = Loop {
@@ -224,7 +224,7 @@ impl<'a> Loop<'a> {
             }
             for event in events.iter() {
                 match event.token() {
-                    TIMER => wake_timer::clear(&self.timer),
+                    TIMER => clock::clear(&self.timer),
                     Token(i) => {
                         if event.is_writable() {
                             self.flush(i);
@@ -251,7 +251,7 @@ impl<'a> Loop<'a> {
             let due = start + self.schedule.due(c.id, self.cycle);
             if due > now {
                 let wait = due - now;
-                wake_timer::arm(&self.timer, wait)?;
+                clock::arm(&self.timer, wait)?;
                 return Ok(wait);
             }
             let measured = match self.plan.next_round(due) {

@@ -48,6 +48,7 @@
 //! echo differed from what was sent, anything timed out, or nothing was
 //! measured; exit status 1 means the run could not be set up at all.
 
+mod clock;
 mod cpu;
 mod paced;
 mod payload;
@@ -287,19 +288,31 @@ pub fn run(args: &BenchArgs, default_addr: &str) -> anyhow::Result<i32> {
     Ok(if report.ok { 0 } else { EXIT_FAILURES })
 }
 
-/// Raises the open-file limit (the daemon's own [`crate::limits`] does the
-/// raising) and refuses to start, instead of failing half the connections,
-/// when even the hard limit cannot hold `connections` sockets.
+/// Descriptors the generator needs besides its connections (pollers,
+/// standard streams, the report).
+const RESERVED_FDS: u64 = 64;
+
+/// Raises the soft open-file limit to the hard one and refuses to start,
+/// instead of failing half the connections, when even the hard limit
+/// cannot hold `connections` sockets.
 fn ensure_nofile(connections: usize) -> anyhow::Result<()> {
-    let limit = crate::limits::raise_nofile().context("cannot raise the open-file limit")?;
-    let needed = connections as u64 + crate::limits::RESERVED_FDS;
-    if limit != libc::RLIM_INFINITY && limit < needed {
-        bail!(
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        let raised = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        setrlimit(Resource::Nofile, raised).context("cannot raise the open-file limit")?;
+    }
+    let needed = connections as u64 + RESERVED_FDS;
+    match lim.maximum {
+        Some(limit) if limit < needed => bail!(
             "{connections} connections need about {needed} open files, but the hard limit \
              (ulimit -Hn) is {limit}"
-        );
+        ),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The hold of hold mode: the connections stay idle this long (not at all

@@ -17,8 +17,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::section::{Apply, Change, Kind, Reader, Rendered, Section};
 use super::Endpoint;
-use crate::admission::rate::ConnRate;
-use crate::admission::rules::Rule;
+use crate::rate::ConnRate;
+use crate::rule::Rule;
 
 /// An integer in `min..=max` (the two fields), of whatever integer type
 /// the field has.

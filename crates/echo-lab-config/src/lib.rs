@@ -48,6 +48,8 @@
 mod section;
 mod diagnostic;
 mod kinds;
+pub mod rate;
+pub mod rule;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,13 +64,13 @@ use kinds::{
     Seconds, SocketPath, Table, Tables, Word,
 };
 
-pub use crate::admission::rate::ConnRate;
-pub use crate::admission::rules::Rule;
+pub use crate::rate::ConnRate;
+pub use crate::rule::Rule;
+pub use section::{Apply, Change};
 use section::{Reader, Rendered, Section};
 
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use kinds::format_duration;
-pub(crate) use section::{Apply, Change};
 
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/echo-lab.toml";
@@ -450,7 +452,7 @@ impl Config {
 /// Every key whose value differs from `old` to `new`, in declaration
 /// order, with both values as the file would say them and when the new
 /// one applies (the reload report).
-pub(crate) fn changes(old: &Config, new: &Config) -> Vec<Change> {
+pub fn changes(old: &Config, new: &Config) -> Vec<Change> {
     let mut out = Vec::new();
     Config::changes(old, new, "", Apply::Live, &mut out);
     out
@@ -960,7 +962,7 @@ mod change_report {
 
     /// The man page's `reload: yes/no` for each key, keyed by dotted path.
     fn man_page_marks() -> Vec<(String, bool)> {
-        let man = include_str!("../man/echo-lab.toml.5");
+        let man = include_str!("../../../man/echo-lab.toml.5");
         let mut marks = Vec::new();
         let mut table = String::new();
         let mut key: Option<String> = None;
@@ -991,7 +993,7 @@ mod change_report {
 
     #[test]
     fn the_shipped_config_shows_every_key() {
-        let shipped = include_str!("../config/echo-lab.toml");
+        let shipped = include_str!("../../../config/echo-lab.toml");
         let (old, new) = every_key_changed();
         for c in changes(&old, &new) {
             let (table, name) = c.key.rsplit_once('.').unwrap_or(("", &c.key));

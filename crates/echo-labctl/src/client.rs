@@ -22,11 +22,10 @@ use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{is_disconnect, NOTICE_PREFIX};
-use crate::EX_UNAVAILABLE;
+use echo_lab_proto::exit::EX_UNAVAILABLE;
+use echo_lab_proto::protocol::{is_disconnect, NOTICE_PREFIX};
 
-/// sysexits(3) EX_USAGE: a bad address on the command line.
-pub const EX_USAGE: i32 = 64;
+use echo_lab_proto::exit::EX_USAGE;
 
 /// Something the server sent.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,17 @@
+//! echo-labctl: the client of the echo-lab daemon.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`client`] | `echo-labctl connect`: an interactive or piped TCP echo session |
+//! | [`client_udp`] | `echo-labctl connect --udp`: one datagram per line |
+//! | [`bench`] | `echo-labctl bench`: ping-pong, fixed-rate and UDP load, with a report |
+//!
+//! The control commands (`status`, `sources`, `reload`, `stop`) speak the
+//! control protocol of `echo-lab-proto` and live in the binary. Nothing
+//! here depends on the daemon's crate: the client reads the daemon's
+//! config through `echo-lab-config` and talks to it through
+//! `echo-lab-proto`, the two crates both programs share.
+
+pub mod bench;
+pub mod client;
+pub mod client_udp;
