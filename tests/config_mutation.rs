@@ -5,7 +5,7 @@
 //! signal, never a hang — and every rejection names the file.
 //!
 //! (The parser itself is fuzzed in-process by the property tests in
-//! src/config.rs; this drives the real binary.)
+//! crates/echo-lab-config; this drives the real binary.)
 
 mod support;
 
