@@ -9,13 +9,15 @@
 use std::sync::mpsc::Sender;
 
 use crate::admission::SourceView;
+use crate::reload::{ReloadError, Reloaded};
 use crate::stats::Snapshot;
+use crate::supervise::Death;
 use crate::udp::UdpSnapshot;
 
 /// Something the supervisor must act on.
 pub enum Event {
     /// Reload the config; the answer goes back if someone waits for it.
-    Reload(Option<Sender<Result<String, String>>>),
+    Reload(Option<Sender<Result<Reloaded, ReloadError>>>),
     /// Start the drain (first time) or stop now (second time).
     Terminate,
     /// Report status.
@@ -24,6 +26,8 @@ pub enum Event {
     ReopenLogs,
     /// Report the `n` busiest sources (`echo-labctl sources`).
     Sources(usize, Sender<Vec<SourceView>>),
+    /// A watched thread died ([`crate::supervise`]).
+    ThreadDied(Death),
 }
 
 /// Reload counts, for status and metrics.

@@ -21,7 +21,10 @@
 //! | `wake_timer` | a worker's alarm at its next deadline, so its poll needs no timeout |
 //! | [`affinity`] | CPUs: pinning, arrival CPU, the placement policy |
 //! | [`server`] | starting, reloading and draining the whole |
+//! | [`startup`] | the daemon's start, step by step, and its exit codes |
 //! | [`daemon`] | the supervisor: signals and requests to actions |
+//! | [`supervise`] | watched threads: a long-lived thread's death reported to the supervisor |
+//! | [`reload`] | a reload's outcome: what changed, or which part refused |
 //! | [`event`] | the supervisor's inbox (events) and its answers (status) |
 //! | [`notify`] | the systemd notify protocol and watchdog |
 //! | [`activation`] | sockets passed by systemd (activation, fd store) |
@@ -60,10 +63,13 @@ pub mod notify;
 pub(crate) mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod sockets;
+pub mod startup;
 pub mod stats;
+pub mod supervise;
 pub(crate) mod timeouts;
 pub mod udp;
 pub(crate) mod wake_timer;
@@ -75,3 +81,6 @@ pub const EX_CONFIG: i32 = 78;
 pub const EX_UNAVAILABLE: i32 = 69;
 /// sysexits(3) EX_OSERR: the OS refused something the daemon needs.
 pub const EX_OSERR: i32 = 71;
+/// sysexits(3) EX_SOFTWARE: an internal error; a thread of the daemon
+/// died and could not be restarted (see [`supervise`]).
+pub const EX_SOFTWARE: i32 = 70;
