@@ -8,8 +8,9 @@
 //!    fails first, on the terminal, before detaching from it;
 //! 2. [`daemonize`] (`--daemon`): the fork happens while no thread exists;
 //! 3. [`launch`]: the log sink is installed, the signal handlers before
-//!    any other thread, then the server, the UDP thread, the control
-//!    socket and the metrics endpoint, each long-lived thread watched
+//!    any other thread, then the control socket (so a client that got an
+//!    echo can ask for status at once), the server, the UDP thread and
+//!    the metrics endpoint, each long-lived thread watched
 //!    ([`crate::supervise`]) and reporting its death to the supervisor.
 //!
 //! Every failure is one [`StartupError`], which knows its message and its
@@ -322,6 +323,9 @@ fn launch(
         .clone()
         .unwrap_or_else(control::default_path);
     let access = control_access(&config)?;
+    // The control socket first: a client that got an echo can ask for
+    // status at once (the supervisor answers once it runs).
+    let control = open_control(&control_path, access, tx.clone());
     let watcher = Watcher::new(tx.clone());
     let server = Server::start(config, bound.tcp, watcher.clone()).map_err(StartupError::Start)?;
     let rules = daemon::listener_rules(server.config(), &bound.udp.addresses());
@@ -330,7 +334,6 @@ fn launch(
     udp.use_gate(server.gate().clone());
     udp.watch(watcher);
     udp.apply(bound.udp).map_err(StartupError::Udp)?;
-    let control = open_control(&control_path, access, tx.clone());
     let mut daemon = Daemon::new(server, udp, source, Notifier::from_env())
         .with_default_log_target(target)
         .with_control(control)
