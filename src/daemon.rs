@@ -41,8 +41,8 @@
 //!   duplicate of its listening socket, so the socket file and the port
 //!   stay open and a new thread accepts on them.
 //!
-//! A thread that dies more than [`MAX_RESTARTS`] times within
-//! [`RESTART_WINDOW`] has a fault that a restart does not cure; so has a
+//! A thread that dies more than 3 times (`MAX_RESTARTS`) within a
+//! minute (`RESTART_WINDOW`) has a fault that a restart does not cure; so has a
 //! thread that cannot be restarted (the OS refuses a thread, or a thread
 //! this supervisor does not know). Then the supervisor logs why and
 //! exits with status 70 (EX_SOFTWARE), closing every connection, so that

@@ -3,11 +3,11 @@
 //!
 //! The order of the steps matters and is the classic one:
 //!
-//! 1. [`bind`]: everything that can fail because of the operator (config,
+//! 1. `bind`: everything that can fail because of the operator (config,
 //!    log file, metrics address, activated sockets, TCP and UDP addresses)
 //!    fails first, on the terminal, before detaching from it;
-//! 2. [`daemonize`] (`--daemon`): the fork happens while no thread exists;
-//! 3. [`launch`]: the log sink is installed, the signal handlers before
+//! 2. `daemonize` (`--daemon`): the fork happens while no thread exists;
+//! 3. `launch`: the log sink is installed, the signal handlers before
 //!    any other thread, then the control socket (so a client that got an
 //!    echo can ask for status at once), the server, the UDP thread and
 //!    the metrics endpoint, each long-lived thread watched
