@@ -15,6 +15,10 @@
 //! answer, never a crash, a hang, or an operator locked out. Requests
 //! are handed to the supervisor as [`Event`]s, so a reload asked here is the
 //! same as a SIGHUP — except that the caller learns the outcome.
+//!
+//! The accepting thread is watched ([`crate::supervise`]); the server
+//! keeps a duplicate of the listening socket, so when the thread dies
+//! [`ControlServer::revive`] starts a new one on the same socket file.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -27,10 +31,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::event::Event;
+use crate::supervise::{Watched, Watcher};
 pub use echo_lab_proto::control::{
     client_default_path, default_path, parse, request, ClientError, Request, RequestError,
     Response, MAX_REQUEST, MAX_TOP,
 };
+
+/// The accepting thread's name (what its death is reported as).
+pub(crate) const THREAD: &str = "control";
 
 /// Control connections served at once. Only allowed users get this far
 /// (file mode), and a stalled one holds a small thread for at most
@@ -149,6 +157,12 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
 /// The running control socket; removes its file when dropped.
 pub struct ControlServer {
     path: PathBuf,
+    /// Our duplicate of the listener and what the thread needs, kept to
+    /// start a new thread if this one dies.
+    listener: UnixListener,
+    access: Access,
+    events: Sender<Event>,
+    thread: Watched,
 }
 
 impl ControlServer {
@@ -156,6 +170,29 @@ impl ControlServer {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Starts a new accepting thread on the same socket if `id` is the one
+    /// serving (it died); true if so.
+    pub fn revive(&mut self, id: u64) -> io::Result<bool> {
+        if self.thread.id() != id {
+            return Ok(false);
+        }
+        self.thread = launch(&self.listener, self.access, &self.events)?;
+        Ok(true)
+    }
+}
+
+/// Starts the accepting thread on a duplicate of `listener`.
+fn launch(listener: &UnixListener, access: Access, events: &Sender<Event>) -> io::Result<Watched> {
+    let theirs = listener.try_clone()?;
+    // Opened before the thread starts, so the daemon's descriptor count is
+    // settled once this returns.
+    let reserve = std::fs::File::open("/dev/null").ok();
+    let events = events.clone();
+    Watcher::new(events.clone()).spawn(THREAD, move || {
+        accept_loop(theirs, access, events, reserve);
+        Ok(())
+    })
 }
 
 impl Drop for ControlServer {
@@ -192,14 +229,13 @@ pub fn spawn(path: &Path, access: Access, events: Sender<Event>) -> io::Result<C
             return Err(io::Error::last_os_error());
         }
     }
-    // Opened before the thread starts, so the daemon's descriptor count is
-    // settled once `spawn` returns.
-    let reserve = std::fs::File::open("/dev/null").ok();
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || accept_loop(listener, access, events, reserve))?;
+    let thread = launch(&listener, access, &events)?;
     Ok(ControlServer {
         path: path.to_path_buf(),
+        listener,
+        access,
+        events,
+        thread,
     })
 }
 
@@ -222,6 +258,8 @@ fn accept_loop(
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
+                #[cfg(feature = "fault-injection")]
+                crate::fault::thread_event(THREAD);
                 dispatch(stream, access, &events, &busy);
                 if reserve.is_none() {
                     reserve = std::fs::File::open("/dev/null").ok();
@@ -325,8 +363,10 @@ fn answer(stream: &UnixStream, events: &Sender<Event>) -> Response {
             status: Box::new(status),
         }),
         Request::Reload => ask(events, |tx| Event::Reload(Some(tx))).map(|outcome| match outcome {
-            Ok(summary) => Response::Reloaded { summary },
-            Err(e) => Response::refused(e),
+            Ok(reloaded) => Response::Reloaded {
+                summary: reloaded.to_string(),
+            },
+            Err(e) => Response::refused(e.to_string()),
         }),
         Request::Stop => tell(events, Event::Terminate).map(|()| Response::Draining),
         Request::Sources { top } => ask(events, |tx| Event::Sources(top.clamp(1, MAX_TOP), tx))

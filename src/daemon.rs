@@ -1,5 +1,6 @@
-//! The supervisor: the daemon's main thread, where signals and control
-//! requests become reloads, drains and status answers.
+//! The supervisor: the daemon's main thread, where signals, control
+//! requests and the deaths of threads become reloads, drains, restarts
+//! and status answers.
 //!
 //! Everything that changes the server happens here, on one thread, one
 //! event at a time — reload and drain never race each other. Signal
@@ -7,18 +8,47 @@
 //! on its own thread and sends an [`Event`]); control-socket requests
 //! arrive the same way, with a channel for the answer.
 //!
-//! * SIGHUP: re-read the config file, validate all of it, then apply it
-//!   ([`Server::reload`]); a bad file changes nothing and the error, with
-//!   file, line, column and key, goes to the log.
+//! * SIGHUP: re-read the config file, validate all of it, then apply it;
+//!   a bad file changes nothing and the error, with file, line, column
+//!   and key, goes to the log.
 //! * SIGTERM / SIGINT: drain for at most `drain_timeout`, then exit 0; a
 //!   second one closes everything at once.
 //! * SIGUSR1: reopen the log file (after logrotate renamed it).
 //!
-//! The supervisor also owns what is outside the echo server proper: the
-//! metrics endpoint ([`crate::metrics`]) and the log sink. A reload
-//! prepares both with the server — the new metrics address bound, the new
-//! log file opened — before anything is applied, so any failure leaves
-//! all of it as it was.
+//! A reload is prepared whole before anything is applied. The supervisor
+//! owns what is outside the echo server proper — the metrics endpoint
+//! ([`crate::metrics`]) and the log sink — and the UDP side, so it
+//! prepares four parts in turn: the log file opened, the new metrics
+//! address bound and served, the new UDP sockets bound (and the UDP thread
+//! started if UDP was not served), the TCP side ([`Server::prepare`]:
+//! workers built, addresses bound). Any failure drops what was made and
+//! is reported as a [`ReloadError`] naming the part; nothing in service
+//! has changed and the reload counts as failed. Only then is each part
+//! committed, and committing cannot fail.
+//!
+//! Every long-lived thread is watched ([`crate::supervise`]): its death
+//! arrives as [`Event::ThreadDied`], and the supervisor decides. The four
+//! threads that serve are restarted, each from state the supervisor
+//! still holds, so no watchdog is needed to notice an outage (and under
+//! `--daemon` none runs):
+//!
+//! * the accept loop: its sockets, the pool's dealer, the counters and
+//!   the gate all live in the [`Server`], so a new loop gets duplicates
+//!   of the same sockets and connections queued meanwhile are accepted;
+//! * the UDP thread: its sockets, limits and counters live in the
+//!   `UdpService` (a source's rate bucket starts afresh);
+//! * the control thread and the metrics thread: each server keeps a
+//!   duplicate of its listening socket, so the socket file and the port
+//!   stay open and a new thread accepts on them.
+//!
+//! A thread that dies more than 3 times (`MAX_RESTARTS`) within a
+//! minute (`RESTART_WINDOW`) has a fault that a restart does not cure; so has a
+//! thread that cannot be restarted (the OS refuses a thread, or a thread
+//! this supervisor does not know). Then the supervisor logs why and
+//! exits with status 70 (EX_SOFTWARE), closing every connection, so that
+//! the service manager restarts the daemon rather than leaving it half
+//! alive. The signal thread is not watched: signal-hook's loop has nothing
+//! of ours in it to panic.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -30,12 +60,17 @@ use crate::admission::Listener;
 use crate::config::{
     format_duration, Config, ConfigError, LogTarget, Protocol, Rule, DEFAULT_PATH,
 };
-use crate::metrics::{self, MetricsServer};
+use crate::control::ControlServer;
+use crate::logging;
+use crate::metrics::{self, MetricsError, MetricsServer};
 use crate::net;
 use crate::notify::{borrow_all, Notifier};
-use crate::server::Server;
-use crate::udp::listeners::{describe_limit, UdpListeners, UdpSpec};
+use crate::reload::{reason_of, ReloadError, Reloaded};
+use crate::server::{PreparedReload, Server};
+use crate::supervise::Death;
+use crate::udp::listeners::{self, describe_limit, UdpListeners, UdpSpec};
 use crate::udp::RateLimit;
+use crate::EX_SOFTWARE;
 
 /// How often the supervisor wakes when nothing happens (drain progress).
 const TICK: Duration = Duration::from_millis(50);
@@ -46,15 +81,33 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// Extra time after the drain deadline for workers to finish closing.
 const DRAIN_MARGIN: Duration = Duration::from_secs(2);
 
-/// How the message of a failed reload starts (control clients and the log
-/// get the whole message; `STATUS=` only the reason).
-const NOT_RELOADED: &str = "config not reloaded, the running config is unchanged:";
+/// A watched thread is restarted at most this many times per
+/// [`RESTART_WINDOW`]; one more death and the daemon exits.
+const MAX_RESTARTS: usize = 3;
 
-/// The reason a reload failed, for `STATUS=`: the message's last line
-/// without [`NOT_RELOADED`].
-fn reason_of(message: &str) -> &str {
-    let last = message.lines().last().unwrap_or("");
-    last.strip_prefix(NOT_RELOADED).unwrap_or(last).trim()
+/// See [`MAX_RESTARTS`].
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// Recent restarts of each watched thread, by name.
+#[derive(Default)]
+struct Restarts(Vec<(String, Vec<Instant>)>);
+
+impl Restarts {
+    /// Records a restart of `name` at `now`; returns how many fall in the
+    /// last [`RESTART_WINDOW`], this one included.
+    fn count(&mut self, name: &str, now: Instant) -> usize {
+        let pos = match self.0.iter().position(|(n, _)| n == name) {
+            Some(p) => p,
+            None => {
+                self.0.push((name.to_string(), Vec::new()));
+                self.0.len() - 1
+            }
+        };
+        let times = &mut self.0[pos].1;
+        times.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        times.push(now);
+        times.len()
+    }
 }
 
 /// Where the config came from; a reload reads the same place.
@@ -135,6 +188,25 @@ pub struct Daemon {
     events: Option<Sender<Event>>,
     /// Reloads applied and refused.
     reloads: Reloads,
+    /// The control socket, if it could be opened.
+    control: Option<ControlServer>,
+    /// Recent restarts of watched threads.
+    restarts: Restarts,
+}
+
+/// Every part of a reload, prepared: committing it cannot fail.
+struct Plan {
+    /// The `[log]` sink, its file open.
+    log: logging::Prepared,
+    /// The metrics endpoint: `None` unchanged, `Some(None)` closed,
+    /// `Some(Some(_))` the new one, bound and started.
+    metrics: Option<Option<MetricsServer>>,
+    /// The UDP side, bound (and started if it was not served).
+    udp: listeners::Ready,
+    /// The access rules of the new UDP sockets.
+    udp_rules: Vec<(Listener, Vec<Rule>)>,
+    /// The TCP side.
+    tcp: PreparedReload,
 }
 
 impl Daemon {
@@ -160,7 +232,16 @@ impl Daemon {
                 generation: 1,
                 ..Reloads::default()
             },
+            control: None,
+            restarts: Restarts::default(),
         }
+    }
+
+    /// Keeps the control socket (its thread is restarted if it dies; its
+    /// file is removed when the daemon ends).
+    pub fn with_control(mut self, control: Option<ControlServer>) -> Self {
+        self.control = control;
+        self
     }
 
     /// Gives the supervisor its own inbox (for the metrics endpoint's
@@ -169,7 +250,7 @@ impl Daemon {
         mut self,
         events: Sender<Event>,
         listener: Option<std::net::TcpListener>,
-    ) -> std::io::Result<Self> {
+    ) -> Result<Self, MetricsError> {
         if let Some(l) = listener {
             let server = MetricsServer::start(l, events.clone(), self.server.gate().clone())?;
             log::info!("metrics on http://{}/metrics", server.local_addr());
@@ -290,6 +371,17 @@ impl Daemon {
                 Ok(Event::Sources(n, reply)) => {
                     let _ = reply.send(self.server.gate().top(n));
                 }
+                Ok(Event::ThreadDied(death)) => {
+                    if let Err(why) = self.on_death(&death) {
+                        log::error!(
+                            "{why}; exiting with status {EX_SOFTWARE} so the service manager can restart echo-lab"
+                        );
+                        self.udp.stop();
+                        self.server.stop_now();
+                        self.server.wait_workers(DRAIN_MARGIN);
+                        return EX_SOFTWARE;
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     if self.drain_started.is_none() {
@@ -336,10 +428,48 @@ impl Daemon {
         self.server.drain(timeout);
     }
 
-    /// Re-reads the config and applies it; the message says what happened.
-    fn reload(&mut self) -> Result<String, String> {
+    /// A watched thread died: restarts it from the state kept here, or,
+    /// if it cannot be restarted or died too often, says why the daemon
+    /// must exit.
+    fn on_death(&mut self, death: &Death) -> Result<(), String> {
+        let name = death.name.as_str();
+        let revived = match name {
+            crate::listener::THREAD => self.server.revive(death.id),
+            crate::udp::THREAD => self.udp.revive(death.id),
+            crate::metrics::THREAD => match &mut self.metrics {
+                Some(m) => m.revive(death.id),
+                None => Ok(false),
+            },
+            crate::control::THREAD => match &mut self.control {
+                Some(c) => c.revive(death.id),
+                None => Ok(false),
+            },
+            _ => return Err(format!("the {name} thread died and cannot be restarted")),
+        };
+        match revived {
+            Ok(true) => {}
+            // Replaced or stopped on purpose meanwhile: nothing to do.
+            Ok(false) => return Ok(()),
+            Err(e) => return Err(format!("cannot restart the {name} thread: {e}")),
+        }
+        let n = self.restarts.count(name, Instant::now());
+        if n > MAX_RESTARTS {
+            return Err(format!(
+                "the {name} thread died {n} times in {}",
+                format_duration(RESTART_WINDOW)
+            ));
+        }
+        log::warn!(
+            "restarted the {name} thread ({n} of at most {MAX_RESTARTS} restarts per {})",
+            format_duration(RESTART_WINDOW)
+        );
+        Ok(())
+    }
+
+    /// Re-reads the config and applies it; the outcome says what happened.
+    fn reload(&mut self) -> Result<Reloaded, ReloadError> {
         if self.drain_started.is_some() {
-            return Err("draining; reload ignored".to_string());
+            return Err(ReloadError::Draining);
         }
         self.notifier.reloading();
         let before = self.server.local_addrs();
@@ -349,28 +479,53 @@ impl Daemon {
             ConfigSource::Embedded => None,
         };
         let result = match load_config(explicit.as_deref()) {
-            Err(e) => Err(format!(
-                "{NOT_RELOADED}
-{e}"
-            )),
+            Err(e) => Err(ReloadError::Config(e)),
             Ok((config, source)) => self.apply(config).inspect(|_| {
                 self.source = source;
             }),
         };
-        if result.is_ok() {
-            self.reloads.ok += 1;
-            self.reloads.generation += 1;
-        } else {
-            self.reloads.failed += 1;
-        }
-        match &result {
-            Ok(summary) => log::info!("reloaded {}: {summary}", self.source.describe()),
+        self.count_reload(&result);
+        self.log_moves(&before, &udp_before);
+        let status = match &result {
+            Ok(done) => format!("reload applied: {done}; {}", self.status_line()),
+            Err(e) => format!(
+                "reload failed, running config unchanged: {}",
+                reason_of(&e.to_string())
+            ),
+        };
+        self.notifier.ready(&status);
+        self.last_status = (status, Instant::now());
+        result
+    }
+
+    /// Counts and logs a reload's outcome, and keeps it for `status`.
+    fn count_reload(&mut self, result: &Result<Reloaded, ReloadError>) {
+        match result {
+            Ok(done) => {
+                self.reloads.ok += 1;
+                self.reloads.generation += 1;
+                log::info!("reloaded {}: {done}", self.source.describe());
+            }
             Err(e) => {
-                for line in e.lines() {
+                self.reloads.failed += 1;
+                for line in e.to_string().lines() {
                     log::error!("{line}");
                 }
             }
         }
+        let at_unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.last_reload = Some(LastReload {
+            at_unix,
+            applied: result.as_ref().ok().map(|r| r.to_string()),
+            error: result.as_ref().err().map(|e| e.to_string()),
+        });
+    }
+
+    /// Logs new addresses after a reload, and stores new listeners.
+    fn log_moves(&self, before: &[std::net::SocketAddr], udp_before: &[std::net::SocketAddr]) {
         if self.udp.local_addrs() != udp_before {
             log::info!(
                 "udp echo now on {}",
@@ -388,51 +543,54 @@ impl Daemon {
             self.notifier
                 .store_listeners(&borrow_all(&self.server.listeners()));
         }
-        let status = match &result {
-            Ok(summary) => format!("reload applied: {summary}; {}", self.status_line()),
-            Err(e) => format!("reload failed, running config unchanged: {}", reason_of(e)),
-        };
-        self.notifier.ready(&status);
-        self.last_status = (status, Instant::now());
-        let at_unix = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.last_reload = Some(LastReload {
-            at_unix,
-            applied: result.as_ref().ok().cloned(),
-            error: result.as_ref().err().cloned(),
-        });
-        result
     }
 
-    /// Applies a valid config to the TCP and the UDP side and to what lives
-    /// beside them (log sink, metrics endpoint): UDP sockets are bound,
-    /// the log file opened and a new metrics address bound first, then the
-    /// TCP side reloads (binding what it needs), and only when all that
-    /// succeeded are the prepared parts put in service. Any failure
-    /// changes nothing.
-    fn apply(&mut self, config: Config) -> Result<String, String> {
-        let unchanged = |e: &dyn std::fmt::Display| format!("{NOT_RELOADED} {e}");
+    /// Applies a valid config: every part prepared (any failure changes
+    /// nothing), then every part committed (nothing can fail).
+    fn apply(&mut self, config: Config) -> Result<Reloaded, ReloadError> {
+        let plan = self.prepare(config)?;
+        Ok(self.commit(plan))
+    }
+
+    /// Prepares each part of a reload: the log file opened, the new
+    /// metrics address bound and served, the UDP sockets bound (and a UDP
+    /// thread started if none ran), then the TCP side (workers built,
+    /// addresses bound). What was made is dropped on failure.
+    fn prepare(&mut self, config: Config) -> Result<Plan, ReloadError> {
         let tcp_port = self.server.local_addrs().first().map(|a| a.port());
         let (wanted, limit) = udp_plan(&config, tcp_port);
         let (was, _) = udp_plan(self.server.config(), tcp_port);
-        let log = crate::logging::prepare(&config.log, self.default_log_target)
-            .map_err(|e| unchanged(&e))?;
-        let metrics = self.prepare_metrics(&config).map_err(|e| unchanged(&e))?;
-        let prepared = self
-            .udp
-            .prepare(&wanted, limit)
-            .map_err(|e| unchanged(&e))?;
-        let rules = listener_rules(&config, &prepared.addresses());
-        let mut report = self.server.reload(config).map_err(|e| unchanged(&e))?;
-        // The new sockets' own rules are in force before they serve.
-        self.server.gate().set_overrides(true, rules);
-        if let Err(e) = self.udp.apply(prepared) {
-            log::error!("cannot change the UDP side: {e}; it serves as before");
+        let log =
+            logging::prepare(&config.log, self.default_log_target).map_err(ReloadError::Log)?;
+        let metrics = self
+            .prepare_metrics(&config)
+            .map_err(ReloadError::Metrics)?;
+        let bound = self.udp.prepare(&wanted, limit).map_err(ReloadError::Udp)?;
+        let udp_rules = listener_rules(&config, &bound.addresses());
+        let udp = self.udp.ready(bound).map_err(ReloadError::Udp)?;
+        let mut tcp = self.server.prepare(config).map_err(ReloadError::Tcp)?;
+        if self.udp.is_activated() && wanted != was {
+            tcp.report_mut()
+                .deferred
+                .push("udp addresses (sockets come from the service manager)".into());
         }
-        crate::logging::install(log);
-        if let Some(new) = metrics {
+        Ok(Plan {
+            log,
+            metrics,
+            udp,
+            udp_rules,
+            tcp,
+        })
+    }
+
+    /// Puts every prepared part in force; cannot fail.
+    fn commit(&mut self, plan: Plan) -> Reloaded {
+        let report = self.server.commit(plan.tcp);
+        // The new sockets' own rules are in force before they serve.
+        self.server.gate().set_overrides(true, plan.udp_rules);
+        self.udp.commit(plan.udp);
+        logging::install(plan.log);
+        if let Some(new) = plan.metrics {
             // The old endpoint (if any) stops as it is replaced.
             self.metrics = new;
             match &self.metrics {
@@ -440,18 +598,13 @@ impl Daemon {
                 None => log::info!("metrics endpoint closed"),
             }
         }
-        if self.udp.is_activated() && wanted != was {
-            report
-                .deferred
-                .push("udp addresses (sockets come from the service manager)".into());
-        }
-        Ok(report.summary())
+        Reloaded { report }
     }
 
     /// The metrics endpoint a new config asks for: `None` if unchanged,
     /// `Some(None)` to close it, `Some(Some(_))` bound and serving (the
     /// old one still serving too until it is replaced).
-    fn prepare_metrics(&self, new: &Config) -> Result<Option<Option<MetricsServer>>, String> {
+    fn prepare_metrics(&self, new: &Config) -> Result<Option<Option<MetricsServer>>, MetricsError> {
         if new.metrics_listen == self.server.config().metrics_listen {
             return Ok(None);
         }
@@ -461,10 +614,8 @@ impl Daemon {
         let Some(events) = &self.events else {
             return Ok(None);
         };
-        let l =
-            metrics::bind(addr).map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
-        let server = MetricsServer::start(l, events.clone(), self.server.gate().clone())
-            .map_err(|e| format!("cannot start the metrics endpoint: {e}"))?;
+        let l = metrics::bind(addr)?;
+        let server = MetricsServer::start(l, events.clone(), self.server.gate().clone())?;
         Ok(Some(Some(server)))
     }
 
@@ -570,20 +721,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_reason_drops_the_preamble() {
-        let bind = format!("{NOT_RELOADED} cannot listen on 127.0.0.1:7: Address already in use");
+    fn restarts_are_counted_per_thread_within_the_window() {
+        let mut r = Restarts::default();
+        let t0 = Instant::now();
+        assert_eq!(r.count("udp", t0), 1);
+        assert_eq!(r.count("udp", t0 + Duration::from_secs(1)), 2);
+        assert_eq!(r.count("accept", t0 + Duration::from_secs(1)), 1);
+        // The first two have left the window.
         assert_eq!(
-            reason_of(&bind),
-            "cannot listen on 127.0.0.1:7: Address already in use"
-        );
-        let located = format!("{NOT_RELOADED}\n/etc/echo-lab.toml:3:1: unknown key `x`");
-        assert_eq!(
-            reason_of(&located),
-            "/etc/echo-lab.toml:3:1: unknown key `x`"
-        );
-        assert_eq!(
-            reason_of("draining; reload ignored"),
-            "draining; reload ignored"
+            r.count("udp", t0 + RESTART_WINDOW + Duration::from_secs(2)),
+            1
         );
     }
 }

@@ -11,10 +11,13 @@ use std::sync::mpsc::Sender;
 use crate::admission::SourceView;
 pub use echo_lab_proto::status::{LastReload, Reloads, Status};
 
+use crate::reload::{ReloadError, Reloaded};
+use crate::supervise::Death;
+
 /// Something the supervisor must act on.
 pub enum Event {
     /// Reload the config; the answer goes back if someone waits for it.
-    Reload(Option<Sender<Result<String, String>>>),
+    Reload(Option<Sender<Result<Reloaded, ReloadError>>>),
     /// Start the drain (first time) or stop now (second time).
     Terminate,
     /// Report status.
@@ -23,4 +26,6 @@ pub enum Event {
     ReopenLogs,
     /// Report the `n` busiest sources (`echo-labctl sources`).
     Sources(usize, Sender<Vec<SourceView>>),
+    /// A watched thread died ([`crate::supervise`]).
+    ThreadDied(Death),
 }

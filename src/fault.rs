@@ -6,6 +6,13 @@
 //! wedge happens in connection handling: a panic must close that
 //! connection only, a wedged worker must stop the watchdog pings, and a
 //! worker whose loop dies must be replaced at its own place in the pool.
+//!
+//! The other long-lived threads (the accept loop, the UDP thread, the
+//! control thread, the metrics thread) read no marker a client could
+//! send before they hand it on, so they are made to die through the
+//! environment instead: [`THREAD_PANIC_ENV`] names the threads that panic
+//! at their next event ([`thread_event`]), which shows what the
+//! supervisor does about a thread's death (`crate::supervise`).
 
 /// Makes the worker panic while serving the connection.
 pub const PANIC: &[u8] = b"ECHO-LAB-FAULT:PANIC";
@@ -40,5 +47,50 @@ pub(crate) fn check(chunk: &[u8]) {
 pub(crate) fn propagate_worker_kill(panic: Box<dyn std::any::Any + Send>) {
     if panic.is::<KillWorker>() {
         std::panic::resume_unwind(panic);
+    }
+}
+
+/// Names the threads that panic at an event of theirs, comma-separated:
+/// `accept` (a connection accepted), `udp` (datagrams received),
+/// `control` (a control connection accepted), `metrics-accept` (a metrics
+/// connection accepted). `NAME` panics once; `NAME:always` at every event.
+pub const THREAD_PANIC_ENV: &str = "ECHO_LAB_FAULT_THREAD_PANIC";
+
+/// A thread [`THREAD_PANIC_ENV`] names, and whether it panicked already.
+struct Doomed {
+    name: String,
+    always: bool,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+fn doomed() -> &'static [Doomed] {
+    static DOOMED: std::sync::OnceLock<Vec<Doomed>> = std::sync::OnceLock::new();
+    DOOMED.get_or_init(|| {
+        let spec = std::env::var(THREAD_PANIC_ENV).unwrap_or_default();
+        spec.split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let (name, always) = match s.strip_suffix(":always") {
+                    Some(name) => (name, true),
+                    None => (s, false),
+                };
+                Doomed {
+                    name: name.to_string(),
+                    always,
+                    fired: std::sync::atomic::AtomicBool::new(false),
+                }
+            })
+            .collect()
+    })
+}
+
+/// Called by thread `name` at each of its events: panics if
+/// [`THREAD_PANIC_ENV`] says so.
+pub(crate) fn thread_event(name: &str) {
+    let Some(d) = doomed().iter().find(|d| d.name == name) else {
+        return;
+    };
+    if d.always || !d.fired.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        panic!("fault injected: the {name} thread panics");
     }
 }

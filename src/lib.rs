@@ -27,7 +27,10 @@
 //! | `wake_timer` | a worker's alarm at its next deadline, so its poll needs no timeout |
 //! | [`affinity`] | CPUs: pinning, arrival CPU, the placement policy |
 //! | [`server`] | starting, reloading and draining the whole |
+//! | [`startup`] | the daemon's start, step by step, and its exit codes |
 //! | [`daemon`] | the supervisor: signals and requests to actions |
+//! | [`supervise`] | watched threads: a long-lived thread's death reported to the supervisor |
+//! | [`reload`] | a reload's outcome: what changed, or which part refused |
 //! | [`event`] | the supervisor's inbox (events) and its answers (status) |
 //! | [`notify`] | the systemd notify protocol and watchdog |
 //! | [`activation`] | sockets passed by systemd (activation, fd store) |
@@ -58,15 +61,18 @@ pub mod net;
 pub mod notify;
 pub(crate) mod pool;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod sockets;
+pub mod startup;
 pub mod stats;
+pub mod supervise;
 pub(crate) mod timeouts;
 pub mod udp;
 pub(crate) mod wake_timer;
 pub(crate) mod worker;
 
 pub use echo_lab_config as config;
-pub use echo_lab_proto::exit::{EX_CONFIG, EX_OSERR, EX_UNAVAILABLE};
+pub use echo_lab_proto::exit::{EX_CONFIG, EX_OSERR, EX_SOFTWARE, EX_UNAVAILABLE};
 pub use echo_lab_proto::protocol;

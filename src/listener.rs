@@ -17,12 +17,15 @@
 //! The listening sockets can be swapped while running (reload to a new
 //! address: the daemon binds the new one first, then hands it here), and
 //! dropping them is how the drain stops accepting.
+//!
+//! The thread is watched ([`crate::supervise`]): if it dies, the server
+//! starts a new one on duplicates of the same sockets (`Server::revive`);
+//! connections queued meanwhile wait in the kernel's accept queue.
 
 use std::io::{self, ErrorKind};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -35,6 +38,10 @@ use crate::connection::{Connection, Ends};
 use crate::pool::{Batch, Dealer};
 use crate::protocol::Notice;
 use crate::stats::{self, ServerStats};
+use crate::supervise::{Watched, Watcher};
+
+/// The accept loop's thread name (what its death is reported as).
+pub(crate) const THREAD: &str = "accept";
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -83,7 +90,7 @@ pub(crate) enum AcceptCommand {
 pub(crate) struct AcceptorHandle {
     tx: Sender<AcceptCommand>,
     waker: Waker,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<Watched>,
 }
 
 impl AcceptorHandle {
@@ -101,10 +108,13 @@ impl AcceptorHandle {
     pub(crate) fn stop(&mut self) {
         self.send(AcceptCommand::Stop);
         if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                log::error!("the accept loop panicked");
-            }
+            t.join();
         }
+    }
+
+    /// The id of the thread accepting now ([`crate::supervise::Death::id`]).
+    pub(crate) fn thread_id(&self) -> Option<u64> {
+        self.thread.as_ref().map(Watched::id)
     }
 }
 
@@ -135,13 +145,14 @@ struct Acceptor {
     untrusted_suppressed: u64,
 }
 
-/// Starts the accept loop on its own thread.
+/// Starts the accept loop on its own thread, watched by `watcher`.
 pub(crate) fn spawn(
     listeners: Vec<Listening>,
     dealer: Dealer,
     stats: Arc<ServerStats>,
     gate: Arc<Gate>,
     max_connections: usize,
+    watcher: &Watcher,
 ) -> io::Result<AcceptorHandle> {
     let poll = Poll::new()?;
     let waker = Waker::new(poll.registry(), WAKER)?;
@@ -161,9 +172,10 @@ pub(crate) fn spawn(
         untrusted_suppressed: 0,
     };
     acceptor.set_listeners(listeners)?;
-    let thread = std::thread::Builder::new()
-        .name("accept".into())
-        .spawn(move || acceptor.run())?;
+    let thread = watcher.spawn(THREAD, move || {
+        acceptor.run();
+        Ok(())
+    })?;
     Ok(AcceptorHandle {
         tx,
         waker,
@@ -269,6 +281,8 @@ impl Acceptor {
             match listener.socket.accept() {
                 Ok((stream, peer)) => {
                     log::debug!("connection from {peer}");
+                    #[cfg(feature = "fault-injection")]
+                    crate::fault::thread_event(THREAD);
                     let ends = Ends {
                         peer,
                         local: listener.local,

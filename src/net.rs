@@ -79,16 +79,23 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 /// Binds a UDP socket on every address `host` resolves to. With port 0
-/// the first socket picks the port and the others reuse it.
-pub fn bind_all_udp(host: &str, port: u16) -> io::Result<Vec<UdpSocket>> {
+/// the first socket picks the port and the others reuse it. An error
+/// names the address that failed (`host:port` if it did not resolve).
+pub fn bind_all_udp(host: &str, port: u16) -> Result<Vec<UdpSocket>, (String, io::Error)> {
     let mut out: Vec<UdpSocket> = Vec::new();
     let mut port = port;
-    for mut addr in resolve(host, port)? {
+    let spec = |port| {
+        if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+    };
+    for mut addr in resolve(host, port).map_err(|e| (spec(port), e))? {
         addr.set_port(port);
-        let s = bind_udp(addr)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}/udp: {e}")))?;
+        let s = bind_udp(addr).map_err(|e| (addr.to_string(), e))?;
         if port == 0 {
-            port = s.local_addr()?.port();
+            port = s.local_addr().map_err(|e| (addr.to_string(), e))?.port();
         }
         out.push(s);
     }

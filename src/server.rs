@@ -11,14 +11,22 @@
 //!   connections to the pool's dealer.
 //!
 //! [`Server::reload`] applies a new config without dropping a connection:
-//! everything that can fail (binding a new address, re-listening with a new
-//! backlog) happens first, and only then is anything changed, so a failed
-//! reload leaves the running server exactly as it was. It reads as three
-//! steps: the report of what differs, [`Server::prepare`] (binding,
-//! re-listening, building new workers from the new settings), and
-//! [`Server::apply`]. The listening socket is kept when its address is
-//! unchanged — closing and re-binding it would drop whatever sits in the
-//! accept queue.
+//! everything that can fail (building new workers from the new settings,
+//! binding a new address, re-listening with a new backlog, duplicating
+//! the sockets for the accept loop) happens first, and only then is
+//! anything changed, so a failed reload leaves the running server as it
+//! was. It reads as two steps, which the supervisor also calls apart so
+//! that the TCP side is prepared with the rest of the daemon before any
+//! part is committed: [`Server::prepare`], which returns a
+//! [`PreparedReload`] (with the report of what differs), and
+//! [`Server::commit`], which cannot fail. The listening socket is kept
+//! when its address is unchanged — closing and re-binding it would drop
+//! whatever sits in the accept queue. One step of a prepare touches a
+//! socket in service: a new backlog is applied to a kept socket in place
+//! (listen(2) again), and stays if a later step of the same prepare fails.
+//!
+//! The accept loop is watched ([`crate::supervise`]); [`Server::revive`]
+//! replaces it when it died.
 //!
 //! [`Server::drain`] closes the listeners (new connects are refused) and
 //! asks every worker to say `shutting down` and serve its clients until
@@ -33,10 +41,11 @@ use std::time::{Duration, Instant};
 
 use crate::admission::{Gate, Limits};
 use crate::config::{self, Apply, Config};
-use crate::listener::{self, AcceptCommand, AcceptorHandle};
+use crate::listener::{self, AcceptCommand, AcceptorHandle, Listening};
 use crate::pool::{Pool, Prepared};
 use crate::sockets::{SocketError, TcpSockets};
 use crate::stats::{ServerStats, Snapshot};
+use crate::supervise::Watcher;
 use crate::worker::Settings;
 
 /// A reload that could not be applied; the server is unchanged.
@@ -48,6 +57,9 @@ pub enum ReloadError {
     /// New workers could not be created.
     #[error("cannot start workers: {0}")]
     Workers(#[source] io::Error),
+    /// The new sockets could not be duplicated for the accept loop.
+    #[error("cannot duplicate the listening sockets: {0}")]
+    Duplicate(#[source] io::Error),
 }
 
 /// What a reload changed, one human-readable line per setting.
@@ -106,15 +118,31 @@ pub struct Server {
     gate: Arc<Gate>,
     /// Set once draining.
     draining: Option<Instant>,
+    /// Where the accept loop reports its death.
+    watcher: Watcher,
 }
 
-/// Everything a reload needs that could fail, done and not yet applied.
-struct Plan {
+/// Everything a reload needs that could fail, done and not yet applied
+/// ([`Server::prepare`]); [`Server::commit`] puts it in force. Dropping
+/// it changes nothing.
+pub struct PreparedReload {
     /// The listening sockets the new config asks for, when they differ
-    /// from those in service (addresses or options).
-    sockets: Option<TcpSockets>,
+    /// from those in service (addresses or options), and the accept
+    /// loop's duplicates of them.
+    sockets: Option<(TcpSockets, Vec<Listening>)>,
     /// The pool's new size and settings, its new workers built.
     pool: Prepared,
+    /// The new config.
+    config: Config,
+    /// What differs.
+    report: ReloadReport,
+}
+
+impl PreparedReload {
+    /// What the reload changes.
+    pub fn report_mut(&mut self) -> &mut ReloadReport {
+        &mut self.report
+    }
 }
 
 /// The per-source limits a config asks for. The table holds at least
@@ -143,9 +171,9 @@ fn settings_of(config: &Config) -> Settings {
 }
 
 impl Server {
-    /// Starts workers and the accept loop on already-bound listeners.
-    /// `activated` says the sockets came from socket activation.
-    pub fn start(config: Config, sockets: TcpSockets) -> io::Result<Server> {
+    /// Starts workers and the accept loop on already-bound listeners; the
+    /// accept loop reports its death to `watcher`.
+    pub fn start(config: Config, sockets: TcpSockets, watcher: Watcher) -> io::Result<Server> {
         let stats = Arc::new(ServerStats::default());
         let gate = Arc::new(Gate::new(config.access.clone(), limits_of(&config)));
         gate.set_overrides(false, sockets.access_rules());
@@ -159,6 +187,7 @@ impl Server {
             stats.clone(),
             gate.clone(),
             config.max_connections,
+            &watcher,
         )?;
         Ok(Server {
             config,
@@ -168,7 +197,27 @@ impl Server {
             stats,
             gate,
             draining: None,
+            watcher,
         })
+    }
+
+    /// Starts a new accept loop on the same sockets if `id` is the one in
+    /// service (it died) and the server is not draining; true if so.
+    pub fn revive(&mut self, id: u64) -> io::Result<bool> {
+        if self.draining.is_some() || self.acceptor.thread_id() != Some(id) {
+            return Ok(false);
+        }
+        let acceptor = listener::spawn(
+            self.sockets.listening()?,
+            self.pool.dealer(),
+            self.stats.clone(),
+            self.gate.clone(),
+            self.config.max_connections,
+            &self.watcher,
+        )?;
+        // Dropping the old handle joins the dead thread.
+        self.acceptor = acceptor;
+        Ok(true)
     }
 
     /// The config in force.
@@ -217,55 +266,69 @@ impl Server {
 
     /// Applies a validated config; on error nothing has changed.
     pub fn reload(&mut self, new: Config) -> Result<ReloadReport, ReloadError> {
+        let prepared = self.prepare(new)?;
+        Ok(self.commit(prepared))
+    }
+
+    /// Does everything of a reload that can fail, changing nothing that
+    /// serves clients (but a new backlog, see the module docs): builds the
+    /// new workers from the new settings, binds new addresses, re-listens
+    /// with a new backlog, duplicates the sockets for the accept loop.
+    pub fn prepare(&mut self, new: Config) -> Result<PreparedReload, ReloadError> {
         let mut report = ReloadReport::between(&self.config, &new);
         if self.activated() && self.sockets.addresses_differ(&new) {
             report
                 .deferred
                 .push("TCP addresses (sockets come from the service manager)".into());
         }
-        let plan = self.prepare(&new)?;
-        self.apply(plan, new);
-        Ok(report)
-    }
-
-    /// Does everything of a reload that can fail, changing nothing that
-    /// serves clients: binds new addresses, re-listens with a new backlog,
-    /// builds the new workers from the new settings.
-    fn prepare(&mut self, new: &Config) -> Result<Plan, ReloadError> {
+        let pool = self
+            .pool
+            .prepare(new.pool_size, Arc::new(settings_of(&new)))
+            .map_err(ReloadError::Workers)?;
         let old = &self.config;
         let same = (&old.host, old.port, old.backlog, &old.listen)
             == (&new.host, new.port, new.backlog, &new.listen);
         let sockets = if same {
             None
         } else {
-            Some(self.sockets.prepare(new, old.backlog)?)
+            let sockets = self.sockets.prepare(&new, old.backlog)?;
+            let theirs = sockets.listening().map_err(ReloadError::Duplicate)?;
+            Some((sockets, theirs))
         };
-        let pool = self
-            .pool
-            .prepare(new.pool_size, Arc::new(settings_of(new)))
-            .map_err(ReloadError::Workers)?;
-        Ok(Plan { sockets, pool })
+        Ok(PreparedReload {
+            sockets,
+            pool,
+            config: new,
+            report,
+        })
     }
 
-    /// Puts a prepared reload in force; cannot fail.
-    fn apply(&mut self, plan: Plan, new: Config) {
+    /// Puts a prepared reload in force; cannot fail. Returns what changed.
+    pub fn commit(&mut self, prepared: PreparedReload) -> ReloadReport {
+        let PreparedReload {
+            sockets,
+            pool,
+            config: new,
+            report,
+        } = prepared;
         // The new rules are in force before new sockets are served.
         self.gate.set_default(new.access.clone(), limits_of(&new));
-        let sockets = plan.sockets.as_ref().unwrap_or(&self.sockets);
-        self.gate.set_overrides(false, sockets.access_rules());
-        if let Some(sockets) = plan.sockets {
-            match sockets.listening() {
-                Ok(theirs) => self.acceptor.send(AcceptCommand::SetListeners(theirs)),
-                Err(e) => log::error!("cannot duplicate listening sockets: {e}"),
-            }
+        let rules = match &sockets {
+            Some((s, _)) => s.access_rules(),
+            None => self.sockets.access_rules(),
+        };
+        self.gate.set_overrides(false, rules);
+        if let Some((sockets, theirs)) = sockets {
+            self.acceptor.send(AcceptCommand::SetListeners(theirs));
             self.sockets = sockets;
         }
         if self.config.max_connections != new.max_connections {
             self.acceptor
                 .send(AcceptCommand::SetMaxConnections(new.max_connections));
         }
-        self.pool.apply(plan.pool);
+        self.pool.apply(pool);
         self.config = new;
+        report
     }
 
     /// Starts the drain: listeners closed (new connects refused), every

@@ -7,6 +7,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -245,4 +246,192 @@ fn restart_only_keys_are_reported_as_deferred_and_left_alone() {
     let workers = status["stats"]["workers"].as_array().expect("workers");
     assert!(!workers.is_empty());
     assert!(workers.iter().all(|w| w["cpu"].is_null()), "{status}");
+}
+
+// ------------------------------------------------------------------------
+// A reload is prepared whole: the log file, the metrics endpoint, the UDP
+// side and the TCP side. One part that fails (each in turn below) fails
+// the reload, and none of the others is applied.
+
+/// One UDP round trip from an ephemeral port (resent if a datagram is
+/// lost); the echo's bytes.
+fn udp_echo(to: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    for _ in 0..10 {
+        c.send_to(data, to).unwrap();
+        match c.recv_from(&mut buf) {
+            Ok((n, from)) if from == to => return buf[..n].to_vec(),
+            _ => continue,
+        }
+    }
+    panic!("no UDP echo from {to}");
+}
+
+/// One `GET /metrics`; the status line.
+fn metrics_status(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to metrics");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read the metrics answer");
+    let text = String::from_utf8_lossy(&out);
+    text.lines().next().unwrap_or("").to_string()
+}
+
+/// The new config: every part changes (a second TCP address, a second
+/// UDP address, the metrics address, a log file, and `max_connections`
+/// from 50 to 7), each as given.
+fn whole_change(tcp: &str, udp: &str, metrics: &str, log: &Path) -> String {
+    format!(
+        "host = \"127.0.0.1\"\nport = 0\nudp = true\nmetrics_listen = \"{metrics}\"\n\
+         max_connections = 7\n\
+         [[listen]]\naddress = \"{tcp}\"\n\
+         [[listen]]\naddress = \"{udp}\"\nprotocol = \"udp\"\n\
+         [log]\ntarget = \"file\"\npath = {log:?}\n"
+    )
+}
+
+fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+fn free_udp_addr() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+/// Starts a daemon serving TCP, UDP (on the TCP port) and metrics, asks
+/// it through `echo-labctl reload` for `whole_change` with the parts
+/// `make` returns (one of which cannot be applied), and checks the reload
+/// is reported failed with `expect` in its message while everything of
+/// the old config still serves and nothing of the new one does.
+fn a_failed_part_changes_nothing(
+    make: impl FnOnce(&Path) -> (String, String, String, std::path::PathBuf),
+    expect: &str,
+) {
+    let d = Daemon::start("udp = true\nmetrics_listen = \"127.0.0.1:0\"\nmax_connections = 50\n");
+    let line = d.wait_for_log("metrics on http://", IO_TIMEOUT);
+    let metrics: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.trim_end().trim_end_matches("/metrics").parse().ok())
+        .expect("metrics address");
+    let before = ctl_status(&d);
+    let dir = tempfile::tempdir().unwrap();
+    let (tcp, udp, new_metrics, log) = make(dir.path());
+    rewrite(&d, &whole_change(&tcp, &udp, &new_metrics, &log));
+    let out = ctl(&d, &["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        err.contains("config not reloaded, the running config is unchanged:"),
+        "{err}"
+    );
+    assert!(err.contains(expect), "{err}");
+    assert_eq!(err.matches(expect).count(), 1, "said twice: {err}");
+    // Counted as failed; the old config still in force.
+    let after = ctl_status(&d);
+    assert_eq!(after["reloads"]["failed"], 1, "{after}");
+    assert_eq!(after["reloads"]["ok"], 0, "{after}");
+    assert_eq!(after["reloads"]["generation"], 1, "{after}");
+    let error = after["last_reload"]["error"].as_str().unwrap_or("");
+    assert!(error.contains(expect), "{after}");
+    for key in ["listen", "udp_listen", "metrics"] {
+        assert_eq!(after[key], before[key], "{key} changed");
+    }
+    // The old config serves: TCP, UDP, metrics; the log still on stderr.
+    let mut c = connect(d.addr());
+    round_trip(&mut c, b"old port\n");
+    assert_eq!(udp_echo(d.addr(), b"old udp"), b"old udp");
+    assert_eq!(metrics_status(metrics), "HTTP/1.1 200 OK");
+    d.wait_for_log(expect, IO_TIMEOUT);
+    // Nothing of the new one does.
+    for (what, addr) in [("tcp", &tcp), ("metrics", &new_metrics)] {
+        let addr: SocketAddr = addr.parse().unwrap();
+        // The address the test holds answers, but not for the daemon.
+        if expect.contains(&addr.to_string()) {
+            continue;
+        }
+        assert!(
+            TcpStream::connect_timeout(&addr, IO_TIMEOUT).is_err(),
+            "the new {what} address {addr} serves"
+        );
+    }
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.is_empty(), "the new log file was written: {logged}");
+    // More than max_connections = 7 clients: the old limit (50) holds.
+    let many: Vec<TcpStream> = (0..8).map(|_| connect(d.addr())).collect();
+    for mut s in many {
+        round_trip(&mut s, b"under the old limit\n");
+    }
+}
+
+#[test]
+fn a_tcp_bind_conflict_fails_the_whole_reload() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    a_failed_part_changes_nothing(
+        |dir| {
+            let (u, m) = (free_udp_addr(), free_addr());
+            (
+                addr.to_string(),
+                u.to_string(),
+                m.to_string(),
+                dir.join("new.log"),
+            )
+        },
+        &format!("cannot listen on {addr}: "),
+    );
+}
+
+#[test]
+fn a_udp_bind_conflict_fails_the_whole_reload() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    a_failed_part_changes_nothing(
+        |dir| {
+            let (t, m) = (free_addr(), free_addr());
+            (
+                t.to_string(),
+                addr.to_string(),
+                m.to_string(),
+                dir.join("new.log"),
+            )
+        },
+        &format!("cannot listen on {addr}/udp: "),
+    );
+}
+
+#[test]
+fn a_metrics_bind_conflict_fails_the_whole_reload() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    a_failed_part_changes_nothing(
+        |dir| {
+            let (t, u) = (free_addr(), free_udp_addr());
+            (
+                t.to_string(),
+                u.to_string(),
+                addr.to_string(),
+                dir.join("new.log"),
+            )
+        },
+        &format!("cannot listen for metrics on {addr}: "),
+    );
+}
+
+#[test]
+fn an_unopenable_log_file_fails_the_whole_reload() {
+    a_failed_part_changes_nothing(
+        |dir| {
+            let (t, u, m) = (free_addr(), free_udp_addr(), free_addr());
+            let log = dir.join("no-such-dir").join("new.log");
+            (t.to_string(), u.to_string(), m.to_string(), log)
+        },
+        "cannot open the log file ",
+    );
 }

@@ -27,7 +27,13 @@
 //! them: a [`Event::Status`] request with a reply channel. Reload binds a
 //! new address before the old endpoint is stopped ([`bind`] then
 //! [`MetricsServer::start`]), so a bind failure fails the reload and
-//! changes nothing.
+//! changes nothing ([`MetricsError`]).
+//!
+//! The accepting thread is watched ([`crate::supervise`]): the endpoint
+//! keeps its own duplicate of the listening socket, so when the thread
+//! dies [`MetricsServer::revive`] starts a new one on the same socket (no
+//! scraper sees the port closed). A poll that fails for good ends the
+//! thread with an error, which is reported the same way.
 
 mod export;
 mod process;
@@ -37,13 +43,13 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::admission::Gate;
 use crate::event::Event;
+use crate::supervise::{Watched, Watcher};
 use export::{Export, Format};
 
 /// Threads serving requests.
@@ -57,58 +63,79 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a scrape waits for the supervisor's counters.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The accepting thread's name (what its death is reported as).
+pub(crate) const THREAD: &str = "metrics-accept";
+
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 
+/// The metrics endpoint cannot be bound or started.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// `metrics_listen` cannot be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// The endpoint's thread could not be started.
+    #[error("cannot start the metrics endpoint: {0}")]
+    Start(#[source] io::Error),
+}
+
 /// Binds the metrics listener (before the old one, if any, is let go).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let l = TcpListener::bind(addr)?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
+    let bound = TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l));
+    bound.map_err(|source| MetricsError::Bind { addr, source })
 }
 
 /// The running endpoint; stopped (listener closed) when dropped.
 pub struct MetricsServer {
     addr: SocketAddr,
     waker: Arc<Waker>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<Watched>,
+    /// Our duplicate of the listener, and what the thread needs, kept to
+    /// start a new thread if this one dies.
+    listener: TcpListener,
+    events: Sender<Event>,
+    gate: Arc<Gate>,
 }
 
 impl MetricsServer {
     /// Serves `GET /metrics` on `listener` (from [`bind`]), asking
-    /// `events`' supervisor for the counters on each scrape.
-    /// Clients the top-level `access` rules refuse are closed at once.
+    /// `events`' supervisor for the counters on each scrape (and telling
+    /// it if the thread dies). Clients the top-level `access` rules refuse
+    /// are closed at once.
     pub fn start(
         listener: TcpListener,
         events: Sender<Event>,
         gate: Arc<Gate>,
-    ) -> io::Result<MetricsServer> {
-        let addr = listener.local_addr()?;
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let mut listener = mio::net::TcpListener::from_std(listener);
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let accept = Acceptor {
-            poll,
-            listener,
-            events,
-            gate,
-            pool: threadpool::Builder::new()
-                .num_threads(HANDLERS)
-                .thread_name("metrics".into())
-                .build(),
-            pending: slab::Slab::new(),
-            in_flight: Arc::new(AtomicUsize::new(0)),
-        };
-        let thread = std::thread::Builder::new()
-            .name("metrics-accept".into())
-            .spawn(move || accept.run())?;
+    ) -> Result<MetricsServer, MetricsError> {
+        let addr = listener.local_addr().map_err(MetricsError::Start)?;
+        let (waker, thread) = launch(&listener, &events, &gate).map_err(MetricsError::Start)?;
         Ok(MetricsServer {
             addr,
             waker,
             thread: Some(thread),
+            listener,
+            events,
+            gate,
         })
+    }
+
+    /// Starts a new thread on the same socket if `id` is the one serving
+    /// (it died); true if so.
+    pub fn revive(&mut self, id: u64) -> io::Result<bool> {
+        if self.thread.as_ref().map(Watched::id) != Some(id) {
+            return Ok(false);
+        }
+        let (waker, thread) = launch(&self.listener, &self.events, &self.gate)?;
+        self.waker = waker;
+        if let Some(old) = self.thread.replace(thread) {
+            old.join();
+        }
+        Ok(true)
     }
 
     /// The address served.
@@ -119,14 +146,40 @@ impl MetricsServer {
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        // The thread sees the wakeup, drops the listener and returns.
+        // The thread sees the wakeup, drops its duplicate of the listener
+        // and returns; ours closes as the struct goes.
         let _ = self.waker.wake();
         if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                log::error!("the metrics thread panicked");
-            }
+            t.join();
         }
     }
+}
+
+/// Starts the accepting thread on a duplicate of `listener`.
+fn launch(
+    listener: &TcpListener,
+    events: &Sender<Event>,
+    gate: &Arc<Gate>,
+) -> io::Result<(Arc<Waker>, Watched)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let mut listener = mio::net::TcpListener::from_std(listener.try_clone()?);
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let accept = Acceptor {
+        poll,
+        listener,
+        events: events.clone(),
+        gate: gate.clone(),
+        pool: threadpool::Builder::new()
+            .num_threads(HANDLERS)
+            .thread_name("metrics".into())
+            .build(),
+        pending: slab::Slab::new(),
+        in_flight: Arc::new(AtomicUsize::new(0)),
+    };
+    let thread = Watcher::new(events.clone()).spawn(THREAD, move || accept.run())?;
+    Ok((waker, thread))
 }
 
 /// A connection whose request head is still arriving.
@@ -153,7 +206,8 @@ struct Acceptor {
 const FIRST: usize = 2;
 
 impl Acceptor {
-    fn run(mut self) {
+    /// Serves until woken to stop (`Ok`), or until poll fails for good.
+    fn run(mut self) -> Result<(), String> {
         let mut events = Events::with_capacity(64);
         loop {
             let timeout = self
@@ -166,12 +220,11 @@ impl Acceptor {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                log::error!("metrics endpoint: poll failed: {e}; metrics are off");
-                return;
+                return Err(format!("metrics endpoint: poll failed: {e}"));
             }
             for event in events.iter() {
                 match event.token() {
-                    WAKER => return,
+                    WAKER => return Ok(()),
                     LISTENER => self.accept_all(),
                     Token(t) => self.read_head(t - FIRST),
                 }
@@ -184,6 +237,8 @@ impl Acceptor {
         loop {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
+                    #[cfg(feature = "fault-injection")]
+                    crate::fault::thread_event(THREAD);
                     // Refused by rule: closed unanswered, counted and
                     // logged as any refused client is.
                     if self.gate.allows(peer.ip(), None) {

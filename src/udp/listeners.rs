@@ -1,18 +1,26 @@
 //! The daemon's UDP sockets: which addresses the config wants, and
-//! changing them on reload with the same prepare-then-apply rule as the
+//! changing them on reload with the same prepare-then-commit rule as the
 //! TCP side.
 //!
-//! Each wanted address is a [`UdpSpec`] (a host as written and a port). On
-//! reload, [`UdpListeners::prepare`] does everything that can fail: a spec
-//! that was already served keeps its very socket (duplicated, so nothing
-//! queued on it is lost); a new one is bound, and so is one with port 0
-//! when the set of addresses changed (each asks for an ephemeral port of
-//! its own). If any bind fails the
-//! prepared sockets are dropped and nothing has changed. Only then does
-//! [`UdpListeners::apply`] hand the new set to the UDP thread, start the
-//! thread (first UDP address) or stop it (none left). Sockets that came
-//! from the service manager (`ListenDatagram=`) are the unit's to change,
-//! so a reload leaves them as they are.
+//! Each wanted address is a [`UdpSpec`] (a host as written and a port).
+//! A change is three steps. [`UdpListeners::prepare`] binds: a spec that
+//! was already served keeps its very socket (duplicated, so nothing queued
+//! on it is lost); a new one is bound, and so is one with port 0 when the
+//! set of addresses changed (each asks for an ephemeral port of its own).
+//! It starts no thread, so the daemon calls it before it forks.
+//! [`UdpListeners::ready`] does the rest of what can fail: it duplicates
+//! the sockets for the UDP thread and, when UDP was not served before,
+//! starts that thread on the new sockets (sockets no one else serves). If
+//! either step fails, what they made is dropped and nothing in service
+//! has changed. [`UdpListeners::commit`] cannot fail: it hands the new set
+//! and limits to the running thread, puts the started one in service, or
+//! stops the thread (no address left). Sockets that came from the service
+//! manager (`ListenDatagram=`) are the unit's to change, so a reload
+//! leaves them as they are.
+//!
+//! The UDP thread is watched ([`crate::supervise`]): when it dies,
+//! [`UdpListeners::revive`] starts a new one on the same sockets, limits
+//! and counters.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -22,6 +30,7 @@ use std::sync::Arc;
 use super::{RateLimit, UdpService, UdpSnapshot};
 use crate::admission::Gate;
 use crate::net;
+use crate::supervise::Watcher;
 
 /// One UDP address the config asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,14 +52,22 @@ impl UdpSpec {
     }
 }
 
-/// A UDP address that could not be bound; nothing was changed.
+/// The UDP side could not be changed (or started); nothing was changed.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}/udp: {source}")]
-pub struct UdpBindError {
-    /// The address, as configured.
-    pub addr: String,
-    #[source]
-    pub source: io::Error,
+pub enum UdpError {
+    /// An address could not be bound.
+    #[error("cannot listen on {addr}/udp: {source}")]
+    Bind {
+        /// The address that failed (as resolved, or as configured when it
+        /// did not resolve).
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The sockets could not be duplicated for the UDP thread, or the
+    /// thread not started.
+    #[error("cannot start the UDP echo service: {0}")]
+    Start(#[source] io::Error),
 }
 
 /// Sockets bound for a reload (or passed by the service manager), not yet
@@ -75,6 +92,27 @@ impl Prepared {
     }
 }
 
+/// What [`UdpListeners::commit`] does to the UDP thread.
+enum Change {
+    /// No UDP before, none now.
+    Idle,
+    /// Stop the thread: no address left.
+    Stop,
+    /// Give the running thread these sockets (ours, and its duplicates).
+    Swap(Vec<UdpSocket>, Vec<UdpSocket>),
+    /// Put this service, started on the new sockets, in service.
+    Start(UdpService),
+}
+
+/// A prepared change with everything that could fail done: committing it
+/// cannot fail.
+pub struct Ready {
+    bound: Vec<(UdpSpec, Vec<UdpSocket>)>,
+    limit: RateLimit,
+    activated: bool,
+    change: Change,
+}
+
 /// The UDP side of the daemon.
 pub struct UdpListeners {
     service: Option<UdpService>,
@@ -85,6 +123,8 @@ pub struct UdpListeners {
     activated: bool,
     /// The access rules the UDP thread applies.
     gate: Option<Arc<Gate>>,
+    /// Where the UDP thread reports its death.
+    watcher: Watcher,
 }
 
 impl UdpListeners {
@@ -92,6 +132,12 @@ impl UdpListeners {
     /// the UDP thread: call before [`UdpListeners::apply`]).
     pub fn use_gate(&mut self, gate: Arc<Gate>) {
         self.gate = Some(gate);
+    }
+
+    /// The UDP thread reports its death to `watcher` (from its next start:
+    /// call before [`UdpListeners::apply`]).
+    pub fn watch(&mut self, watcher: Watcher) {
+        self.watcher = watcher;
     }
 
     /// Nothing served yet; no thread. [`UdpListeners::prepare`] (or
@@ -105,6 +151,7 @@ impl UdpListeners {
             limit,
             activated: false,
             gate: None,
+            watcher: Watcher::none(),
         }
     }
 
@@ -135,9 +182,10 @@ impl UdpListeners {
         self.activated
     }
 
-    /// Binds what `wanted` adds and duplicates what it keeps; changes
-    /// nothing. Under socket activation the sockets stay as they are.
-    pub fn prepare(&self, wanted: &[UdpSpec], limit: RateLimit) -> Result<Prepared, UdpBindError> {
+    /// Binds what `wanted` adds and duplicates what it keeps; starts no
+    /// thread and changes nothing. Under socket activation the sockets
+    /// stay as they are.
+    pub fn prepare(&self, wanted: &[UdpSpec], limit: RateLimit) -> Result<Prepared, UdpError> {
         let keep_all: Vec<UdpSpec>;
         let wanted = if self.activated {
             keep_all = self.bound.iter().map(|(s, _)| s.clone()).collect();
@@ -156,16 +204,13 @@ impl UdpListeners {
                 self.bound.iter().find(|(s, _)| s == spec && s.port != 0)
             };
             let sockets = match kept {
-                Some((_, socks)) => socks
-                    .iter()
-                    .map(|s| s.try_clone())
-                    .collect::<io::Result<Vec<_>>>(),
-                None => net::bind_all_udp(&spec.host, spec.port),
-            }
-            .map_err(|source| UdpBindError {
-                addr: spec.describe(),
-                source,
-            })?;
+                Some((_, socks)) => duplicate(socks).map_err(|source| UdpError::Bind {
+                    addr: spec.describe(),
+                    source,
+                })?,
+                None => net::bind_all_udp(&spec.host, spec.port)
+                    .map_err(|(addr, source)| UdpError::Bind { addr, source })?,
+            };
             bound.push((spec.clone(), sockets));
         }
         Ok(Prepared {
@@ -175,34 +220,76 @@ impl UdpListeners {
         })
     }
 
-    /// Puts prepared sockets in service. Fails only if the UDP thread
-    /// cannot be started or given the sockets (the old state is then kept).
-    pub fn apply(&mut self, p: Prepared) -> io::Result<()> {
-        self.activated |= p.activated;
-        let mut sockets = Vec::new();
-        for (_, socks) in &p.bound {
-            for s in socks {
-                sockets.push(s.try_clone()?);
+    /// Does what can still fail of putting `p` in service: duplicates the
+    /// sockets for the UDP thread and, if none runs yet, starts one on
+    /// them. Changes nothing in service.
+    pub fn ready(&self, p: Prepared) -> Result<Ready, UdpError> {
+        let sockets = p
+            .bound
+            .iter()
+            .map(|(_, socks)| duplicate(socks))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(UdpError::Start)?
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+        let change = match (&self.service, sockets.is_empty()) {
+            (Some(_), true) => Change::Stop,
+            (Some(_), false) => {
+                let theirs = duplicate(&sockets).map_err(UdpError::Start)?;
+                Change::Swap(sockets, theirs)
             }
+            (None, false) => Change::Start(
+                UdpService::start_with(sockets, p.limit, self.gate.clone(), self.watcher.clone())
+                    .map_err(UdpError::Start)?,
+            ),
+            (None, true) => Change::Idle,
+        };
+        Ok(Ready {
+            bound: p.bound,
+            limit: p.limit,
+            activated: p.activated,
+            change,
+        })
+    }
+
+    /// Puts a ready change in service; cannot fail.
+    pub fn commit(&mut self, r: Ready) {
+        self.activated |= r.activated;
+        match r.change {
+            Change::Idle => {}
+            Change::Stop => {
+                if let Some(mut s) = self.service.take() {
+                    s.stop();
+                }
+            }
+            Change::Swap(ours, theirs) => {
+                if let Some(s) = &mut self.service {
+                    s.swap_sockets(ours, theirs);
+                    s.set_limit(r.limit);
+                }
+            }
+            Change::Start(service) => self.service = Some(service),
         }
-        match (&mut self.service, sockets.is_empty()) {
-            (Some(s), true) => {
-                s.stop();
-                self.service = None;
-            }
-            (Some(s), false) => {
-                s.set_limit(p.limit);
-                s.set_sockets(sockets)?;
-            }
-            (None, false) => {
-                let service = UdpService::start_with(sockets, p.limit, self.gate.clone())?;
-                self.service = Some(service);
-            }
-            (None, true) => {}
-        }
-        self.bound = p.bound;
-        self.limit = p.limit;
+        self.bound = r.bound;
+        self.limit = r.limit;
+    }
+
+    /// [`UdpListeners::ready`] then [`UdpListeners::commit`] (at start,
+    /// after the fork). On error the old state is kept.
+    pub fn apply(&mut self, p: Prepared) -> Result<(), UdpError> {
+        let ready = self.ready(p)?;
+        self.commit(ready);
         Ok(())
+    }
+
+    /// Restarts the UDP thread if `id` is the one in service (it died);
+    /// true if it was. The sockets, limits and counters are kept.
+    pub fn revive(&mut self, id: u64) -> io::Result<bool> {
+        match &mut self.service {
+            Some(s) if s.thread_id() == Some(id) => s.restart().map(|()| true),
+            _ => Ok(false),
+        }
     }
 
     /// Closes every UDP socket at once (datagrams have no session to
@@ -236,6 +323,10 @@ impl UdpListeners {
     pub fn limit(&self) -> RateLimit {
         self.limit
     }
+}
+
+fn duplicate(sockets: &[UdpSocket]) -> io::Result<Vec<UdpSocket>> {
+    sockets.iter().map(|s| s.try_clone()).collect()
 }
 
 /// `100 datagrams/s, 65536 bytes/s per source (16384 sources)` or `off`.

@@ -40,11 +40,12 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 pub use bucket::RateLimit;
+pub(crate) use serve::THREAD;
 
 use crate::admission::Gate;
+use crate::supervise::{Watched, Watcher};
 pub use counters::{UdpSnapshot, UdpStats};
 
 /// Messages to the UDP thread.
@@ -61,8 +62,12 @@ pub(crate) enum UdpCommand {
 pub struct UdpService {
     tx: Sender<UdpCommand>,
     waker: mio::Waker,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<Watched>,
     stats: Arc<UdpStats>,
+    /// The access rules and where the thread reports its death, kept for
+    /// a restart.
+    gate: Option<Arc<Gate>>,
+    watcher: Watcher,
     /// Our handles on the sockets (the thread owns duplicates): for
     /// addresses and the fd store.
     sockets: Vec<UdpSocket>,
@@ -73,27 +78,56 @@ impl UdpService {
     /// Starts the UDP thread on already-bound sockets; every source may
     /// have an echo (within the rate).
     pub fn start(sockets: Vec<UdpSocket>, limit: RateLimit) -> io::Result<UdpService> {
-        UdpService::start_with(sockets, limit, None)
+        UdpService::start_with(sockets, limit, None, Watcher::none())
     }
 
     /// Starts the UDP thread on already-bound sockets, refusing the
-    /// sources `gate`'s access rules refuse.
+    /// sources `gate`'s access rules refuse; the thread reports its death
+    /// to `watcher`.
     pub fn start_with(
         sockets: Vec<UdpSocket>,
         limit: RateLimit,
         gate: Option<Arc<Gate>>,
+        watcher: Watcher,
     ) -> io::Result<UdpService> {
         let stats = Arc::new(UdpStats::default());
         let theirs = duplicate(&sockets)?;
-        let (tx, waker, thread) = serve::spawn(theirs, limit, stats.clone(), gate)?;
+        let (tx, waker, thread) =
+            serve::spawn(theirs, limit, stats.clone(), gate.clone(), &watcher)?;
         Ok(UdpService {
             tx,
             waker,
             thread: Some(thread),
             stats,
+            gate,
+            watcher,
             sockets,
             limit,
         })
+    }
+
+    /// The id of the thread serving now ([`crate::supervise::Death::id`]).
+    pub fn thread_id(&self) -> Option<u64> {
+        self.thread.as_ref().map(Watched::id)
+    }
+
+    /// Starts a new UDP thread on the same sockets, limits and counters
+    /// (after the old one died); the old thread's handle is let go.
+    pub fn restart(&mut self) -> io::Result<()> {
+        let theirs = duplicate(&self.sockets)?;
+        let (tx, waker, thread) = serve::spawn(
+            theirs,
+            self.limit,
+            self.stats.clone(),
+            self.gate.clone(),
+            &self.watcher,
+        )?;
+        self.tx = tx;
+        self.waker = waker;
+        if let Some(old) = self.thread.replace(thread) {
+            old.join();
+        }
+        Ok(())
     }
 
     fn send(&self, cmd: UdpCommand) {
@@ -109,9 +143,15 @@ impl UdpService {
     /// sockets cannot be duplicated.
     pub fn set_sockets(&mut self, sockets: Vec<UdpSocket>) -> io::Result<()> {
         let theirs = duplicate(&sockets)?;
-        self.send(UdpCommand::SetSockets(theirs));
-        self.sockets = sockets;
+        self.swap_sockets(sockets, theirs);
         Ok(())
+    }
+
+    /// Serves `ours` from now on, through `theirs` (their duplicates,
+    /// which the thread takes); cannot fail.
+    pub(crate) fn swap_sockets(&mut self, ours: Vec<UdpSocket>, theirs: Vec<UdpSocket>) {
+        self.send(UdpCommand::SetSockets(theirs));
+        self.sockets = ours;
     }
 
     /// Applies new rate limits (and re-reads the interfaces' broadcast
@@ -159,9 +199,7 @@ impl UdpService {
         self.send(UdpCommand::Stop);
         self.sockets.clear();
         if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                log::error!("the UDP thread panicked");
-            }
+            t.join();
         }
     }
 }

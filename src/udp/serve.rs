@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
@@ -28,6 +27,7 @@ use super::guard::{BadSource, Guard};
 use super::UdpCommand;
 use crate::admission::rules::RuleList;
 use crate::admission::{Gate, Listener};
+use crate::supervise::{Watched, Watcher};
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -70,13 +70,18 @@ struct Service {
     denied_logged: Option<Instant>,
 }
 
-/// Starts the thread; returns its inbox, its waker and its handle.
+/// The UDP thread's name (what its death is reported as).
+pub(crate) const THREAD: &str = "udp";
+
+/// Starts the thread, watched by `watcher`; returns its inbox, its waker
+/// and its handle.
 pub(super) fn spawn(
     sockets: Vec<std::net::UdpSocket>,
     limit: RateLimit,
     stats: Arc<UdpStats>,
     gate: Option<Arc<Gate>>,
-) -> io::Result<(Sender<UdpCommand>, Waker, JoinHandle<()>)> {
+    watcher: &Watcher,
+) -> io::Result<(Sender<UdpCommand>, Waker, Watched)> {
     let poll = Poll::new()?;
     let waker = Waker::new(poll.registry(), WAKER)?;
     let (tx, inbox) = std::sync::mpsc::channel();
@@ -95,9 +100,10 @@ pub(super) fn spawn(
         denied_logged: None,
     };
     service.set_sockets(sockets)?;
-    let thread = std::thread::Builder::new()
-        .name("udp".into())
-        .spawn(move || service.run())?;
+    let thread = watcher.spawn(THREAD, move || {
+        service.run();
+        Ok(())
+    })?;
     Ok((tx, waker, thread))
 }
 
@@ -224,6 +230,8 @@ impl Service {
             if n == 0 {
                 return false;
             }
+            #[cfg(feature = "fault-injection")]
+            crate::fault::thread_event(THREAD);
             self.echo_batch(batch, fd, n, dual_stack, rules.as_deref());
             if n < super::batch::BATCH {
                 return false;

@@ -8,6 +8,9 @@
 pub const EX_USAGE: i32 = 64;
 /// EX_UNAVAILABLE: the daemon (or the echo server) cannot be reached.
 pub const EX_UNAVAILABLE: i32 = 69;
+/// EX_SOFTWARE: an internal error; the daemon exits with it when one of
+/// its threads keeps dying and cannot be restarted.
+pub const EX_SOFTWARE: i32 = 70;
 /// EX_OSERR: the OS refused something the daemon needs.
 pub const EX_OSERR: i32 = 71;
 /// EX_CONFIG: the config is invalid.

@@ -1,0 +1,178 @@
+//! Watched threads: every long-lived thread of the daemon is started here,
+//! so that its death is never silent.
+//!
+//! [`Watcher::spawn`] runs a named closure on a thread of that name,
+//! inside `catch_unwind`. When the closure panics, or returns an error
+//! (a loop that gave up, such as the metrics endpoint whose poll failed),
+//! the thread logs why and sends an [`Event::ThreadDied`] carrying a
+//! [`Death`] to the supervisor's inbox. A closure that returns `Ok` has
+//! stopped because it was asked to, and nothing is reported.
+//!
+//! Each watched thread has an id ([`Watched::id`]), so the supervisor can
+//! tell the death of the thread in service from that of one already
+//! replaced (a reload may have swapped the metrics endpoint while its old
+//! thread was dying). What to do about a death is the supervisor's
+//! decision, not this module's (see `crate::daemon`): it restarts the
+//! accept loop, the UDP thread, the control thread and the metrics thread
+//! from state it still holds, and exits non-zero when a thread dies too
+//! often or is one it cannot rebuild.
+//!
+//! This module must never decide policy, never block the dying thread on
+//! the supervisor (the report is a channel send), and never swallow a
+//! death: with no supervisor ([`Watcher::none`], as in library use and
+//! tests that start a service alone) the death is still logged.
+
+use std::any::Any;
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+
+use crate::event::Event;
+
+/// Ids of watched threads, never reused within a process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A watched thread that died.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Death {
+    /// The thread's name (`accept`, `udp`, `control`, `metrics-accept`...).
+    pub name: String,
+    /// Which thread of that name ([`Watched::id`]).
+    pub id: u64,
+    /// The panic message, or the error the closure returned.
+    pub cause: String,
+}
+
+/// Where watched threads report their death: the supervisor's inbox, or
+/// nobody (the death is then only logged).
+#[derive(Clone, Default)]
+pub struct Watcher {
+    events: Option<Sender<Event>>,
+}
+
+impl Watcher {
+    /// Deaths go to `events` as [`Event::ThreadDied`].
+    pub fn new(events: Sender<Event>) -> Watcher {
+        Watcher {
+            events: Some(events),
+        }
+    }
+
+    /// Deaths are logged, reported to no one.
+    pub fn none() -> Watcher {
+        Watcher { events: None }
+    }
+
+    /// Runs `f` on a new thread called `name`. `f` returns `Ok` when it
+    /// stopped as asked; a panic or an `Err` is a death, logged and
+    /// reported.
+    pub fn spawn<F>(&self, name: &str, f: F) -> io::Result<Watched>
+    where
+        F: FnOnce() -> Result<(), String> + Send + 'static,
+    {
+        let id = NEXT_ID.fetch_add(1, Relaxed);
+        let events = self.events.clone();
+        let thread_name = name.to_string();
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let cause = match catch_unwind(AssertUnwindSafe(f)) {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e,
+                    Err(panic) => format!("panicked: {}", panic_message(&*panic)),
+                };
+                log::error!("the {thread_name} thread died: {cause}");
+                if let Some(tx) = events {
+                    let death = Death {
+                        name: thread_name,
+                        id,
+                        cause,
+                    };
+                    let _ = tx.send(Event::ThreadDied(death));
+                }
+            })?;
+        Ok(Watched { id, handle })
+    }
+}
+
+/// A thread started by [`Watcher::spawn`].
+pub struct Watched {
+    id: u64,
+    handle: JoinHandle<()>,
+}
+
+impl Watched {
+    /// This thread's id, as its [`Death`] would carry it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Waits for the thread to end. Its death, if it died, was reported
+    /// already, so there is nothing to return.
+    pub fn join(self) {
+        let _ = self.handle.join();
+    }
+
+    /// True once the thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
+/// The text of a panic payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn death_of(f: impl FnOnce() -> Result<(), String> + Send + 'static) -> Option<Death> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = Watcher::new(tx).spawn("test-thread", f).unwrap();
+        let id = t.id();
+        t.join();
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Event::ThreadDied(d)) => {
+                assert_eq!(d.id, id);
+                Some(d)
+            }
+            Ok(_) => panic!("an event other than ThreadDied"),
+            Err(_) => None,
+        }
+    }
+
+    #[test]
+    fn a_panic_is_reported_with_its_message() {
+        let d = death_of(|| panic!("boom {}", 7)).expect("a death");
+        assert_eq!(d.name, "test-thread");
+        assert_eq!(d.cause, "panicked: boom 7");
+    }
+
+    #[test]
+    fn an_error_is_reported_and_a_clean_stop_is_not() {
+        let d = death_of(|| Err("poll failed".into())).expect("a death");
+        assert_eq!(d.cause, "poll failed");
+        assert_eq!(death_of(|| Ok(())), None);
+    }
+
+    #[test]
+    fn ids_are_distinct() {
+        let w = Watcher::none();
+        let a = w.spawn("a", || Ok(())).unwrap();
+        let b = w.spawn("b", || Ok(())).unwrap();
+        assert_ne!(a.id(), b.id());
+        a.join();
+        b.join();
+    }
+}
