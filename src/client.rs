@@ -22,6 +22,8 @@ use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use rustix::termios::{tcgetattr, tcsetattr, OptionalActions, Termios};
+
 use crate::protocol::{is_disconnect, NOTICE_PREFIX};
 use crate::EX_UNAVAILABLE;
 
@@ -223,7 +225,7 @@ pub fn run(opts: &Options) -> i32 {
 }
 
 /// The receiving side; see the module docs.
-fn read_loop(mut stream: TcpStream, state: State, interactive: Option<Option<libc::termios>>) {
+fn read_loop(mut stream: TcpStream, state: State, interactive: Option<Option<Termios>>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let (n, failed) = match stream.read(&mut buf) {
@@ -399,19 +401,12 @@ fn interactive_loop(mut stream: TcpStream, state: &State, timeout: Duration) -> 
     }
 }
 
-fn save_tty() -> Option<libc::termios> {
-    // SAFETY: tcgetattr fills the zeroed struct we own.
-    unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        (libc::tcgetattr(0, &mut t) == 0).then_some(t)
-    }
+fn save_tty() -> Option<Termios> {
+    tcgetattr(std::io::stdin()).ok()
 }
 
-fn restore_tty(t: &libc::termios) {
-    // SAFETY: tcsetattr only reads the struct.
-    unsafe {
-        libc::tcsetattr(0, libc::TCSANOW, t);
-    }
+fn restore_tty(t: &Termios) {
+    let _ = tcsetattr(std::io::stdin(), OptionalActions::Now, t);
 }
 
 #[cfg(test)]

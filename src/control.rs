@@ -118,8 +118,7 @@ pub fn default_path() -> PathBuf {
             return Path::new(&first).join("control.sock");
         }
     }
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = rustix::process::geteuid().as_raw();
     if uid == 0 {
         return PathBuf::from("/run/echo-lab/control.sock");
     }
@@ -140,8 +139,7 @@ pub fn client_default_path() -> PathBuf {
     if system.exists() {
         return system;
     }
-    // SAFETY: geteuid cannot fail.
-    let mine = user_path(unsafe { libc::geteuid() });
+    let mine = user_path(rustix::process::geteuid().as_raw());
     if mine.exists() {
         mine
     } else {
@@ -285,12 +283,8 @@ pub fn spawn(path: &Path, access: Access, events: Sender<Event>) -> io::Result<C
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     if let Some(gid) = access.group {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: chown with a valid C string; uid -1 leaves the owner as is.
-        if unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // No owner: it stays as it is.
+        std::os::unix::fs::chown(path, None, Some(gid))?;
     }
     // Opened before the thread starts, so the daemon's descriptor count is
     // settled once `spawn` returns.

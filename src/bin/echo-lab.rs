@@ -94,7 +94,8 @@ fn real_main() -> i32 {
             return EX_OSERR;
         }
     };
-    // SAFETY: no other thread exists yet.
+    // SAFETY: `take`'s contract: no other thread exists yet (nothing above
+    // spawns one), and this is its only call.
     let mut inherited = unsafe { activation::take() };
     let datagram = match udp_activated(&config, std::mem::take(&mut inherited.datagram)) {
         Ok(d) => d,
@@ -298,7 +299,6 @@ fn control_access(config: &Config) -> Result<Access, String> {
         }
         None => None,
     };
-    // SAFETY: geteuid cannot fail.
-    let own_uid = unsafe { libc::geteuid() };
+    let own_uid = rustix::process::geteuid().as_raw();
     Ok(Access { own_uid, group })
 }
