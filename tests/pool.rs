@@ -5,12 +5,15 @@
 //!   `busy_poll` in tests/pool_busy_poll.rs, alone in its binary since it
 //!   measures CPU), shown on connections proven to sit one on each worker;
 //! * a worker whose loop dies is replaced at its own position, pinned to
-//!   its own CPU;
+//!   its own CPU (with the `fault-injection` feature, which kills it);
 //! * after a drain every client was told `shutting down`, and the count of
 //!   open connections is back to 0.
 //!
 //! Where connections landed is read from `echo-labctl status --json`
 //! (`stats.workers`), never assumed from the dealing order.
+
+// Without the feature, the helpers of the worker-killing test go unused.
+#![cfg_attr(not(feature = "fault-injection"), allow(dead_code, unused_imports))]
 
 mod support;
 
@@ -20,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use echo_lab::affinity::{allowed_cpus, pin_current_thread};
 use support::*;
+
+fault_injection_tests_not_built!();
 
 /// The CPU of each worker, in pool order.
 fn worker_cpus(d: &Daemon) -> Vec<Option<u64>> {
@@ -111,6 +116,7 @@ fn worker_thread_cpus(d: &Daemon) -> Vec<String> {
     lists
 }
 
+#[cfg(feature = "fault-injection")]
 #[test]
 fn a_worker_that_dies_is_replaced_on_its_own_cpu() {
     let cpus = allowed_cpus();

@@ -890,3 +890,19 @@ pub fn loopback_source(n: u32) -> std::net::IpAddr {
     let v = 0x7f00_0002u32 + n;
     std::net::IpAddr::V4(std::net::Ipv4Addr::from(v))
 }
+
+/// In a test file with tests that need the `fault-injection` feature:
+/// without it, adds an ignored test whose reason says they were not built,
+/// so a plain `cargo test` lists it (`... ignored, fault-injection tests
+/// not built ...`) instead of leaving them out silently.
+#[macro_export]
+macro_rules! fault_injection_tests_not_built {
+    () => {
+        #[cfg(not(feature = "fault-injection"))]
+        #[test]
+        #[ignore = "fault-injection tests not built: run cargo test --features fault-injection"]
+        fn fault_injection_tests_not_built() {
+            eprintln!("SKIPPED: built without the fault-injection feature");
+        }
+    };
+}
