@@ -6,6 +6,9 @@
 //! wedge happens in connection handling: a panic must close that
 //! connection only, a wedged worker must stop the watchdog pings, and a
 //! worker whose loop dies must be replaced at its own place in the pool.
+//! One fault is set from the environment instead, as it strikes before a
+//! client's bytes are read: a poller that refuses every connection
+//! ([`REGISTER_FAILS`]), which must tell the client and count the close.
 
 /// Makes the worker panic while serving the connection.
 pub const PANIC: &[u8] = b"ECHO-LAB-FAULT:PANIC";
@@ -16,6 +19,11 @@ pub const HANG: &[u8] = b"ECHO-LAB-FAULT:HANG";
 /// Makes the worker's whole loop die (a panic that the per-connection
 /// guard lets through), as a bug outside connection handling would.
 pub const KILL_WORKER: &[u8] = b"ECHO-LAB-FAULT:KILL-WORKER";
+
+/// Set in the daemon's environment (any value), makes every worker's
+/// registration of a connection with its poller fail with ENOSPC, as when
+/// `fs.epoll.max_user_watches` is reached.
+pub const REGISTER_FAILS: &str = "ECHO_LAB_FAULT_REGISTER_FAILS";
 
 /// The panic payload that [`KILL_WORKER`] raises.
 struct KillWorker;
@@ -41,4 +49,13 @@ pub(crate) fn propagate_worker_kill(panic: Box<dyn std::any::Any + Send>) {
     if panic.is::<KillWorker>() {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The error a registration fails with when [`REGISTER_FAILS`] is set.
+pub(crate) fn fail_registration() -> std::io::Result<()> {
+    static FAILS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *FAILS.get_or_init(|| std::env::var_os(REGISTER_FAILS).is_some()) {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    Ok(())
 }

@@ -106,7 +106,8 @@ pub enum CloseReason {
     Disconnect,
     /// Closed after `idle_timeout` without traffic.
     Idle,
-    /// A reset or another I/O error (the client vanished).
+    /// A reset or another I/O error (the client vanished, or the worker
+    /// could not add the socket to its poller).
     Error,
     /// Closed by the server going away (drain deadline, second signal).
     Drain,
