@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admission::SourceView;
 use crate::event::{Event, Status};
+use crate::throttle::Throttle;
 
 /// Largest request accepted, in bytes.
 pub const MAX_REQUEST: usize = 4096;
@@ -312,7 +313,7 @@ fn accept_loop(
     mut reserve: Option<std::fs::File>,
 ) {
     let busy = Arc::new(AtomicUsize::new(0));
-    let mut last_logged: Option<std::time::Instant> = None;
+    let mut log = Throttle::new(LOG_INTERVAL);
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -326,9 +327,8 @@ fn accept_loop(
                 if out_of_fds && reserve.take().is_some() {
                     continue;
                 }
-                if last_logged.is_none_or(|t| t.elapsed() >= LOG_INTERVAL) {
+                if log.ready(std::time::Instant::now()) {
                     log::warn!("control socket accept: {e}");
-                    last_logged = Some(std::time::Instant::now());
                 }
                 std::thread::sleep(Duration::from_millis(100));
                 if reserve.is_none() {
