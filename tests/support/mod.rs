@@ -274,8 +274,27 @@ impl Daemon {
     pub fn try_wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if self.exited.is_none() {
             self.exited = wait_child(&mut self.child, timeout);
+            if self.exited.is_some() {
+                self.read_to_end_of_log(IO_TIMEOUT);
+            }
         }
         self.exited
+    }
+
+    /// Once the daemon has exited: waits (at most `timeout`) until the
+    /// reader has taken every line it wrote, which it has when it reaches
+    /// the end of the daemon's stderr and drops its sender, so
+    /// [`Daemon::log_text`] then holds the last lines too.
+    fn read_to_end_of_log(&self, timeout: Duration) {
+        let mut st = self.state.lock().unwrap();
+        let deadline = Instant::now() + timeout;
+        // Timeout: another process holds the stderr; Disconnected: done.
+        while let Ok(line) = st
+            .rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            st.seen.push(line);
+        }
     }
 
     /// Waits until the daemon exits; panics if it is still running after
