@@ -76,9 +76,11 @@ fn a_reload_that_grows_the_pool_gives_the_new_workers_the_new_idle_timeout_and_p
     }
     wait_until(IO_TIMEOUT, "the hogs gone", || per_worker(&d) == vec![0, 0]);
 
-    // The idle timeout, on each worker: both connections get the 3 s notice.
-    let idle = one_on_each(&d, &[0, 0]);
+    // The idle timeout, on each worker: both connections get the 3 s notice,
+    // counted from their last round trip, which is after t0 (once they are
+    // seen on both workers, part of the 3 s has passed already).
     let t0 = Instant::now();
+    let idle = one_on_each(&d, &[0, 0]);
     for (i, mut s) in idle.into_iter().enumerate() {
         s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
         let got = read_to_eof(&mut s);
