@@ -4,8 +4,9 @@
 //! A flood of small datagrams is where a UDP echo server spends its time in
 //! system calls: `recvfrom` + `sendto` per datagram is two calls for 64
 //! bytes of work. With the batch calls a busy socket costs two calls per
-//! [`BATCH`] datagrams. The calls are made through `libc` (already a
-//! dependency) on buffers allocated once: [`BATCH`] slots of 64 KiB (the
+//! [`BATCH`] datagrams. The calls are made through `libc` (rustix, which
+//! wraps the daemon's other system calls, has no `recvmmsg`) on buffers
+//! allocated once: [`BATCH`] slots of 64 KiB (the
 //! largest UDP payload fits, and one more byte than echo-lab accepts, so
 //! an oversized datagram is seen as such), their source addresses and the
 //! headers the kernel fills. The buffer is zeroed memory the kernel only
