@@ -51,6 +51,7 @@
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
 use socket2::SockRef;
 
 /// How much more loaded than the least loaded worker, in per cent, a
@@ -65,38 +66,20 @@ pub(crate) const MIN_DWELL: Duration = Duration::from_secs(10);
 /// The CPUs this process may run on (its affinity mask), in order; empty
 /// if the kernel will not say.
 pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data, valid when zeroed; the kernel
-    // writes at most its size.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
+    let Ok(set) = sched_getaffinity(None) else {
         return Vec::new();
-    }
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: `c` is below CPU_SETSIZE.
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect()
+    };
+    (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
 }
 
 /// Pins the calling thread (only it) to `cpu`.
 pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
+    if cpu >= CpuSet::MAX_CPU {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }
-    // SAFETY: as in [`allowed_cpus`]; `cpu` is below CPU_SETSIZE and
-    // sched_setaffinity only reads the set.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    Ok(sched_setaffinity(None, &set)?)
 }
 
 /// The CPU that processed the connection's last incoming packet
@@ -104,7 +87,7 @@ pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
 pub fn incoming_cpu(stream: &impl AsFd) -> Option<usize> {
     let cpu = SockRef::from(stream).cpu_affinity().ok()?;
     // The kernel answers -1 (here: a huge number) before any packet.
-    (cpu < libc::CPU_SETSIZE as usize).then_some(cpu)
+    (cpu < CpuSet::MAX_CPU).then_some(cpu)
 }
 
 /// What [`choose`] knows of one worker.
@@ -252,6 +235,6 @@ mod tests {
         let mut b = [0u8; 1];
         std::io::Read::read_exact(&mut &s, &mut b).expect("read");
         let cpu = incoming_cpu(&s).expect("SO_INCOMING_CPU after a packet");
-        assert!(allowed_cpus().contains(&cpu) || cpu < libc::CPU_SETSIZE as usize);
+        assert!(allowed_cpus().contains(&cpu) || cpu < CpuSet::MAX_CPU);
     }
 }

@@ -462,6 +462,7 @@ impl Connection {
             | Notice::SourceBusy(_)
             | Notice::SourceRate { .. }
             | Notice::ShuttingDown => CloseReason::Drain,
+            Notice::Unavailable => CloseReason::Error,
         });
         self.queue_notice(notice);
         self.phase = Phase::Closing;

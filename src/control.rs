@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use crate::event::Event;
 use crate::supervise::{Watched, Watcher};
+use crate::throttle::Throttle;
 pub use echo_lab_proto::control::{
     client_default_path, default_path, parse, request, ClientError, Request, RequestError,
     Response, MAX_REQUEST, MAX_TOP,
@@ -222,12 +223,8 @@ pub fn spawn(path: &Path, access: Access, events: Sender<Event>) -> io::Result<C
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     if let Some(gid) = access.group {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: chown with a valid C string; uid -1 leaves the owner as is.
-        if unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // No owner: it stays as it is.
+        std::os::unix::fs::chown(path, None, Some(gid))?;
     }
     let thread = launch(&listener, access, &events)?;
     Ok(ControlServer {
@@ -254,7 +251,7 @@ fn accept_loop(
     mut reserve: Option<std::fs::File>,
 ) {
     let busy = Arc::new(AtomicUsize::new(0));
-    let mut last_logged: Option<std::time::Instant> = None;
+    let mut log = Throttle::new(LOG_INTERVAL);
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -270,9 +267,8 @@ fn accept_loop(
                 if out_of_fds && reserve.take().is_some() {
                     continue;
                 }
-                if last_logged.is_none_or(|t| t.elapsed() >= LOG_INTERVAL) {
+                if log.ready(std::time::Instant::now()) {
                     log::warn!("control socket accept: {e}");
-                    last_logged = Some(std::time::Instant::now());
                 }
                 std::thread::sleep(Duration::from_millis(100));
                 if reserve.is_none() {

@@ -12,7 +12,10 @@
 //! send before they hand it on, so they are made to die through the
 //! environment instead: [`THREAD_PANIC_ENV`] names the threads that panic
 //! at their next event ([`thread_event`]), which shows what the
-//! supervisor does about a thread's death (`crate::supervise`).
+//! supervisor does about a thread's death (`crate::supervise`). Another
+//! fault is set from the environment too, as it strikes before a
+//! client's bytes are read: a poller that refuses every connection
+//! ([`REGISTER_FAILS`]), which must tell the client and count the close.
 
 /// Makes the worker panic while serving the connection.
 pub const PANIC: &[u8] = b"ECHO-LAB-FAULT:PANIC";
@@ -23,6 +26,11 @@ pub const HANG: &[u8] = b"ECHO-LAB-FAULT:HANG";
 /// Makes the worker's whole loop die (a panic that the per-connection
 /// guard lets through), as a bug outside connection handling would.
 pub const KILL_WORKER: &[u8] = b"ECHO-LAB-FAULT:KILL-WORKER";
+
+/// Set in the daemon's environment (any value), makes every worker's
+/// registration of a connection with its poller fail with ENOSPC, as when
+/// `fs.epoll.max_user_watches` is reached.
+pub const REGISTER_FAILS: &str = "ECHO_LAB_FAULT_REGISTER_FAILS";
 
 /// The panic payload that [`KILL_WORKER`] raises.
 struct KillWorker;
@@ -93,4 +101,13 @@ pub(crate) fn thread_event(name: &str) {
     if d.always || !d.fired.swap(true, std::sync::atomic::Ordering::Relaxed) {
         panic!("fault injected: the {name} thread panics");
     }
+}
+
+/// The error a registration fails with when [`REGISTER_FAILS`] is set.
+pub(crate) fn fail_registration() -> std::io::Result<()> {
+    static FAILS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *FAILS.get_or_init(|| std::env::var_os(REGISTER_FAILS).is_some()) {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    Ok(())
 }

@@ -24,6 +24,7 @@
 //! | [`protocol`] | what bytes mean: `disconnect`, notices (re-exported from `echo-lab-proto`) |
 //! | [`proxy`] | the PROXY protocol header (v1, v2) on listeners behind a proxy |
 //! | `timeouts` | O(1) idle deadlines (a FIFO per timeout value) |
+//! | `throttle` | at most one log line per interval about a recurring event |
 //! | `wake_timer` | a worker's alarm at its next deadline, so its poll needs no timeout |
 //! | [`affinity`] | CPUs: pinning, arrival CPU, the placement policy |
 //! | [`server`] | starting, reloading and draining the whole |
@@ -68,6 +69,7 @@ pub mod sockets;
 pub mod startup;
 pub mod stats;
 pub mod supervise;
+pub(crate) mod throttle;
 pub(crate) mod timeouts;
 pub mod udp;
 pub(crate) mod wake_timer;

@@ -7,6 +7,8 @@
 
 use std::io;
 
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+
 /// Descriptors the daemon needs besides client connections: listeners,
 /// pollers, wakers, control socket, log, standard streams.
 pub const RESERVED_FDS: u64 = 64;
@@ -14,26 +16,21 @@ pub const RESERVED_FDS: u64 = 64;
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft
 /// limit.
 pub fn raise_nofile() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
+    let lim = getrlimit(Resource::Nofile);
+    // `None` is RLIM_INFINITY.
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    let soft = lim.current.unwrap_or(u64::MAX);
+    if soft < hard {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            },
+        )?;
+        return Ok(hard);
     }
-    if lim.rlim_cur < lim.rlim_max {
-        let want = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: setrlimit only reads the struct.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        lim.rlim_cur = lim.rlim_max;
-    }
-    Ok(lim.rlim_cur)
+    Ok(soft)
 }
 
 /// The warning to log if `max_connections` does not fit under `nofile`.

@@ -42,6 +42,7 @@ use crate::supervise::{Watched, Watcher};
 
 /// The accept loop's thread name (what its death is reported as).
 pub(crate) const THREAD: &str = "accept";
+use crate::throttle::{more_since, Throttle};
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -136,13 +137,10 @@ struct Acceptor {
     max_connections: usize,
     /// When to retry accepting after a resource error.
     retry_at: Option<Instant>,
-    /// When the last resource error was logged.
-    last_logged: Option<Instant>,
-    /// Errors not logged since then.
-    suppressed: u64,
-    /// When an untrusted PROXY source was last logged, and how many since.
-    untrusted_logged: Option<Instant>,
-    untrusted_suppressed: u64,
+    /// Lines about resource errors (accept failing).
+    resource_log: Throttle,
+    /// Lines about untrusted PROXY sources.
+    untrusted_log: Throttle,
 }
 
 /// Starts the accept loop on its own thread, watched by `watcher`.
@@ -166,10 +164,8 @@ pub(crate) fn spawn(
         gate,
         max_connections,
         retry_at: None,
-        last_logged: None,
-        suppressed: 0,
-        untrusted_logged: None,
-        untrusted_suppressed: 0,
+        resource_log: Throttle::new(LOG_INTERVAL),
+        untrusted_log: Throttle::new(LOG_INTERVAL),
     };
     acceptor.set_listeners(listeners)?;
     let thread = watcher.spawn(THREAD, move || {
@@ -383,46 +379,24 @@ impl Acceptor {
     /// a header: logged at most once per interval (a scan must not flood
     /// the log).
     fn log_untrusted(&mut self, ends: &Ends) {
-        let now = Instant::now();
-        if self
-            .untrusted_logged
-            .is_some_and(|t| now.duration_since(t) < LOG_INTERVAL)
-        {
-            self.untrusted_suppressed += 1;
+        let Some(unreported) = self.untrusted_log.occur(Instant::now()) else {
             return;
-        }
-        let more = match self.untrusted_suppressed {
-            0 => String::new(),
-            n => format!(" ({n} more since the last report)"),
         };
+        let more = more_since(unreported);
         let on = ends.local.map_or_else(String::new, |l| format!(" on {l}"));
         log::warn!(
             "closed a connection from {}{on}: not in proxy_trusted, so it may not send a PROXY header{more}",
             ends.peer
         );
-        self.untrusted_logged = Some(now);
-        self.untrusted_suppressed = 0;
     }
 
     fn log_resource_error(&mut self, e: &io::Error) {
-        let now = Instant::now();
-        if self
-            .last_logged
-            .is_none_or(|t| now.duration_since(t) >= LOG_INTERVAL)
-        {
-            let more = if self.suppressed > 0 {
-                format!(" ({} more since the last report)", self.suppressed)
-            } else {
-                String::new()
-            };
+        if let Some(unreported) = self.resource_log.occur(Instant::now()) {
             log::error!(
-                "accept failed: {e}{more}; retrying every {}ms",
+                "accept failed: {e}{}; retrying every {}ms",
+                more_since(unreported),
                 RETRY.as_millis()
             );
-            self.last_logged = Some(now);
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
         }
     }
 }

@@ -227,7 +227,8 @@ fn bind(config: &Config, target: LogTarget) -> Result<Bound, StartupError> {
         .map(metrics::bind)
         .transpose()
         .map_err(StartupError::Metrics)?;
-    // SAFETY: no other thread exists yet.
+    // SAFETY: `take`'s contract: no other thread exists yet (nothing above
+    // spawns one), and this is its only call.
     let mut inherited = unsafe { activation::take() };
     let datagram = udp_activated(config, std::mem::take(&mut inherited.datagram))?;
     let any_activated = !inherited.activated.is_empty() || !datagram.is_empty();
@@ -384,7 +385,6 @@ fn control_access(config: &Config) -> Result<Access, StartupError> {
         ),
         None => None,
     };
-    // SAFETY: geteuid cannot fail.
-    let own_uid = unsafe { libc::geteuid() };
+    let own_uid = rustix::process::geteuid().as_raw();
     Ok(Access { own_uid, group })
 }

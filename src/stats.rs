@@ -2,10 +2,15 @@
 //! systemd STATUS line and the watchdog.
 //!
 //! Like memcached's per-thread statistics, each worker owns a
-//! [`WorkerStats`] that only it writes (relaxed atomics on its own cache
-//! lines, so the hot path never contends), and readers merge them on
-//! demand into a [`Snapshot`]. The few counters shared by the accept loop
-//! and the workers live in [`ServerStats`].
+//! [`WorkerStats`] (relaxed atomics on cache lines no other worker's
+//! counters share) and readers merge them on demand into a [`Snapshot`].
+//! The worker alone writes every counter in it but one: its load
+//! ([`WorkerStats::connections`]), which whoever hands it a connection
+//! (the accept loop dealing, a peer moving one) raises. That counter sits
+//! on cache lines of its own ([`OwnLines`]), so those writes never take
+//! the lines of the counters the worker bumps per message away from it.
+//! The few counters shared by the accept loop and the workers live in
+//! [`ServerStats`].
 //!
 //! The count of open connections is kept by ownership, not by hand: every
 //! served connection carries an [`Open`] token that counts it in when it is
@@ -17,13 +22,28 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Counters written by one worker.
+/// A value alone on its cache lines: 128 bytes, aligned, as the adjacent
+/// line prefetcher of x86 pairs 64-byte lines (crossbeam's `CachePadded`
+/// pads the same).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct OwnLines<T>(pub T);
+
+impl<T> std::ops::Deref for OwnLines<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// Counters of one worker: all written by it alone, except `connections`.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct WorkerStats {
     /// Connections this worker owns or has queued to adopt: its load, as
-    /// the pool deals by it.
-    pub connections: AtomicUsize,
+    /// the pool deals by it. Raised by whoever queues a connection to the
+    /// worker (the accept loop, a peer), hence on lines of its own.
+    pub connections: OwnLines<AtomicUsize>,
     /// Bytes read from clients and echoed.
     pub bytes: AtomicU64,
     /// Bytes written to clients (echo and notices).
@@ -81,7 +101,8 @@ pub enum CloseReason {
     Disconnect,
     /// Closed after `idle_timeout` without traffic.
     Idle,
-    /// A reset or another I/O error (the client vanished).
+    /// A reset or another I/O error (the client vanished, or the worker
+    /// could not add the socket to its poller).
     Error,
     /// Closed by the server going away (drain deadline, second signal).
     Drain,
@@ -253,4 +274,38 @@ pub(crate) fn collect<'a>(
         .map(|(r, n)| (r.as_str().to_string(), n))
         .collect();
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::offset_of;
+
+    /// The 128-byte block (a pair of cache lines) a field starts in.
+    fn block(offset: usize) -> usize {
+        offset / 128
+    }
+
+    #[test]
+    fn the_load_others_write_shares_no_cache_line_with_the_worker_s_counters() {
+        let load = offset_of!(WorkerStats, connections);
+        let size = std::mem::size_of::<OwnLines<AtomicUsize>>();
+        assert_eq!(load % 128, 0, "the load starts a block");
+        assert_eq!(size, 128, "and fills it");
+        for (name, at) in [
+            ("bytes", offset_of!(WorkerStats, bytes)),
+            ("bytes_sent", offset_of!(WorkerStats, bytes_sent)),
+            ("closed", offset_of!(WorkerStats, closed)),
+            ("heartbeat", offset_of!(WorkerStats, heartbeat)),
+            ("moved_out", offset_of!(WorkerStats, moved_out)),
+            ("latency", offset_of!(WorkerStats, latency)),
+        ] {
+            assert_ne!(block(at), block(load), "{name} shares the load's lines");
+        }
+        assert_eq!(
+            std::mem::align_of::<WorkerStats>(),
+            128,
+            "no other worker's either"
+        );
+    }
 }

@@ -22,11 +22,15 @@
 //! fixed-rate load generator (`bench::paced`), which sleeps on one too.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
+use rustix::time::{
+    timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
+    Timespec,
+};
 
 /// A one-shot monotonic alarm that a worker's poller watches.
 #[derive(Debug)]
@@ -65,47 +69,35 @@ impl WakeTimer {
 
 /// A non-blocking monotonic timerfd (also the paced load generator's clock).
 pub(crate) fn timerfd() -> io::Result<OwnedFd> {
-    // SAFETY: timerfd_create takes no pointers; the result is checked.
-    let fd = unsafe {
-        libc::timerfd_create(
-            libc::CLOCK_MONOTONIC,
-            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(timerfd_create(
+        TimerfdClockId::Monotonic,
+        TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+    )?)
 }
 
 /// Arms `timer` to expire once, `after` from now (at least 1 ns: a zero
 /// value would disarm it).
 pub(crate) fn arm(timer: &OwnedFd, after: Duration) -> io::Result<()> {
     let after = after.max(Duration::from_nanos(1));
-    let spec = libc::itimerspec {
-        it_interval: libc::timespec {
+    let spec = Itimerspec {
+        it_interval: Timespec {
             tv_sec: 0,
             tv_nsec: 0,
         },
-        it_value: libc::timespec {
-            tv_sec: after.as_secs() as libc::time_t,
-            tv_nsec: after.subsec_nanos() as libc::c_long,
+        it_value: Timespec {
+            tv_sec: i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: after.subsec_nanos() as _,
         },
     };
-    // SAFETY: spec is a valid itimerspec; the old value is not asked for.
-    if unsafe { libc::timerfd_settime(timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    timerfd_settime(timer, TimerfdTimerFlags::empty(), &spec)?;
     Ok(())
 }
 
 /// Reads the expiry count so `timer` is not readable until it fires again.
 pub(crate) fn clear(timer: &OwnedFd) {
     let mut count = [0u8; 8];
-    // SAFETY: reads at most 8 bytes into a buffer of 8; a failure
-    // (EAGAIN: nothing to clear) changes nothing.
-    let _ = unsafe { libc::read(timer.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+    // A failure (EAGAIN: nothing to clear) changes nothing.
+    let _ = rustix::io::read(timer, &mut count);
 }
 
 #[cfg(test)]

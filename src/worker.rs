@@ -26,7 +26,9 @@
 //! [`Peers`] seam that the pool implements. When a worker ends, whatever
 //! way, its mailbox is closed first (a sender then gets its connection
 //! back) and connections still queued in it go to a peer, or, if none is
-//! left, are told `shutting down` and closed: none is dropped unheard.
+//! left, are told `shutting down` and closed. A connection the poller
+//! refuses is told so (`Notice::Unavailable`), then closed, counted and
+//! logged: none is dropped unheard.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
@@ -647,13 +649,9 @@ impl Worker {
     fn adopt(&mut self, mut conn: Connection, now: Instant) {
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
-        if let Err(e) = self.poll.registry().register(
-            conn.stream_mut(),
-            Token(slot),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            log::warn!("cannot register connection: {e}");
+        if let Err(e) = register(self.poll.registry(), &mut conn, Token(slot)) {
             self.stats.connections.fetch_sub(1, Relaxed);
+            self.unwatched(conn, &e);
             return;
         }
         conn.placed(now);
@@ -668,6 +666,19 @@ impl Worker {
         if self.drain_deadline.is_some() {
             self.notify(slot, Notice::ShuttingDown, now);
         }
+    }
+
+    /// A connection this worker cannot watch (the poller refused it: out
+    /// of memory, or past `max_user_watches`): it hears so and closes, and
+    /// is counted and logged as a session that ended in error.
+    fn unwatched(&self, mut conn: Connection, e: &std::io::Error) {
+        log::warn!(
+            "closed a connection from {}: cannot watch its socket: {e}",
+            conn.ends().peer
+        );
+        let _ = Connection::send_last_words(conn.stream_mut(), Notice::Unavailable);
+        conn.session_mut().end(CloseReason::Error);
+        self.finished(&mut conn);
     }
 
     fn notify(&mut self, slot: usize, notice: Notice, now: Instant) {
@@ -790,6 +801,17 @@ impl Worker {
         conn.session_mut().end(CloseReason::Drain);
         self.finished(&mut conn);
     }
+}
+
+/// Adds a connection's socket to a worker's poller under `token`.
+fn register(registry: &mio::Registry, conn: &mut Connection, token: Token) -> std::io::Result<()> {
+    #[cfg(feature = "fault-injection")]
+    crate::fault::fail_registration()?;
+    registry.register(
+        conn.stream_mut(),
+        token,
+        Interest::READABLE | Interest::WRITABLE,
+    )
 }
 
 #[cfg(test)]

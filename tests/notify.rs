@@ -1,7 +1,8 @@
 //! The systemd notify protocol, checked on a real NOTIFY_SOCKET (a Unix
 //! datagram socket the test binds): the sequence for start, reload, failed
 //! reload and drain, the fd store hand-over, and a watchdog that stops
-//! pinging when a worker wedges.
+//! pinging when a worker wedges (with the `fault-injection` feature, which
+//! wedges it).
 
 mod support;
 
@@ -9,6 +10,8 @@ use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use support::*;
+
+fault_injection_tests_not_built!();
 
 /// The test's end of NOTIFY_SOCKET.
 struct NotifySocket {

@@ -34,10 +34,8 @@ pub(crate) fn read() -> io::Result<Process> {
     // rest's fields are stat's fields 3.. (state is field 3).
     let f: Vec<&str> = rest.split_whitespace().collect();
     let field = |n: usize| -> u64 { f.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0) };
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    // SAFETY: as above.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let ticks = rustix::param::clock_ticks_per_second().max(1) as f64;
+    let page = rustix::param::page_size().max(1) as u64;
     Ok(Process {
         cpu_seconds: (field(14) + field(15)) as f64 / ticks,
         threads: field(20),
@@ -69,17 +67,11 @@ fn boot_time() -> io::Result<f64> {
         .ok_or_else(|| io::Error::other("no btime in /proc/stat"))
 }
 
+/// The soft RLIMIT_NOFILE (`u64::MAX` when unlimited).
 fn max_fds() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: lim is a valid rlimit to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur
-    } else {
-        0
-    }
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

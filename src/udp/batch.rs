@@ -4,8 +4,9 @@
 //! A flood of small datagrams is where a UDP echo server spends its time in
 //! system calls: `recvfrom` + `sendto` per datagram is two calls for 64
 //! bytes of work. With the batch calls a busy socket costs two calls per
-//! [`BATCH`] datagrams. The calls are made through `libc` (already a
-//! dependency) on buffers allocated once: [`BATCH`] slots of 64 KiB (the
+//! [`BATCH`] datagrams. The calls are made through `libc` (rustix, which
+//! wraps the daemon's other system calls, has no `recvmmsg`) on buffers
+//! allocated once: [`BATCH`] slots of 64 KiB (the
 //! largest UDP payload fits, and one more byte than echo-lab accepts, so
 //! an oversized datagram is seen as such), their source addresses and the
 //! headers the kernel fills. The buffer is zeroed memory the kernel only
@@ -105,10 +106,11 @@ impl Batch {
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.filled = 0;
         self.picked.clear();
+        // One pointer for the whole buffer, offset per slot (each slot lies
+        // inside it: BATCH * SLOT bytes), so every iovec shares its origin.
         let base = self.bufs.as_mut_ptr();
         for i in 0..BATCH {
-            // SAFETY: slot i lies inside `bufs` (BATCH * SLOT bytes).
-            self.iovs[i].iov_base = unsafe { base.add(i * SLOT) }.cast();
+            self.iovs[i].iov_base = base.wrapping_add(i * SLOT).cast();
             self.iovs[i].iov_len = SLOT;
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
@@ -121,9 +123,10 @@ impl Batch {
             self.hdrs[i].msg_len = 0;
         }
         loop {
-            // SAFETY: every header points at its own name and iovec, which
-            // point into buffers that live as long as `self` and are not
-            // otherwise borrowed during the call.
+            // SAFETY: `hdrs` holds BATCH headers, the count passed; each
+            // points at its own name (msg_namelen bytes) and one iovec of a
+            // SLOT-byte slot inside `bufs`, all owned by `self`, alive and
+            // not otherwise borrowed during the call.
             let n = unsafe {
                 libc::recvmmsg(
                     fd,
@@ -175,8 +178,8 @@ impl Batch {
         let mut out = Sent::default();
         let base = self.bufs.as_mut_ptr();
         for (j, &i) in self.picked.iter().enumerate() {
-            // SAFETY: slot i lies inside `bufs`.
-            self.out_iovs[j].iov_base = unsafe { base.add(i * SLOT) }.cast();
+            // Slot i lies inside `bufs` (`pick` keeps i below BATCH).
+            self.out_iovs[j].iov_base = base.wrapping_add(i * SLOT).cast();
             self.out_iovs[j].iov_len = (self.hdrs[i].msg_len as usize).min(SLOT);
             let h = &mut self.out_hdrs[j].msg_hdr;
             h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
@@ -190,8 +193,10 @@ impl Batch {
         let mut done = 0;
         while done < k {
             out.calls += 1;
-            // SAFETY: headers done..k point at names, iovecs and slots that
-            // live in `self`; the kernel only reads them.
+            // SAFETY: `out_hdrs[done..]` holds at least k - done headers
+            // (k <= BATCH), the count passed; each points at a name, an
+            // iovec and a slot that live in `self`; the kernel only reads
+            // them.
             let n = unsafe {
                 libc::sendmmsg(
                     fd,

@@ -136,14 +136,9 @@ fn interface_broadcasts() -> Vec<Ipv4Addr> {
 }
 
 fn list_broadcasts() -> std::io::Result<Vec<Ipv4Addr>> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a new descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    use std::os::fd::AsRawFd;
+    // socket2 sets SOCK_CLOEXEC.
+    let fd = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
     // SAFETY: ifreq is plain C data; all-zero is a valid value.
     let mut reqs: Vec<libc::ifreq> = vec![unsafe { std::mem::zeroed() }; MAX_INTERFACES];
     let mut conf = libc::ifconf {
@@ -166,7 +161,8 @@ fn list_broadcasts() -> std::io::Result<Vec<Ipv4Addr>> {
         if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut q) } < 0 {
             continue;
         }
-        // SAFETY: the kernel just wrote the flags member.
+        // SAFETY: every member of the ifr_ifru union is plain data for
+        // which any bytes are valid; SIOCGIFFLAGS just wrote the flags.
         let flags = unsafe { q.ifr_ifru.ifru_flags } as libc::c_int;
         if flags & libc::IFF_BROADCAST == 0 {
             continue;
@@ -176,15 +172,17 @@ fn list_broadcasts() -> std::io::Result<Vec<Ipv4Addr>> {
         if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFBRDADDR as _, &mut q) } < 0 {
             continue;
         }
-        // SAFETY: the kernel wrote a sockaddr; its family says which.
+        // SAFETY: every member of the ifr_ifru union is plain data for
+        // which any bytes are valid, and SIOCGIFBRDADDR just wrote a
+        // sockaddr into it.
         let sa = unsafe { q.ifr_ifru.ifru_broadaddr };
         if sa.sa_family != libc::AF_INET as libc::sa_family_t {
             continue;
         }
-        // SAFETY: family AF_INET: the bytes are a sockaddr_in, which fits
-        // in a sockaddr.
-        let sin: libc::sockaddr_in = unsafe { std::mem::transmute_copy(&sa) };
-        let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        // Family AF_INET: sa_data is a sockaddr_in's port (2 bytes) then
+        // its address (4 bytes, network order).
+        let a = sa.sa_data.map(|b| b as u8);
+        let ip = Ipv4Addr::new(a[2], a[3], a[4], a[5]);
         if !ip.is_unspecified() && !out.contains(&ip) {
             out.push(ip);
         }

@@ -28,6 +28,7 @@ use super::UdpCommand;
 use crate::admission::rules::RuleList;
 use crate::admission::{Gate, Listener};
 use crate::supervise::{Watched, Watcher};
+use crate::throttle::Throttle;
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -61,13 +62,13 @@ struct Service {
     epoch: Instant,
     /// Refused sources since the last log line, and the latest one.
     refused: (u64, Option<(SocketAddr, BadSource)>),
-    last_logged: Option<Instant>,
+    refused_log: Throttle,
     /// The access rules (none: everyone may have an echo).
     gate: Option<Arc<Gate>>,
     /// Datagrams the access rules refused since the last line about them,
     /// and the latest source.
     denied: (u64, Option<SocketAddr>),
-    denied_logged: Option<Instant>,
+    denied_log: Throttle,
 }
 
 /// The UDP thread's name (what its death is reported as).
@@ -94,10 +95,10 @@ pub(super) fn spawn(
         stats,
         epoch: Instant::now(),
         refused: (0, None),
-        last_logged: None,
+        refused_log: Throttle::new(LOG_INTERVAL),
         gate,
         denied: (0, None),
-        denied_logged: None,
+        denied_log: Throttle::new(LOG_INTERVAL),
     };
     service.set_sockets(sockets)?;
     let thread = watcher.spawn(THREAD, move || {
@@ -299,28 +300,22 @@ impl Service {
 
     /// Says, at most once per interval, that sources were refused.
     fn log_refused(&mut self) {
+        let now = Instant::now();
         if let (count, Some(src)) = self.denied {
-            if self
-                .denied_logged
-                .is_none_or(|t| t.elapsed() >= LOG_INTERVAL)
-            {
+            if self.denied_log.ready(now) {
                 log::warn!("udp: refused {count} datagram(s) by access rules (latest from {src})");
                 self.denied = (0, None);
-                self.denied_logged = Some(Instant::now());
             }
         }
-        let (count, Some((src, why))) = self.refused else {
-            return;
-        };
-        if self.last_logged.is_some_and(|t| t.elapsed() < LOG_INTERVAL) {
-            return;
+        if let (count, Some((src, why))) = self.refused {
+            if self.refused_log.ready(now) {
+                log::warn!(
+                    "udp: refused {count} datagram(s) from sources that must not get an echo (latest: {src}, {})",
+                    describe(why)
+                );
+                self.refused = (0, None);
+            }
         }
-        log::warn!(
-            "udp: refused {count} datagram(s) from sources that must not get an echo (latest: {src}, {})",
-            describe(why)
-        );
-        self.refused = (0, None);
-        self.last_logged = Some(Instant::now());
     }
 }
 

@@ -277,8 +277,27 @@ impl Daemon {
     pub fn try_wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if self.exited.is_none() {
             self.exited = wait_child(&mut self.child, timeout);
+            if self.exited.is_some() {
+                self.read_to_end_of_log(IO_TIMEOUT);
+            }
         }
         self.exited
+    }
+
+    /// Once the daemon has exited: waits (at most `timeout`) until the
+    /// reader has taken every line it wrote, which it has when it reaches
+    /// the end of the daemon's stderr and drops its sender, so
+    /// [`Daemon::log_text`] then holds the last lines too.
+    fn read_to_end_of_log(&self, timeout: Duration) {
+        let mut st = self.state.lock().unwrap();
+        let deadline = Instant::now() + timeout;
+        // Timeout: another process holds the stderr; Disconnected: done.
+        while let Ok(line) = st
+            .rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            st.seen.push(line);
+        }
     }
 
     /// Waits until the daemon exits; panics if it is still running after
@@ -896,4 +915,20 @@ pub fn admitted(s: &mut TcpStream) -> bool {
 pub fn loopback_source(n: u32) -> std::net::IpAddr {
     let v = 0x7f00_0002u32 + n;
     std::net::IpAddr::V4(std::net::Ipv4Addr::from(v))
+}
+
+/// In a test file with tests that need the `fault-injection` feature:
+/// without it, adds an ignored test whose reason says they were not built,
+/// so a plain `cargo test` lists it (`... ignored, fault-injection tests
+/// not built ...`) instead of leaving them out silently.
+#[macro_export]
+macro_rules! fault_injection_tests_not_built {
+    () => {
+        #[cfg(not(feature = "fault-injection"))]
+        #[test]
+        #[ignore = "fault-injection tests not built: run cargo test --features fault-injection"]
+        fn fault_injection_tests_not_built() {
+            eprintln!("SKIPPED: built without the fault-injection feature");
+        }
+    };
 }

@@ -48,6 +48,9 @@ pub enum Notice {
     SourceRate { count: u32, per_secs: u32 },
     /// The daemon is draining (SIGTERM); the client may finish.
     ShuttingDown,
+    /// The worker given the connection cannot watch its socket (the
+    /// kernel refused to add it to the worker's poller).
+    Unavailable,
 }
 
 impl Notice {
@@ -67,6 +70,7 @@ impl Notice {
                 if *per_secs == 60 { "minute" } else { "second" }
             ),
             Notice::ShuttingDown => "shutting down".to_string(),
+            Notice::Unavailable => "cannot serve this connection now, try again later".to_string(),
         };
         format!("{NOTICE_PREFIX}{text}\r\n")
     }

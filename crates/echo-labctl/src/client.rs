@@ -22,10 +22,9 @@ use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use echo_lab_proto::exit::EX_UNAVAILABLE;
+use echo_lab_proto::exit::{EX_UNAVAILABLE, EX_USAGE};
 use echo_lab_proto::protocol::{is_disconnect, NOTICE_PREFIX};
-
-use echo_lab_proto::exit::EX_USAGE;
+use rustix::termios::{tcgetattr, tcsetattr, OptionalActions, Termios};
 
 /// Something the server sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,7 +221,7 @@ pub fn run(opts: &Options) -> i32 {
 }
 
 /// The receiving side; see the module docs.
-fn read_loop(mut stream: TcpStream, state: State, interactive: Option<Option<libc::termios>>) {
+fn read_loop(mut stream: TcpStream, state: State, interactive: Option<Option<Termios>>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let (n, failed) = match stream.read(&mut buf) {
@@ -366,51 +365,56 @@ fn piped_loop(mut stream: TcpStream, state: &State, timeout: Duration) -> i32 {
 }
 
 fn interactive_loop(mut stream: TcpStream, state: &State, timeout: Duration) -> i32 {
+    let left = edit_lines("echo> ", &mut |line| {
+        send_and_wait(&mut stream, state, line, timeout)
+    });
+    match left {
+        Some(code) => code,
+        // Ctrl-D / Ctrl-C: leave cleanly, as `disconnect` would.
+        None => send_and_wait(&mut stream, state, b"disconnect\n", timeout).unwrap_or(0),
+    }
+}
+
+/// The interactive sessions' input (TCP and UDP): lines read with a line
+/// editor (editing, history) after `prompt`, each handed with its newline
+/// to `each` until it returns an exit status. `None` when the user leaves
+/// (Ctrl-D, Ctrl-C); `Some(1)` when the editor fails (said on stderr).
+pub(crate) fn edit_lines(prompt: &str, each: &mut dyn FnMut(&[u8]) -> Option<i32>) -> Option<i32> {
     let mut editor = match rustyline::DefaultEditor::new() {
         Ok(e) => e,
         Err(e) => {
             eprintln!("echo-labctl: cannot start the line editor: {e}");
-            return 1;
+            return Some(1);
         }
     };
     loop {
-        match editor.readline("echo> ") {
+        match editor.readline(prompt) {
             Ok(text) => {
                 if !text.trim().is_empty() {
                     let _ = editor.add_history_entry(text.as_str());
                 }
                 let mut line = text.into_bytes();
                 line.push(b'\n');
-                if let Some(code) = send_and_wait(&mut stream, state, &line, timeout) {
-                    return code;
+                if let Some(code) = each(&line) {
+                    return Some(code);
                 }
             }
             Err(rustyline::error::ReadlineError::Eof)
-            | Err(rustyline::error::ReadlineError::Interrupted) => {
-                // Ctrl-D / Ctrl-C: leave cleanly, as `disconnect` would.
-                return send_and_wait(&mut stream, state, b"disconnect\n", timeout).unwrap_or(0);
-            }
+            | Err(rustyline::error::ReadlineError::Interrupted) => return None,
             Err(e) => {
                 eprintln!("echo-labctl: {e}");
-                return 1;
+                return Some(1);
             }
         }
     }
 }
 
-fn save_tty() -> Option<libc::termios> {
-    // SAFETY: tcgetattr fills the zeroed struct we own.
-    unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        (libc::tcgetattr(0, &mut t) == 0).then_some(t)
-    }
+fn save_tty() -> Option<Termios> {
+    tcgetattr(std::io::stdin()).ok()
 }
 
-fn restore_tty(t: &libc::termios) {
-    // SAFETY: tcsetattr only reads the struct.
-    unsafe {
-        libc::tcsetattr(0, libc::TCSANOW, t);
-    }
+fn restore_tty(t: &Termios) {
+    let _ = tcsetattr(std::io::stdin(), OptionalActions::Now, t);
 }
 
 #[cfg(test)]

@@ -16,8 +16,8 @@ use std::io::{self, BufRead, IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
-use echo_lab_proto::exit::EX_UNAVAILABLE;
-use echo_lab_proto::exit::EX_USAGE;
+use crate::client::edit_lines;
+use echo_lab_proto::exit::{EX_UNAVAILABLE, EX_USAGE};
 
 /// The largest datagram echo-lab echoes.
 const MAX_DATAGRAM: usize = echo_lab_proto::protocol::MAX_DATAGRAM;
@@ -82,7 +82,7 @@ pub fn run(addr: &str, timeout: Duration) -> i32 {
     };
     let code = if io::stdin().is_terminal() {
         eprintln!("Sending datagrams to {target}/udp: one per line; Ctrl-D leaves.");
-        interactive(&mut each)
+        edit_lines("udp> ", &mut each)
     } else {
         piped(&mut each)
     };
@@ -110,36 +110,6 @@ fn piped(each: &mut dyn FnMut(&[u8]) -> Option<i32>) -> Option<i32> {
             }
             Err(e) => {
                 eprintln!("echo-labctl: reading stdin: {e}");
-                return Some(1);
-            }
-        }
-    }
-}
-
-fn interactive(each: &mut dyn FnMut(&[u8]) -> Option<i32>) -> Option<i32> {
-    let mut editor = match rustyline::DefaultEditor::new() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("echo-labctl: cannot start the line editor: {e}");
-            return Some(1);
-        }
-    };
-    loop {
-        match editor.readline("udp> ") {
-            Ok(text) => {
-                if !text.trim().is_empty() {
-                    let _ = editor.add_history_entry(text.as_str());
-                }
-                let mut line = text.into_bytes();
-                line.push(b'\n');
-                if let Some(code) = each(&line) {
-                    return Some(code);
-                }
-            }
-            Err(rustyline::error::ReadlineError::Eof)
-            | Err(rustyline::error::ReadlineError::Interrupted) => return None,
-            Err(e) => {
-                eprintln!("echo-labctl: {e}");
                 return Some(1);
             }
         }

@@ -2,7 +2,8 @@
 //!
 //! On a machine where client and server share the cores, every CPU-second
 //! the client burns is one the server did not get, so the generator reports
-//! its own cost (user plus system time from `getrusage`). What the server
+//! its own cost (user plus system time: its CPU clock,
+//! `CLOCK_PROCESS_CPUTIME_ID`, the total `getrusage` splits). What the server
 //! costs per round trip is the figure that says how efficient it is whatever
 //! the client does: with `--server-pid` the coordinator reads the server's
 //! user plus system time (fields 14 and 15 of `/proc/PID/stat`, which count
@@ -14,20 +15,13 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use rustix::time::{clock_gettime, ClockId};
 use thiserror::Error;
 
 /// User plus system CPU time this process has used so far.
 pub fn own() -> io::Result<Duration> {
-    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the struct we pass and nothing else.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
-    };
-    Ok(tv(usage.ru_utime) + tv(usage.ru_stime))
+    let t = clock_gettime(ClockId::ProcessCPUTime);
+    Ok(Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_nanos(t.tv_nsec.max(0) as u64))
 }
 
 /// Reading another process's CPU time failed.
@@ -46,8 +40,7 @@ pub fn of_process(pid: u32) -> Result<Duration, ProcError> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|source| ProcError::Read { pid, source })?;
     let ticks = stat_ticks(&text).ok_or(ProcError::Format { pid })?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
     Ok(Duration::from_nanos(
         ticks.saturating_mul(1_000_000_000) / hz,
     ))
