@@ -17,12 +17,12 @@
 #                 after 1 s warmup; tcp-echo-benchmark has none)
 #   --points LIST comma-separated: CLIENT-CONNS with CLIENT one of ctl
 #                 (echo-labctl bench), teb (tcp-echo-benchmark), tok
-#                 (bench/tokio-client), 64 B ping-pong; or rate-R, a fixed
-#                 rate of R round trips/s over 50 connections under
-#                 echo-labctl bench --rate. Default:
+#                 (bench/comparison/tokio-client), 64 B ping-pong; or
+#                 rate-R, a fixed rate of R round trips/s over 50
+#                 connections under echo-labctl bench --rate. Default:
 #                 ctl-50,teb-50,tok-50,tok-1000,rate-5000,rate-45000
-#   --peers LIST  comma-separated peer servers from bench/: tokio-echo,
-#                 thread-echo (a thread per connection), uring-echo,
+#   --peers LIST  comma-separated peer servers from bench/comparison:
+#                 tokio-echo, thread-echo (a thread per connection), uring-echo,
 #                 shared-echo (threads sharing one epoll: what a shared
 #                 poller buys over connections owned by one worker), the
 #                 others on 2 threads; or none. Default: tokio-echo
@@ -62,7 +62,7 @@ case $duration in
 esac
 
 say() { printf '%s\n' "ab.sh: $*" >&2; }
-say "building (release): echo-lab and bench/ servers and clients"
+say "building (release): echo-lab, and the peers and tokio-client of bench/comparison"
 (cd "$root" && cargo build --release --quiet --bins)
 [ "$peers" != none ] || peers=""
 IFS=',' read -r -a peer_list <<<"$peers"
@@ -72,9 +72,12 @@ for p in "${peer_list[@]}"; do
         *) echo "ab.sh: unknown peer $p (tokio-echo, thread-echo, uring-echo, shared-echo)" >&2; exit 2 ;;
     esac
 done
+pkg_args=()
 for pkg in tokio-client "${peer_list[@]}"; do
-    (cd "$root/bench/$pkg" && cargo build --release --quiet)
+    pkg_args+=(-p "$pkg")
 done
+(cd "$root/bench/comparison" && cargo build --release --quiet "${pkg_args[@]}")
+bin=$root/bench/comparison/target/release
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/echo-lab-ab.XXXXXX")
 server_pid=""
@@ -86,7 +89,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 ctl=$root/target/release/echo-labctl
-tokio_client=$root/bench/tokio-client/target/release/tokio-client
+tokio_client=$bin/tokio-client
 teb=$(command -v tcp-echo-benchmark || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tcp-echo-benchmark")
 [ -x "$teb" ] || { teb=""; say "tcp-echo-benchmark is not installed: SKIPPING its points (cargo install --locked tcp-echo-benchmark --version 0.1.1)"; }
 ulimit -n "$(ulimit -Hn)"
@@ -97,8 +100,8 @@ clk_tck=$(getconf CLK_TCK)
 start() {
     local cmd
     case $1 in
-        thread-echo) cmd=("$root/bench/thread-echo/target/release/thread-echo" 127.0.0.1:0) ;;
-        *-echo) cmd=("$root/bench/$1/target/release/$1" 127.0.0.1:0 --workers 2) ;;
+        thread-echo) cmd=("$bin/thread-echo" 127.0.0.1:0) ;;
+        *-echo) cmd=("$bin/$1" 127.0.0.1:0 --workers 2) ;;
     esac
     if [[ $1 != *-echo ]]; then
         # The base config, less the keys the variant sets, then the variant.

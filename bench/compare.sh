@@ -26,8 +26,8 @@
 #                        `cargo install --locked tcp-echo-benchmark` if
 #                        missing (--smoke does not install it: it says so
 #                        and runs without it)
-#   tokio-client         bench/tokio-client, written the way tokio's
-#                        examples are
+#   tokio-client         bench/comparison/tokio-client, written the way
+#                        tokio's examples are
 # For every server, client and point the server's CPU per round trip is
 # recorded: user + system time of the server process (/proc/PID/stat) over
 # the measured window (echo-labctl and tokio-client read it themselves with
@@ -108,19 +108,20 @@ say() { printf '%s\n' "compare.sh: $*" >&2; }
 # --- build -----------------------------------------------------------------
 say "building (release)"
 (cd "$root" && cargo build --release --quiet --bins)
-for pkg in tokio-echo thread-echo tokio-client report; do
-    (cd "$root/bench/$pkg" && cargo build --release --quiet)
-done
+# The peers, the clients and the report: one workspace, bench/comparison.
+(cd "$root/bench/comparison" &&
+    cargo build --release --quiet -p tokio-echo -p thread-echo -p tokio-client -p bench-report)
+bin=$root/bench/comparison/target/release
 ctl=$root/target/release/echo-labctl
-report=$root/bench/report/target/release/bench-report
-tokio_client=$root/bench/tokio-client/target/release/tokio-client
+report=$bin/bench-report
+tokio_client=$bin/tokio-client
 
 servers=(echo-lab echo-lab-busy-poll tokio-echo thread-echo)
 if [ ! -x "$root/target/release/echo-lab" ]; then
     say "target/release/echo-lab is missing: skipping echo-lab"
     servers=(tokio-echo thread-echo)
 fi
-if (cd "$root/bench/uring-echo" && cargo build --release --quiet) 2>"$work/uring-build.err"; then
+if (cd "$root/bench/comparison" && cargo build --release --quiet -p uring-echo) 2>"$work/uring-build.err"; then
     servers+=(uring-echo)
 else
     say "uring-echo does not build here: skipping it"; sed 's/^/    /' "$work/uring-build.err" >&2
@@ -185,9 +186,9 @@ control_socket = "$work/echo-lab.sock"
 level = "info"
 TOML
             cmd=("$root/target/release/echo-lab" --config "$work/echo-lab.toml") ;;
-        tokio-echo) cmd=("$root/bench/tokio-echo/target/release/tokio-echo" 127.0.0.1:0 --workers "$workers") ;;
-        thread-echo) cmd=("$root/bench/thread-echo/target/release/thread-echo" 127.0.0.1:0) ;;
-        uring-echo) cmd=("$root/bench/uring-echo/target/release/uring-echo" 127.0.0.1:0 --workers "$workers") ;;
+        tokio-echo) cmd=("$bin/tokio-echo" 127.0.0.1:0 --workers "$workers") ;;
+        thread-echo) cmd=("$bin/thread-echo" 127.0.0.1:0) ;;
+        uring-echo) cmd=("$bin/uring-echo" 127.0.0.1:0 --workers "$workers") ;;
     esac
     : > "$log"
     local t0=$EPOCHREALTIME

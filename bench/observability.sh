@@ -10,10 +10,10 @@
 #   pingpong  echo-labctl bench -c 50 -s 64: 50 long-lived connections;
 #             "on" = metrics_listen set (the echo latency histogram timed
 #             per echo) and [log] sessions = true
-#   churn     bench/churn 50: 50 clients each opening a connection per round
-#             trip (send, echo, disconnect, close); "on" = [log] sessions =
-#             true with the log in a file ([log] target = "file"), and
-#             metrics_listen set
+#   churn     bench/comparison/churn 50: 50 clients each opening a
+#             connection per round trip (send, echo, disconnect, close);
+#             "on" = [log] sessions = true with the log in a file ([log]
+#             target = "file"), and metrics_listen set
 #   scrape    with N connections open (SCRAPE_CONNS, default 10000, held by
 #             echo-labctl bench --mode hold in another process), the time of
 #             GET /metrics, 20 scrapes
@@ -26,10 +26,10 @@ CONNS=${CONNS:-50}
 SCRAPE_CONNS=${SCRAPE_CONNS:-10000}
 
 cargo build --release --locked -q
-cargo build --release -q --manifest-path bench/churn/Cargo.toml
+cargo build --release -q --manifest-path bench/comparison/Cargo.toml -p churn
 lab=target/release/echo-lab
 ctl=target/release/echo-labctl
-churn=bench/churn/target/release/churn
+churn=bench/comparison/target/release/churn
 
 dir=$(mktemp -d)
 pid=""

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # udp.sh: the UDP echo figures of docs/SCALING.md ("UDP echo"), on loopback:
 #
-#   1. UDP echoes per second at 64 bytes, echo-lab against bench/udp-echo
-#      (the minimal recv_from/send_to server), in the same run;
+#   1. UDP echoes per second at 64 bytes, echo-lab against
+#      bench/comparison/udp-echo (the minimal recv_from/send_to server), in
+#      the same run;
 #   2. system calls per datagram under load, from echo-lab's own counters
 #      (recvmmsg/sendmmsg calls per datagram) and from `strace -f -c` over a
 #      bounded flood (each server traced alike);
@@ -11,15 +12,15 @@
 #
 # Usage: bench/udp.sh [SECS]   (seconds per measurement, default 3)
 # Needs target/release/echo-lab and echo-labctl (cargo build --release);
-# builds bench/udp-echo. strace is optional (step 2b is skipped without).
+# builds bench/comparison/udp-echo. strace is optional (step 2b is skipped without).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 secs=${1:-3}
 ctl=$root/target/release/echo-labctl
 lab=$root/target/release/echo-lab
 [ -x "$ctl" ] && [ -x "$lab" ] || { echo "build first: cargo build --release" >&2; exit 1; }
-(cd "$root/bench/udp-echo" && cargo build --release --locked -q)
-peer=$root/bench/udp-echo/target/release/udp-echo
+(cd "$root/bench/comparison" && cargo build --release --locked -q -p udp-echo)
+peer=$root/bench/comparison/target/release/udp-echo
 
 tmp=$(mktemp -d)
 pids=()

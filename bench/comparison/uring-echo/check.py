@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Quick correctness check (tiny load): python3 bench/uring-echo/check.py HOST:PORT [NCONN]"""
+"""Quick correctness check (tiny load): python3 bench/comparison/uring-echo/check.py HOST:PORT [NCONN]"""
 import os, socket, sys, selectors, time
 
 host, port = sys.argv[1].rsplit(":", 1); port = int(port)

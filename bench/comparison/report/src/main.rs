@@ -69,7 +69,7 @@ fn client_title(client: &str) -> &str {
         "tcp-echo-benchmark" => {
             "`tcp-echo-benchmark` 0.1 from crates.io (tokio, one task per connection; reports counts only, so no latency)"
         }
-        "tokio-client" => "`bench/tokio-client` (tokio, one task per connection, `write_all` then `read_exact`)",
+        "tokio-client" => "`bench/comparison/tokio-client` (tokio, one task per connection, `write_all` then `read_exact`)",
         other => other,
     }
 }
