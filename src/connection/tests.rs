@@ -597,3 +597,14 @@ fn a_drain_notice_before_the_header_is_sent_and_the_header_still_counts() {
     want.extend(b"x");
     assert_eq!(c.stream.out, want);
 }
+
+#[test]
+fn a_drain_notice_to_a_half_closed_client_closes_once_flushed() {
+    let mut c = conn(Script::feeding([data(b"abc\n"), Feed::End]));
+    assert_eq!(read(&mut c, true).0, Step::Wait);
+    c.stream.room = usize::MAX;
+    assert_eq!(c.notify(Notice::ShuttingDown), Step::Close);
+    let mut want = b"abc\n".to_vec();
+    want.extend(line(Notice::ShuttingDown));
+    assert_eq!(c.stream.out, want);
+}
