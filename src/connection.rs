@@ -163,7 +163,11 @@ pub(crate) struct Ends {
 }
 
 /// Where a connection is in its life, with what that stage needs.
+///
+/// `repr(u8)`: a plain tag byte, so the check on every event is one
+/// compare (a niche in the header buffer would cost a few more).
 #[derive(Debug)]
+#[repr(u8)]
 enum State {
     /// On a PROXY listener, before anything is echoed: the header's bytes
     /// so far, and who judges the client it names. Needs no memory of the
@@ -373,25 +377,29 @@ impl<T: Transport> Connection<T> {
         end_reported: bool,
     ) -> (Step, ReadReport) {
         let mut report = ReadReport::default();
+        let step = self.read(buf, cap, end_reported, &mut report);
+        (step, report)
+    }
+
+    /// [`Connection::on_readable`]'s work, by state.
+    fn read(&mut self, buf: &mut [u8], cap: usize, end: bool, report: &mut ReadReport) -> Step {
         let step = match self.state {
-            State::Lingering => self.discard_input(buf),
+            State::Echoing(_) => self.read_echo(buf, cap, end, report),
+            State::AwaitingHeader { .. } => match self.read_header(buf, end, report) {
+                Some(step) => step,
+                None => self.read_echo(buf, cap, end, report),
+            },
             State::Closing { .. } => Step::Wait,
-            State::AwaitingHeader { .. } => {
-                match self.read_header(buf, end_reported, &mut report) {
-                    Some(step) => step,
-                    None => self.read_echo(buf, cap, end_reported, &mut report),
-                }
-            }
-            State::Echoing(_) => self.read_echo(buf, cap, end_reported, &mut report),
+            State::Lingering => self.discard_input(buf),
         };
         if step == Step::Close || !self.stream.wants_write() {
-            return (step, report);
+            return step;
         }
         // Reading may have given the transport something to say (a TLS
         // handshake answer); a plain socket never has.
         match self.flush() {
-            Ok(()) => (step, report),
-            Err(close) => (close, report),
+            Ok(()) => step,
+            Err(close) => close,
         }
     }
 
@@ -405,17 +413,22 @@ impl<T: Transport> Connection<T> {
         end_reported: bool,
         report: &mut ReadReport,
     ) -> Step {
-        let end_reported = match self.input() {
-            Some(Input::Reading {
-                end_reported: e, ..
-            }) => e || end_reported,
-            Some(Input::Ended) => return self.close_when_flushed(),
-            None => return Step::Wait,
+        let end_reported = match &mut self.state {
+            State::Echoing(Echo {
+                input:
+                    Input::Reading {
+                        paused,
+                        end_reported: e,
+                    },
+                ..
+            }) => {
+                *paused = false;
+                *e |= end_reported;
+                *e
+            }
+            State::Echoing(_) => return self.close_when_flushed(),
+            _ => return Step::Wait,
         };
-        self.set_input(Input::Reading {
-            paused: false,
-            end_reported,
-        });
         for _ in 0..READ_BUDGET {
             let room = cap.saturating_sub(self.pending.len());
             if room == 0 {
@@ -578,25 +591,28 @@ impl<T: Transport> Connection<T> {
 
     /// Writes what is pending; resumes reading if backpressure eased.
     /// Returns `Again` when reading should resume right away.
+    #[inline]
     pub(crate) fn on_writable(&mut self, cap: usize) -> Step {
         if let Err(step) = self.flush() {
             return step;
         }
-        let flushed = self.flushed();
-        match &mut self.state {
-            State::Closing { .. } if flushed => self.linger(),
-            State::Echoing(Echo {
-                input: Input::Ended,
-                ..
-            }) if flushed => Step::Close,
-            State::Echoing(Echo {
-                input: Input::Reading { paused, .. },
-                ..
-            }) if *paused && self.pending.len() < cap => {
-                *paused = false;
-                Step::Again
+        // Echoing with input flowing: the event that comes with each
+        // round trip.
+        if let State::Echoing(Echo {
+            input: Input::Reading { paused, .. },
+            ..
+        }) = &mut self.state
+        {
+            if !*paused || self.pending.len() >= cap {
+                return Step::Wait;
             }
-            _ => Step::Wait,
+            *paused = false;
+            return Step::Again;
+        }
+        match self.state {
+            State::Echoing(_) => self.close_when_flushed(),
+            State::Closing { .. } => self.linger_when_flushed(),
+            State::AwaitingHeader { .. } | State::Lingering => Step::Wait,
         }
     }
 
@@ -637,11 +653,7 @@ impl<T: Transport> Connection<T> {
         if let Err(step) = self.flush() {
             return step;
         }
-        if self.flushed() {
-            self.linger()
-        } else {
-            Step::Wait
-        }
+        self.linger_when_flushed()
     }
 
     /// Queues a notice line, on a line of its own; false (nothing queued)
@@ -719,6 +731,14 @@ impl<T: Transport> Connection<T> {
     fn close_when_flushed(&self) -> Step {
         if self.flushed() {
             Step::Close
+        } else {
+            Step::Wait
+        }
+    }
+
+    fn linger_when_flushed(&mut self) -> Step {
+        if self.flushed() {
+            self.linger()
         } else {
             Step::Wait
         }
