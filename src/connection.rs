@@ -413,21 +413,9 @@ impl<T: Transport> Connection<T> {
         end_reported: bool,
         report: &mut ReadReport,
     ) -> Step {
-        let end_reported = match &mut self.state {
-            State::Echoing(Echo {
-                input:
-                    Input::Reading {
-                        paused,
-                        end_reported: e,
-                    },
-                ..
-            }) => {
-                *paused = false;
-                *e |= end_reported;
-                *e
-            }
-            State::Echoing(_) => return self.close_when_flushed(),
-            _ => return Step::Wait,
+        let end_reported = match self.start_reading(end_reported) {
+            Ok(end_reported) => end_reported,
+            Err(step) => return step,
         };
         for _ in 0..READ_BUDGET {
             let room = cap.saturating_sub(self.pending.len());
@@ -466,6 +454,28 @@ impl<T: Transport> Connection<T> {
             }
         }
         Step::Again
+    }
+
+    /// Before an echo read: clears the pause (reading goes on) and keeps
+    /// this event's end-of-input report with the earlier ones. `Ok`: whether
+    /// the end was ever reported; `Err`: what to do instead of reading.
+    fn start_reading(&mut self, end_reported: bool) -> Result<bool, Step> {
+        match &mut self.state {
+            State::Echoing(Echo {
+                input:
+                    Input::Reading {
+                        paused,
+                        end_reported: earlier,
+                    },
+                ..
+            }) => {
+                *paused = false;
+                *earlier |= end_reported;
+                Ok(*earlier)
+            }
+            State::Echoing(_) => Err(self.close_when_flushed()),
+            _ => Err(Step::Wait),
+        }
     }
 
     /// The client's input, while echoing.
