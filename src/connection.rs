@@ -14,8 +14,8 @@
 //! that judges the client it names), echoing (the `disconnect` detector,
 //! whether output ends a line, whether input is flowing, paused or ended),
 //! closing (a final notice is queued), lingering (write side shut, input
-//! discarded). A header buffer while echoing, a pause while closing, or a
-//! read after the write side is shut cannot be represented.
+//! discarded). A header buffer while echoing, a pause while closing, or
+//! echo after the goodbye cannot be represented.
 //!
 //! The connection is generic over its [`Transport`] (see that module for
 //! what it asks of one, and where TLS fits): the worker serves
