@@ -1,27 +1,54 @@
-//! One client connection: its socket, the echo bytes it has not taken yet,
-//! and the byte-level work of serving it.
+//! One client connection: its transport, the echo bytes it has not taken
+//! yet, where it is in its life, and the byte-level work of serving it.
 //!
 //! A `Connection` never waits. The worker that owns it calls
 //! [`Connection::on_readable`] and [`Connection::on_writable`] when the
-//! poller says so; each does as much as the socket allows without blocking
-//! and reports what the worker must do next ([`Step`]). The socket is
-//! registered once for both readiness kinds, edge-triggered, so serving a
+//! poller says so; each does as much as the transport allows without
+//! blocking and reports what the worker must do next ([`Step`]). The socket
+//! is registered once for both readiness kinds, edge-triggered, so serving a
 //! message costs one `read` and one `write` after the wakeup — no
 //! re-registration syscalls.
+//!
+//! Its life is one [`State`], each variant holding what that stage needs
+//! and nothing else: awaiting a PROXY header (the bytes so far, the gate
+//! that judges the client it names), echoing (the `disconnect` detector,
+//! whether output ends a line, whether input is flowing, paused or ended),
+//! closing (a final notice is queued), lingering (write side shut, input
+//! discarded). A header buffer while echoing, a pause while closing, or
+//! echo after the goodbye cannot be represented.
+//!
+//! The connection is generic over its [`Transport`] (see that module for
+//! what it asks of one, and where TLS fits): the worker serves
+//! `Connection<mio::net::TcpStream>`, the default, monomorphised so the
+//! echo path costs what a direct socket call does, and the unit tests here
+//! drive the same code over an in-memory transport that returns short
+//! reads, `WouldBlock`, the end of stream and errors when a test says.
 //!
 //! Backpressure lives here: echo that the client has not read is kept in a
 //! pending buffer capped at `max_pending_bytes`; once the cap is reached the
 //! connection stops reading (the kernel's receive window then pushes back on
 //! the client) until the client drains it. A client that never reads thus
-//! holds at most the cap in server memory and costs others nothing.
+//! holds at most the cap in server memory and costs others nothing. The
+//! poller's report that the client closed its side is an edge: a paused
+//! connection keeps it, and once resumed reads on to the end of stream
+//! whatever a short read suggests (a stall once seen in the half-close
+//! tests).
 //!
 //! Closing is lingering, as nginx does it: after the final notice is
 //! flushed the write side is shut down and input is discarded until the
 //! client closes (or a short timeout), so a goodbye is never lost to a TCP
-//! reset caused by unread input.
+//! reset caused by unread input. A connection already saying goodbye says
+//! nothing more: a later notice (the drain's) is dropped.
+//!
+//! This module must never block, never touch the poller, and never decide
+//! timeouts: those are the worker's.
 
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::Shutdown;
+mod transport;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::{self, ErrorKind, Write};
 use std::sync::Arc;
 
 use mio::net::TcpStream;
@@ -33,14 +60,17 @@ use crate::proxy::{self, Parsed};
 use crate::session::Session;
 use crate::stats::{CloseReason, Open};
 
+pub(crate) use transport::Transport;
+
 /// At most this many reads per readiness event before yielding to other
 /// connections (fairness: one fast client cannot monopolise a worker).
 const READ_BUDGET: usize = 16;
 
-/// Where a connection is in its life.
+/// What the worker sees of a connection's [`State`]: which timeout
+/// applies (idle while open, the lingering one once closing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
-    /// Echoing.
+    /// Awaiting its PROXY header, or echoing.
     Open,
     /// A final notice is queued; close once it is flushed.
     Closing,
@@ -132,29 +162,82 @@ pub(crate) struct Ends {
     pub local: Option<std::net::SocketAddr>,
 }
 
-/// A client connection owned by one worker.
+/// Where a connection is in its life, with what that stage needs.
+///
+/// `repr(u8)`: a plain tag byte, so the check on every event is one
+/// compare (a niche in the header buffer would cost a few more).
 #[derive(Debug)]
-pub(crate) struct Connection {
-    /// The client's socket (non-blocking, registered with the worker).
-    stream: TcpStream,
-    /// Echo (and notices) accepted from the client but not yet written.
-    pending: Pending,
+#[repr(u8)]
+enum State {
+    /// On a PROXY listener, before anything is echoed: the header's bytes
+    /// so far, and who judges the client it names. Needs no memory of the
+    /// poller's end-of-input report: it reads until `WouldBlock`, the end,
+    /// or a whole header (and then echoes on in the same event).
+    AwaitingHeader { got: Vec<u8>, gate: Arc<Gate> },
+    /// Echoing what the client sends.
+    Echoing(Echo),
+    /// A final notice is queued: flush it, then linger. `input_ended`: the
+    /// client had already closed its side, so there is nothing to linger
+    /// for and the connection closes once the notice is out.
+    Closing { input_ended: bool },
+    /// Write side shut; discarding input until the client closes.
+    Lingering,
+}
+
+/// What an echoing connection knows.
+#[derive(Debug)]
+struct Echo {
     /// Finds `disconnect` across reads.
     detector: Detector,
     /// Whether the last byte sent (or queued) ended a line; a notice after
     /// a partial line starts on a new line so it stays recognisable.
     at_line_start: bool,
+    /// Whether the client's input still flows.
+    input: Input,
+}
+
+impl Echo {
+    fn new(end_reported: bool) -> Self {
+        Echo {
+            detector: Detector::default(),
+            at_line_start: true,
+            input: Input::Reading {
+                paused: false,
+                end_reported,
+            },
+        }
+    }
+}
+
+/// The client's side of an echoing connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    /// Reading when the poller says so.
+    Reading {
+        /// Stopped because the pending echo reached the cap; a writable
+        /// event that drains below it resumes reading.
+        paused: bool,
+        /// The poller has reported the client's end of input. Kept,
+        /// because that report is an edge: if it came while reading was
+        /// paused, no later event repeats it, and a short read must not be
+        /// taken to mean "nothing more until the next event" (the end of
+        /// stream is next).
+        end_reported: bool,
+    },
+    /// The client closed its sending side: finish writing, then close.
+    Ended,
+}
+
+/// A client connection owned by one worker, over transport `T` (the
+/// worker's is the TCP socket).
+#[derive(Debug)]
+pub(crate) struct Connection<T: Transport = TcpStream> {
+    /// The client's transport (non-blocking; the worker registers it).
+    stream: T,
     /// Where the connection is in its life.
-    phase: Phase,
-    /// The client closed its sending side; finish writing, then close.
-    read_closed: bool,
-    /// Reading stopped because `pending` reached the cap.
-    paused: bool,
-    /// The poller has reported the client's end of input. Kept, because
-    /// that report is an edge: if it came while reading was paused, no
-    /// later event repeats it, and a short read must not be taken to mean
-    /// "nothing more until the next event" (the end of stream is next).
-    end_reported: bool,
+    state: State,
+    /// Echo (and notices) accepted from the client but not yet written.
+    pending: Pending,
     /// Reads that brought data since the worker last asked where this
     /// connection's packets arrive (see [`Connection::placement_due`]).
     reads_since_placed: u32,
@@ -169,41 +252,41 @@ pub(crate) struct Connection {
     source: Option<SourceHold>,
     /// Who it is between.
     ends: Ends,
-    /// On a PROXY listener, until the header is read: the bytes so far.
-    header: Option<Vec<u8>>,
-    /// On a PROXY listener: who judges the client the header names.
-    gate: Option<Arc<Gate>>,
 }
 
 impl Connection {
-    /// Wraps an accepted, non-blocking stream; `open` counts it.
-    pub(crate) fn new(stream: TcpStream, open: Open, ends: Ends) -> Self {
+    /// Best-effort single write of a notice on a socket that is about to be
+    /// dropped (busy refusals, forced closes at the drain deadline).
+    pub(crate) fn send_last_words(stream: &mut impl Write, notice: Notice) -> io::Result<()> {
+        stream.write_all(notice.line().as_bytes())
+    }
+}
+
+impl<T: Transport> Connection<T> {
+    /// Wraps an accepted, non-blocking transport; `open` counts it.
+    pub(crate) fn new(stream: T, open: Open, ends: Ends) -> Self {
         Connection {
             stream,
+            state: State::Echoing(Echo::new(false)),
             pending: Pending::default(),
-            detector: Detector::default(),
-            at_line_start: true,
-            phase: Phase::Open,
-            read_closed: false,
-            paused: false,
-            end_reported: false,
             reads_since_placed: 0,
             steer: Steer::placed_at(std::time::Instant::now()),
             session: Session::new(),
             _open: open,
             source: None,
             ends,
-            header: None,
-            gate: None,
         }
     }
 
     /// Makes the connection wait for a PROXY header before anything is
     /// echoed (see [`crate::proxy`]); `gate` then judges the client it
-    /// names, as the accept loop judges a direct client.
+    /// names, as the accept loop judges a direct client. Call before the
+    /// first event.
     pub(crate) fn expect_proxy_header(&mut self, gate: Arc<Gate>) {
-        self.header = Some(Vec::new());
-        self.gate = Some(gate);
+        self.state = State::AwaitingHeader {
+            got: Vec::new(),
+            gate,
+        };
     }
 
     /// Counts the connection in its source from now on.
@@ -213,7 +296,7 @@ impl Connection {
 
     /// True while the PROXY header has not arrived.
     pub(crate) fn awaiting_header(&self) -> bool {
-        self.header.is_some()
+        matches!(self.state, State::AwaitingHeader { .. })
     }
 
     /// Who the connection is between.
@@ -245,19 +328,24 @@ impl Connection {
         }
     }
 
-    /// The socket, for (de)registration with a poller.
-    pub(crate) fn stream_mut(&mut self) -> &mut TcpStream {
+    /// The transport, for (de)registration with a poller.
+    pub(crate) fn stream_mut(&mut self) -> &mut T {
         &mut self.stream
     }
 
-    /// The socket, for asking about it.
-    pub(crate) fn stream(&self) -> &TcpStream {
+    /// The transport, for asking about it.
+    pub(crate) fn stream(&self) -> &T {
         &self.stream
     }
 
     /// True if nothing waits to be written (the echo went out in full).
     pub(crate) fn all_sent(&self) -> bool {
         self.pending.len() == 0
+    }
+
+    /// True if neither the connection nor its transport has bytes to send.
+    fn flushed(&self) -> bool {
+        self.pending.len() == 0 && !self.stream.wants_write()
     }
 
     /// Its session record.
@@ -270,72 +358,137 @@ impl Connection {
         self.session.log(self.ends.peer, self.ends.local);
     }
 
-    /// The current phase.
+    /// The current phase (the worker's view of the state).
     pub(crate) fn phase(&self) -> Phase {
-        self.phase
+        match self.state {
+            State::AwaitingHeader { .. } | State::Echoing(_) => Phase::Open,
+            State::Closing { .. } => Phase::Closing,
+            State::Lingering => Phase::Lingering,
+        }
     }
 
     /// Reads and echoes what the client sent, within the read budget.
-    /// `buf` is the worker's scratch buffer; `cap` the pending-bytes cap.
+    /// `buf` is the worker's scratch buffer; `cap` the pending-bytes cap;
+    /// `end_reported` whether this event reports the client's end of input.
     pub(crate) fn on_readable(
         &mut self,
         buf: &mut [u8],
         cap: usize,
-        read_closed_hint: bool,
+        end_reported: bool,
     ) -> (Step, ReadReport) {
         let mut report = ReadReport::default();
-        self.end_reported |= read_closed_hint;
-        if self.phase == Phase::Lingering {
-            return (self.discard_input(buf), report);
+        let step = self.read(buf, cap, end_reported, &mut report);
+        (step, report)
+    }
+
+    /// [`Connection::on_readable`]'s work, by state.
+    fn read(&mut self, buf: &mut [u8], cap: usize, end: bool, report: &mut ReadReport) -> Step {
+        let step = match self.state {
+            State::Echoing(_) => self.read_echo(buf, cap, end, report),
+            State::AwaitingHeader { .. } => match self.read_header(buf, end, report) {
+                Some(step) => step,
+                None => self.read_echo(buf, cap, end, report),
+            },
+            State::Closing { .. } => Step::Wait,
+            State::Lingering => self.discard_input(buf),
+        };
+        if step == Step::Close || !self.stream.wants_write() {
+            return step;
         }
-        if self.header.is_some() {
-            if let Some(step) = self.read_header(buf, &mut report) {
-                return (step, report);
-            }
+        // Reading may have given the transport something to say (a TLS
+        // handshake answer); a plain socket never has.
+        match self.flush() {
+            Ok(()) => step,
+            Err(close) => close,
         }
+    }
+
+    /// The echo loop: reads (at most the room left under `cap`) and echoes
+    /// each chunk, until the transport is drained, the budget is spent, the
+    /// cap is reached, or the client's input ends.
+    fn read_echo(
+        &mut self,
+        buf: &mut [u8],
+        cap: usize,
+        end_reported: bool,
+        report: &mut ReadReport,
+    ) -> Step {
+        let end_reported = match self.start_reading(end_reported) {
+            Ok(end_reported) => end_reported,
+            Err(step) => return step,
+        };
         for _ in 0..READ_BUDGET {
-            if self.phase != Phase::Open || self.read_closed {
-                break;
-            }
             let room = cap.saturating_sub(self.pending.len());
             if room == 0 {
-                self.paused = true;
-                return (Step::Wait, report);
+                self.set_input(Input::Reading {
+                    paused: true,
+                    end_reported,
+                });
+                return Step::Wait;
             }
             let want = room.min(buf.len());
             match self.stream.read(&mut buf[..want]) {
                 Ok(0) => {
-                    self.read_closed = true;
+                    self.set_input(Input::Ended);
                     self.session.end(CloseReason::Client);
-                    break;
+                    // Half-close: the client may still be reading its echo.
+                    return self.close_when_flushed();
                 }
                 Ok(n) => {
-                    if let Some(step) = self.take(&buf[..n], &mut report) {
-                        return (step, report);
+                    if let Some(step) = self.take(&buf[..n], report) {
+                        return step;
                     }
                     // A short read drained the socket; with edge-triggered
                     // readiness a later arrival raises a new event. When the
                     // peer has closed, read on to see the end of stream.
-                    if n < want && !self.end_reported {
-                        return (Step::Wait, report);
+                    if T::SHORT_READ_DRAINS && n < want && !end_reported {
+                        return Step::Wait;
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return (Step::Wait, report),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Wait,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => {
                     self.session.end(CloseReason::Error);
-                    return (Step::Close, report);
+                    return Step::Close;
                 }
             }
         }
-        if self.read_closed {
-            // Half-close: the client may still be reading its echo.
-            return (self.close_when_flushed(), report);
+        Step::Again
+    }
+
+    /// Before an echo read: clears the pause (reading goes on) and keeps
+    /// this event's end-of-input report with the earlier ones. `Ok`: whether
+    /// the end was ever reported; `Err`: what to do instead of reading.
+    fn start_reading(&mut self, end_reported: bool) -> Result<bool, Step> {
+        match &mut self.state {
+            State::Echoing(Echo {
+                input:
+                    Input::Reading {
+                        paused,
+                        end_reported: earlier,
+                    },
+                ..
+            }) => {
+                *paused = false;
+                *earlier |= end_reported;
+                Ok(*earlier)
+            }
+            State::Echoing(_) => Err(self.close_when_flushed()),
+            _ => Err(Step::Wait),
         }
-        if self.phase == Phase::Open {
-            (Step::Again, report)
-        } else {
-            (Step::Wait, report)
+    }
+
+    /// The client's input, while echoing.
+    fn input(&self) -> Option<Input> {
+        match &self.state {
+            State::Echoing(echo) => Some(echo.input),
+            _ => None,
+        }
+    }
+
+    fn set_input(&mut self, input: Input) {
+        if let State::Echoing(echo) = &mut self.state {
+            echo.input = input;
         }
     }
 
@@ -346,7 +499,10 @@ impl Connection {
         self.session.received(chunk.len());
         #[cfg(feature = "fault-injection")]
         crate::fault::check(chunk);
-        match self.detector.scan(chunk) {
+        let State::Echoing(echo) = &mut self.state else {
+            return None;
+        };
+        match echo.detector.scan(chunk) {
             Scan::Echo => self.send(chunk).err(),
             Scan::Disconnect { echo } => {
                 report.disconnected = true;
@@ -360,24 +516,28 @@ impl Connection {
     }
 
     /// Reads toward the PROXY header. `None` once it is complete (the
-    /// bytes after it taken as the client's, reading goes on); else what
+    /// bytes after it taken as the client's, echoing goes on); else what
     /// the worker must do: wait for more, or close (a refused header, or
     /// the client left first).
-    fn read_header(&mut self, buf: &mut [u8], report: &mut ReadReport) -> Option<Step> {
-        let mut got = self.header.take().unwrap_or_default();
+    fn read_header(
+        &mut self,
+        buf: &mut [u8],
+        end_reported: bool,
+        report: &mut ReadReport,
+    ) -> Option<Step> {
         loop {
+            let State::AwaitingHeader { got, .. } = &mut self.state else {
+                return None;
+            };
             let want = (proxy::MAX_HEADER - got.len()).min(buf.len());
             match self.stream.read(&mut buf[..want]) {
                 Ok(0) => return Some(Step::Close),
                 Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.header = Some(got);
-                    return Some(Step::Wait);
-                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Some(Step::Wait),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return Some(Step::Close),
             }
-            match proxy::parse(&got) {
+            match proxy::parse(got) {
                 Parsed::Incomplete => continue,
                 Parsed::Invalid(why) => {
                     report.header = Some(HeaderOutcome::Refused(why));
@@ -385,30 +545,46 @@ impl Connection {
                     return Some(Step::Close);
                 }
                 Parsed::Header { len, source } => {
-                    if let Some(client) = source {
-                        self.ends.peer = client;
-                    }
-                    if let Some(step) = self.admit_client() {
-                        report.header = Some(HeaderOutcome::Denied);
-                        return Some(step);
-                    }
-                    report.header = Some(HeaderOutcome::Accepted);
-                    let rest = got.split_off(len);
-                    if rest.is_empty() {
-                        return None;
-                    }
-                    return self.take(&rest, report);
+                    return self.header_arrived(len, source, end_reported, report);
                 }
             }
         }
+    }
+
+    /// A whole header of `len` bytes naming `source`: judges the client,
+    /// then echoes what followed the header.
+    fn header_arrived(
+        &mut self,
+        len: usize,
+        source: Option<std::net::SocketAddr>,
+        end_reported: bool,
+        report: &mut ReadReport,
+    ) -> Option<Step> {
+        let echo = State::Echoing(Echo::new(end_reported));
+        let State::AwaitingHeader { mut got, gate } = std::mem::replace(&mut self.state, echo)
+        else {
+            return None;
+        };
+        if let Some(client) = source {
+            self.ends.peer = client;
+        }
+        if let Some(step) = self.admit_client(&gate) {
+            report.header = Some(HeaderOutcome::Denied);
+            return Some(step);
+        }
+        report.header = Some(HeaderOutcome::Accepted);
+        let rest = got.split_off(len);
+        if rest.is_empty() {
+            return None;
+        }
+        self.take(&rest, report)
     }
 
     /// The access rules and the per-source limits for the client a PROXY
     /// header named (the peer itself for a `LOCAL` header): `None` if it
     /// is admitted, else the step that closes it — at once for a rule, after
     /// the busy notice for a limit.
-    fn admit_client(&mut self) -> Option<Step> {
-        let gate = self.gate.take()?;
+    fn admit_client(&mut self, gate: &Gate) -> Option<Step> {
         let client = self.ends.peer.ip();
         if !gate.allows(client, self.ends.local.map(Listener::Tcp)) {
             self.session.end(CloseReason::Proxy);
@@ -425,36 +601,55 @@ impl Connection {
 
     /// Writes what is pending; resumes reading if backpressure eased.
     /// Returns `Again` when reading should resume right away.
+    #[inline]
     pub(crate) fn on_writable(&mut self, cap: usize) -> Step {
         if let Err(step) = self.flush() {
             return step;
         }
-        match self.phase {
-            Phase::Closing if self.pending.len() == 0 => self.linger(),
-            Phase::Open if self.read_closed && self.pending.len() == 0 => Step::Close,
-            Phase::Open if self.paused && self.pending.len() < cap => {
-                self.paused = false;
-                Step::Again
+        // Echoing with input flowing: the event that comes with each
+        // round trip.
+        if let State::Echoing(Echo {
+            input: Input::Reading { paused, .. },
+            ..
+        }) = &mut self.state
+        {
+            if !*paused || self.pending.len() >= cap {
+                return Step::Wait;
             }
-            _ => Step::Wait,
+            *paused = false;
+            return Step::Again;
+        }
+        match self.state {
+            State::Echoing(_) => self.close_when_flushed(),
+            State::Closing { .. } => self.linger_when_flushed(),
+            State::AwaitingHeader { .. } | State::Lingering => Step::Wait,
         }
     }
 
     /// Queues a notice and keeps the connection open (used for the drain
-    /// notice: the client may go on).
+    /// notice: the client may go on). A connection already saying its
+    /// goodbye gets no second notice.
     pub(crate) fn notify(&mut self, notice: Notice) -> Step {
-        self.queue_notice(notice);
-        match self.flush() {
-            Ok(()) => Step::Wait,
-            Err(step) => step,
+        if !self.queue_notice(notice) {
+            return Step::Wait;
+        }
+        if let Err(step) = self.flush() {
+            return step;
+        }
+        match self.input() {
+            // A half-closed client waited only for its echo.
+            Some(Input::Ended) => self.close_when_flushed(),
+            _ => Step::Wait,
         }
     }
 
     /// Sends a final notice, then closes (lingering).
     pub(crate) fn finish(&mut self, notice: Notice) -> Step {
-        if self.phase != Phase::Open {
-            return Step::Wait;
-        }
+        let input_ended = match self.state {
+            State::AwaitingHeader { .. } => false,
+            State::Echoing(ref echo) => echo.input == Input::Ended,
+            State::Closing { .. } | State::Lingering => return Step::Wait,
+        };
         self.session.end(match notice {
             Notice::Goodbye => CloseReason::Disconnect,
             Notice::Idle(_) => CloseReason::Idle,
@@ -465,32 +660,37 @@ impl Connection {
             Notice::Unavailable => CloseReason::Error,
         });
         self.queue_notice(notice);
-        self.phase = Phase::Closing;
+        self.state = State::Closing { input_ended };
         if let Err(step) = self.flush() {
             return step;
         }
-        if self.pending.len() == 0 {
-            self.linger()
-        } else {
-            Step::Wait
-        }
+        self.linger_when_flushed()
     }
 
-    fn queue_notice(&mut self, notice: Notice) {
-        if !self.at_line_start {
+    /// Queues a notice line, on a line of its own; false (nothing queued)
+    /// once the connection is closing.
+    fn queue_notice(&mut self, notice: Notice) -> bool {
+        let at_line_start = match &mut self.state {
+            State::AwaitingHeader { .. } => true,
+            State::Echoing(echo) => std::mem::replace(&mut echo.at_line_start, true),
+            State::Closing { .. } | State::Lingering => return false,
+        };
+        if !at_line_start {
             self.pending.push(b"\r\n");
         }
         self.pending.push(notice.line().as_bytes());
-        self.at_line_start = true;
+        true
     }
 
-    /// Echoes `data`: straight to the socket when nothing is queued, else
-    /// behind what is queued.
+    /// Echoes `data`: straight to the transport when nothing is queued,
+    /// else behind what is queued.
     fn send(&mut self, data: &[u8]) -> Result<(), Step> {
-        if data.is_empty() {
+        let Some(&last) = data.last() else {
             return Ok(());
+        };
+        if let State::Echoing(echo) = &mut self.state {
+            echo.at_line_start = last == b'\n';
         }
-        self.at_line_start = data.last() == Some(&b'\n');
         if self.pending.len() > 0 {
             self.pending.push(data);
             return Ok(());
@@ -514,6 +714,7 @@ impl Connection {
         Ok(())
     }
 
+    /// Writes what is pending, then whatever the transport has of its own.
     fn flush(&mut self) -> Result<(), Step> {
         while self.pending.len() > 0 {
             match self.stream.write(self.pending.bytes()) {
@@ -527,21 +728,41 @@ impl Connection {
                 Err(_) => return Err(Step::Close),
             }
         }
+        while self.stream.wants_write() {
+            match self.stream.flush() {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return Err(Step::Close),
+            }
+        }
         Ok(())
     }
 
-    fn close_when_flushed(&mut self) -> Step {
-        if self.pending.len() == 0 {
+    fn close_when_flushed(&self) -> Step {
+        if self.flushed() {
             Step::Close
         } else {
             Step::Wait
         }
     }
 
-    /// Shuts the write side and starts discarding input.
+    fn linger_when_flushed(&mut self) -> Step {
+        if self.flushed() {
+            self.linger()
+        } else {
+            Step::Wait
+        }
+    }
+
+    /// Shuts the write side and starts discarding input (or closes, if the
+    /// client's input had ended already).
     fn linger(&mut self) -> Step {
-        self.phase = Phase::Lingering;
-        if self.stream.shutdown(Shutdown::Write).is_err() || self.read_closed {
+        let State::Closing { input_ended } = self.state else {
+            return Step::Wait;
+        };
+        self.state = State::Lingering;
+        if self.stream.shutdown_write().is_err() || input_ended {
             return Step::Close;
         }
         Step::Again
@@ -558,11 +779,5 @@ impl Connection {
             }
         }
         Step::Again
-    }
-
-    /// Best-effort single write of a notice on a socket that is about to be
-    /// dropped (busy refusals, forced closes at the drain deadline).
-    pub(crate) fn send_last_words(stream: &mut impl Write, notice: Notice) -> io::Result<()> {
-        stream.write_all(notice.line().as_bytes())
     }
 }
