@@ -79,4 +79,8 @@ pub struct Status {
     /// The metrics endpoint's address, if on.
     #[serde(default)]
     pub metrics: Option<String>,
+    /// Log lines dropped because the log sink did not keep up (see
+    /// `crate::log_writer`).
+    #[serde(default)]
+    pub log_lines_dropped: u64,
 }

@@ -6,6 +6,13 @@
 //! wedge happens in connection handling: a panic must close that
 //! connection only, a wedged worker must stop the watchdog pings, and a
 //! worker whose loop dies must be replaced at its own place in the pool.
+//! [`SYSLOG_SOCKET`] points the syslog log target at a socket of the
+//! test's choosing.
+
+/// Environment variable naming the Unix socket the syslog target sends
+/// to instead of /dev/log, so a test can stand in for a syslog daemon
+/// (one that never reads, to stall the log writer).
+pub(crate) const SYSLOG_SOCKET: &str = "ECHO_LAB_SYSLOG_SOCKET";
 
 /// Makes the worker panic while serving the connection.
 pub const PANIC: &[u8] = b"ECHO-LAB-FAULT:PANIC";

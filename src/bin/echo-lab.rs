@@ -45,7 +45,11 @@ struct Args {
 }
 
 fn main() {
-    std::process::exit(real_main());
+    let code = real_main();
+    // Whatever is still queued for the log (session lines in the writer's
+    // batch, the last events), on every way out.
+    log::logger().flush();
+    std::process::exit(code);
 }
 
 fn real_main() -> i32 {
@@ -220,8 +224,6 @@ fn real_main() -> i32 {
     daemon.log_listening();
     daemon.announce_ready();
     let code = daemon.run(rx);
-    // Session lines still in the log's buffer.
-    log::logger().flush();
     if let Some(p) = &args.pidfile {
         // The pidfile says "running": it must not outlive the process.
         let _ = std::fs::remove_file(p);
