@@ -146,6 +146,11 @@ fn fifo(path: &Path) -> (File, File) {
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .expect("open the FIFO's read end");
+    // The smallest pipe buffer (one page), so the sink stalls after a few
+    // dozen lines whatever the system's default size.
+    // SAFETY: fcntl on a descriptor `reader` owns.
+    let rc = unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert!(rc >= 4096, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
     // A reader exists, so this does not block.
     let writer = OpenOptions::new()
         .write(true)
