@@ -3,13 +3,14 @@
 //! read, thousands of short sessions (each logging its session line) and
 //! a ping-pong load on other connections are all served, each round trip
 //! within the harness's 10 s bound; the lines the sink could not take are
-//! dropped, counted in `echo-labctl status` (`log_lines_dropped`), and
-//! reported in one line once the sink drains.
+//! dropped, counted in `echo-labctl status` (`log_lines_dropped`) and
+//! `/metrics` (`echo_lab_log_lines_dropped_total`), and reported in one
+//! line once the sink drains.
 
 mod support;
 
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
@@ -150,7 +151,11 @@ fn fifo(path: &Path) -> (File, File) {
     // dozen lines whatever the system's default size.
     // SAFETY: fcntl on a descriptor `reader` owns.
     let rc = unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
-    assert!(rc >= 4096, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+    assert!(
+        rc >= 4096,
+        "F_SETPIPE_SZ: {}",
+        std::io::Error::last_os_error()
+    );
     // A reader exists, so this does not block.
     let writer = OpenOptions::new()
         .write(true)
@@ -196,11 +201,32 @@ fn wait_readable(r: &File) {
     unsafe { libc::poll(&mut pfd, 1, 100) };
 }
 
+/// `echo_lab_log_lines_dropped_total` from the daemon's `/metrics`.
+fn metrics_dropped(d: &Daemon) -> u64 {
+    let status = ctl_status(d);
+    let addr: std::net::SocketAddr = status["metrics"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics address in {status}"));
+    let mut c = connect(addr);
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .expect("send the scrape");
+    let body = String::from_utf8_lossy(&read_to_eof(&mut c)).to_string();
+    body.lines()
+        .find_map(|l| l.strip_prefix("echo_lab_log_lines_dropped_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no echo_lab_log_lines_dropped_total in {body}"))
+}
+
 #[test]
 fn stderr_into_a_fifo_nobody_reads_stops_no_echo() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut reader, writer) = fifo(&dir.path().join("stderr"));
-    let d = Daemon::start_with_stderr(CONFIG, &[], Stdio::from(writer));
+    let d = Daemon::start_with_stderr(
+        &format!("metrics_listen = \"127.0.0.1:0\"\n{CONFIG}"),
+        &[],
+        Stdio::from(writer),
+    );
     let served = load(&d);
     assert_served("stderr FIFO not read", &served);
     let dropped_while_stalled = status_dropped(&d);
@@ -213,7 +239,12 @@ fn stderr_into_a_fifo_nobody_reads_stops_no_echo() {
     assert!(n > 0, "{report}");
     let total = status_dropped(&d);
     assert!(total >= n, "status says {total} dropped, the log {n}");
-    eprintln!("stderr FIFO not read: {report:?}; status log_lines_dropped = {total}");
+    let scraped = metrics_dropped(&d);
+    assert!(scraped >= total, "/metrics says {scraped}, status {total}");
+    eprintln!(
+        "stderr FIFO not read: {report:?}; status log_lines_dropped = {total}; \
+         echo_lab_log_lines_dropped_total = {scraped}"
+    );
 }
 
 #[test]
