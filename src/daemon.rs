@@ -346,6 +346,9 @@ impl Daemon {
 
     /// Serves events until the drain completes; returns the exit code.
     pub fn run(mut self, events: Receiver<Event>) -> i32 {
+        // The supervisor's daemon events wait for room in the log queue
+        // rather than be dropped (see `crate::log_writer`).
+        crate::logging::allow_waiting();
         loop {
             match events.recv_timeout(TICK) {
                 Ok(Event::Reload(reply)) => {
@@ -392,7 +395,6 @@ impl Daemon {
             if self.drain_started.is_none() {
                 self.server.reap();
             }
-            crate::logging::flush_pending();
             let mut beats = self.server.heartbeats();
             beats.extend(self.udp.heartbeat());
             self.notifier.watchdog_tick(beats);
@@ -644,6 +646,7 @@ impl Daemon {
             last_reload: self.last_reload.clone(),
             reloads: self.reloads.clone(),
             metrics: self.metrics.as_ref().map(|m| m.local_addr().to_string()),
+            log_lines_dropped: crate::logging::lines_dropped(),
         }
     }
 }

@@ -16,6 +16,13 @@
 //! fault is set from the environment too, as it strikes before a
 //! client's bytes are read: a poller that refuses every connection
 //! ([`REGISTER_FAILS`]), which must tell the client and count the close.
+//! Last, [`SYSLOG_SOCKET`] points the syslog log target at a socket of the
+//! test's choosing.
+
+/// Environment variable naming the Unix socket the syslog target sends
+/// to instead of /dev/log, so a test can stand in for a syslog daemon
+/// (one that never reads, to stall the log writer).
+pub(crate) const SYSLOG_SOCKET: &str = "ECHO_LAB_SYSLOG_SOCKET";
 
 /// Makes the worker panic while serving the connection.
 pub const PANIC: &[u8] = b"ECHO-LAB-FAULT:PANIC";

@@ -37,7 +37,8 @@
 //! | [`activation`] | sockets passed by systemd (activation, fd store) |
 //! | [`control`] | the control socket and its access rule |
 //! | [`limits`] | RLIMIT_NOFILE |
-//! | [`logging`] | the log sink (stderr / journal / syslog / file) and format |
+//! | [`logging`] | the log target (stderr / journal / syslog / file) and format |
+//! | `log_writer` | the log writer thread, its bounded queue and the sink it owns |
 //! | [`metrics`] | the Prometheus endpoint (`metrics_listen`) |
 //! | [`stats`] | counters and the merged snapshot `status` shows |
 //! | [`udp`] | UDP echo: batches, source guard, per-source rate |
@@ -56,6 +57,7 @@ pub mod event;
 pub(crate) mod fault;
 pub mod limits;
 pub(crate) mod listener;
+pub(crate) mod log_writer;
 pub mod logging;
 pub mod metrics;
 pub mod net;

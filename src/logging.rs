@@ -1,6 +1,11 @@
 //! The daemon's log backend behind the `log` facade: where lines go
-//! (`[log] target`), how they are written (`[log] format`), and reopening
-//! the log file on SIGUSR1.
+//! (`[log] target`), how they are rendered (`[log] format`), and reopening
+//! the log file on SIGUSR1. The writing itself is
+//! [`crate::log_writer`]'s: this module renders a record on the thread
+//! that logs it and hands the line to the writer's queue, so no thread
+//! that serves clients ever waits on a sink that has stopped taking
+//! bytes (a full queue drops session lines and counts them:
+//! [`lines_dropped`]).
 //!
 //! Three sinks, switchable at any time (a reload may change the target):
 //!
@@ -12,20 +17,18 @@
 //! * syslog (the `syslog` crate, facility daemon, RFC 3164 over /dev/log),
 //!   the default for `--daemon`, where stderr is gone. If /dev/log cannot
 //!   be reached the logger says so on stderr and stays there.
-//! * a file (`[log] path`), opened for appending, each line one `write`
+//! * a file (`[log] path`), opened for appending, each batch one `write`
 //!   (whole lines, even with other writers). SIGUSR1 reopens it by name,
 //!   the logrotate convention nginx follows: logrotate renames the file,
-//!   signals, and the next line goes to the new file. The swap happens
-//!   under the sink's lock, so every line lands in one file or the other.
+//!   signals, and the next line goes to the new file. The swap travels
+//!   the writer's queue, so every line lands in one file or the other.
 //!
 //! Session lines, which come one per connection and can be thousands a
-//! second, are not written one by one: they gather in a buffer written in
-//! one `write` when it holds 32 KiB, when any other line is logged (which
-//! keeps the order), on every turn of the supervisor (at most 50 ms
-//! later, [`flush_pending`]), before a reopen or a change of sink, and at
-//! exit. nginx's `access_log ... buffer=` makes the same trade; a
-//! SIGKILL can lose the last 50 ms of session lines, never a daemon
-//! event, which is written at once.
+//! second, are written in batches of up to 32 KiB, at most 50 ms after
+//! they were logged; daemon events at once (see [`crate::log_writer`]).
+//! nginx's `access_log ... buffer=` makes the same trade; a SIGKILL can
+//! lose the last 50 ms of session lines. At a normal exit the supervisor
+//! waits (at most [`EXIT_FLUSH_WAIT`]) until everything queued is written.
 //!
 //! A record is rendered once, by the format: `text` is the message
 //! followed by its key-values as `key=value` (the session lines of
@@ -33,7 +36,14 @@
 //! names — `ts`, `level`, `event` (`session` or `daemon`), `msg`, then
 //! the record's key-values — for log pipelines. Either way a line to the
 //! journal keeps its `<N>` priority prefix and a syslog message its
-//! severity.
+//! severity. A line logged while a reload changes the format may come in
+//! either format; it is whole either way.
+//!
+//! Until [`install`] first runs (startup, before any other thread exists
+//! and before `--daemon` forks) there is no writer thread and lines are
+//! written to stderr directly. [`init`] marks the thread that calls it as
+//! one that may wait for room in the queue, as the supervisor marks its
+//! own ([`allow_waiting`]); no other thread ever waits.
 //!
 //! Changing the target is two steps, as a reload is ([`prepare`], which
 //! may fail — a file that cannot be opened — and changes nothing, then
@@ -45,57 +55,40 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use log::kv::{Key, Value, VisitSource};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::config::{LogConfig, LogFormat, LogTarget};
+use crate::log_writer::{self, Line, Msg, Queue, Sink};
 
-type Syslog = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
+/// How long a normal exit waits for the writer to write what is queued
+/// (a sink stalled longer than that loses it).
+pub const EXIT_FLUSH_WAIT: Duration = Duration::from_secs(5);
 
-enum Sink {
-    Stderr,
-    Syslog(Syslog),
-    File { path: PathBuf, file: File },
-}
-
-/// What the logger writes to and how.
-struct State {
-    sink: Sink,
-    format: LogFormat,
-    /// Session lines not yet written (stderr and file sinks).
-    pending: String,
-}
-
-/// Session lines are written when this many bytes wait, or on the next
-/// daemon event, or on [`flush_pending`] (the supervisor's tick).
-const BATCH: usize = 32 * 1024;
-
-impl State {
-    /// Writes the waiting lines, in one `write` (whole lines); to stderr
-    /// if the file refuses them.
-    fn write_pending(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let written = match &mut self.sink {
-            Sink::File { file, .. } => file.write_all(self.pending.as_bytes()).is_ok(),
-            Sink::Stderr | Sink::Syslog(_) => false,
-        };
-        if !written {
-            let _ = std::io::stderr().lock().write_all(self.pending.as_bytes());
-        }
-        self.pending.clear();
-    }
+/// The target in force, as the supervisor set it.
+#[derive(Default)]
+struct Current {
+    /// `None` until [`install`] first runs (stderr then).
+    target: Option<LogTarget>,
+    /// The log file's path while the target is a file.
+    path: Option<PathBuf>,
 }
 
 /// The installed logger; see the module docs.
 struct DaemonLogger {
     /// stderr is the journal: use `<N>` prefixes, no timestamps.
     journal: bool,
-    /// Where records go now, and in which format.
-    state: Mutex<State>,
+    /// Render lines as JSON (`[log] format`).
+    json: AtomicBool,
+    /// The writer's queue, from the first [`install`] on.
+    queue: OnceLock<Queue>,
+    /// What [`install`] last put in force; only the supervisor (and
+    /// startup) touch it, never a thread that logs a line.
+    current: Mutex<Current>,
 }
 
 static LOGGER: OnceLock<&'static DaemonLogger> = OnceLock::new();
@@ -143,25 +136,18 @@ impl<'kvs> VisitSource<'kvs> for JsonPairs<'_> {
 
 /// The record as text: message, then ` key=value` pairs.
 fn text_body(record: &Record<'_>) -> String {
-    let mut s = String::new();
-    text_into(&mut s, record);
+    let mut s = String::with_capacity(160);
+    let _ = write!(s, "{}", record.args());
+    let _ = record.key_values().visit(&mut TextPairs(&mut s));
     s
 }
 
-/// Appends the record as text to `out`.
-fn text_into(out: &mut String, record: &Record<'_>) {
-    let _ = write!(out, "{}", record.args());
-    let _ = record.key_values().visit(&mut TextPairs(out));
-}
-
 /// The record as one JSON object (no newline).
-fn json_body(record: &Record<'_>) -> String {
+fn json_body(record: &Record<'_>, at: SystemTime) -> String {
     let mut map = serde_json::Map::new();
     map.insert(
         "ts".into(),
-        humantime::format_rfc3339_millis(std::time::SystemTime::now())
-            .to_string()
-            .into(),
+        humantime::format_rfc3339_millis(at).to_string().into(),
     );
     map.insert(
         "level".into(),
@@ -178,41 +164,19 @@ fn json_body(record: &Record<'_>) -> String {
     serde_json::Value::Object(map).to_string()
 }
 
-impl DaemonLogger {
-    /// The line for stderr or a file. `journal`: stderr is the journal.
-    fn line(format: LogFormat, record: &Record<'_>, journal: bool) -> String {
-        let mut out = String::new();
-        Self::line_into(&mut out, format, record, journal);
-        out
-    }
-
-    /// Appends the line to `out`, formatted in place (a session line costs
-    /// no allocation of its own).
-    fn line_into(out: &mut String, format: LogFormat, record: &Record<'_>, journal: bool) {
-        if journal {
-            let _ = write!(out, "<{}>", priority(record.level()));
-        }
-        match format {
-            LogFormat::Json => out.push_str(&json_body(record)),
-            LogFormat::Text => {
-                if !journal {
-                    let _ = write!(
-                        out,
-                        "{} {:<5} ",
-                        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-                        record.level()
-                    );
-                }
-                text_into(out, record);
-            }
-        }
-        out.push('\n');
-    }
-
-    fn stderr_line(&self, format: LogFormat, record: &Record<'_>) {
-        let line = Self::line(format, record, self.journal);
-        // One write per line keeps lines whole across threads.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+/// Renders a record for the writer: as JSON if `json`, else as text.
+pub(crate) fn render(record: &Record<'_>, json: bool) -> Line {
+    let at = SystemTime::now();
+    Line {
+        level: record.level(),
+        session: record.target() == crate::session::TARGET,
+        at,
+        body: if json {
+            json_body(record, at)
+        } else {
+            text_body(record)
+        },
+        json,
     }
 }
 
@@ -225,55 +189,64 @@ impl Log for DaemonLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let format = state.format;
-        if let Sink::Syslog(s) = &mut state.sink {
-            let msg = match format {
-                LogFormat::Json => json_body(record),
-                LogFormat::Text => text_body(record),
-            };
-            let sent = match record.level() {
-                Level::Error => s.err(msg),
-                Level::Warn => s.warning(msg),
-                Level::Info => s.info(msg),
-                Level::Debug | Level::Trace => s.debug(msg),
-            };
-            if sent.is_err() {
-                drop(state);
-                self.stderr_line(format, record);
-            }
-            return;
-        }
-        // Session lines wait in a buffer (one write per batch, not per
-        // session: see the module docs); any other line is written at
-        // once, after the sessions before it.
-        let journal = self.journal && matches!(state.sink, Sink::Stderr);
-        Self::line_into(&mut state.pending, format, record, journal);
-        if record.target() != crate::session::TARGET || state.pending.len() >= BATCH {
-            state.write_pending();
+        let line = render(record, self.json.load(Relaxed));
+        match self.queue.get() {
+            Some(queue) => queue.send(line),
+            // Startup: one thread, stderr (see the module docs).
+            None => line.write_to_stderr(self.journal),
         }
     }
 
+    /// On a thread that may wait (the supervisor at exit): returns once
+    /// everything queued is written, or after [`EXIT_FLUSH_WAIT`]. On any
+    /// other thread: only asks the writer to write its batch.
     fn flush(&self) {
-        flush_pending();
+        if let Some(queue) = self.queue.get() {
+            queue.flush(log_writer::may_wait().then_some(EXIT_FLUSH_WAIT));
+        }
         let _ = std::io::stderr().flush();
     }
 }
 
-/// Installs the logger (once per process) on stderr at `level`.
+/// Installs the logger (once per process) on stderr at `level`; the
+/// calling thread (main, at startup) may wait for room in the log queue.
 pub fn init(level: LevelFilter) {
+    allow_waiting();
     let logger: &'static DaemonLogger = Box::leak(Box::new(DaemonLogger {
         journal: std::env::var_os("JOURNAL_STREAM").is_some(),
-        state: Mutex::new(State {
-            sink: Sink::Stderr,
-            format: LogFormat::Text,
-            pending: String::with_capacity(BATCH + 1024),
-        }),
+        json: AtomicBool::new(false),
+        queue: OnceLock::new(),
+        current: Mutex::new(Current::default()),
     }));
     if log::set_logger(logger).is_ok() {
         let _ = LOGGER.set(logger);
     }
     log::set_max_level(level);
+}
+
+/// Lets the calling thread wait for room in the log queue, so its daemon
+/// events are never dropped. Only for the supervisor: a thread that
+/// serves clients must never call it.
+pub(crate) fn allow_waiting() {
+    log_writer::allow_waiting();
+}
+
+/// Log lines dropped since start because the queue to the writer was full
+/// (its sink stalled) or the writer was gone.
+pub fn lines_dropped() -> u64 {
+    LOGGER
+        .get()
+        .and_then(|l| l.queue.get())
+        .map_or(0, Queue::dropped)
+}
+
+/// True while the log writer thread runs; false before it started and
+/// after it died (see [`crate::log_writer`] for what logging does then).
+pub fn writer_alive() -> bool {
+    LOGGER
+        .get()
+        .and_then(|l| l.queue.get())
+        .is_some_and(Queue::alive)
 }
 
 /// Opens a log file for appending (created `0640` if missing).
@@ -327,37 +300,89 @@ pub fn prepare(config: &LogConfig, default_target: LogTarget) -> Result<Prepared
     })
 }
 
+/// Connects to the local syslog daemon. Test builds (`fault-injection`)
+/// use the socket named by `ECHO_LAB_SYSLOG_SOCKET` instead of /dev/log
+/// when it is set.
+fn connect_syslog() -> syslog::Result<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>
+{
+    let formatter = syslog::Formatter3164 {
+        facility: syslog::Facility::LOG_DAEMON,
+        hostname: None,
+        process: "echo-lab".into(),
+        pid: std::process::id(),
+    };
+    #[cfg(feature = "fault-injection")]
+    if let Some(path) = std::env::var_os(crate::fault::SYSLOG_SOCKET) {
+        return syslog::unix_custom(formatter, path);
+    }
+    syslog::unix(formatter)
+}
+
+/// The sink a prepared `[log]` asks for, given what is in force (`None`:
+/// keep the sink as it is), and an error to log once it is in force.
+/// Connecting to syslog happens here.
+fn new_sink(prepared: Prepared, current: &mut Current) -> (Option<Sink>, Option<String>) {
+    let target = prepared.target;
+    let sink = match (target, prepared.file) {
+        (LogTarget::File, Some((path, file))) => {
+            current.path = Some(path.clone());
+            Sink::File { path, file }
+        }
+        (LogTarget::File, None) => return (None, None),
+        (LogTarget::Stderr, _) => Sink::Stderr,
+        (LogTarget::Syslog, _) if current.target == Some(LogTarget::Syslog) => return (None, None),
+        (LogTarget::Syslog, _) => match connect_syslog() {
+            Ok(s) => Sink::Syslog(Box::new(s)),
+            Err(e) => {
+                *current = Current {
+                    target: Some(LogTarget::Stderr),
+                    path: None,
+                };
+                let error = format!("cannot log to syslog ({e}); logging to stderr");
+                return (Some(Sink::Stderr), Some(error));
+            }
+        },
+    };
+    if target != LogTarget::File {
+        current.path = None;
+    }
+    current.target = Some(target);
+    (Some(sink), None)
+}
+
 /// Puts a prepared `[log]` in force; cannot fail (syslog that cannot be
-/// reached is said on stderr, which stays the sink).
+/// reached is said on stderr, which stays the sink). The first call
+/// starts the writer thread.
 pub fn install(prepared: Prepared) {
     log::set_max_level(prepared.level);
     let Some(logger) = LOGGER.get() else {
         return;
     };
-    let mut state = logger.state.lock().unwrap_or_else(|p| p.into_inner());
-    state.write_pending();
-    state.format = prepared.format;
-    match (prepared.target, prepared.file, &state.sink) {
-        (LogTarget::File, Some((path, file)), _) => state.sink = Sink::File { path, file },
-        (LogTarget::Stderr, _, _) => state.sink = Sink::Stderr,
-        (LogTarget::Syslog, _, Sink::Syslog(_)) => {}
-        (LogTarget::Syslog, _, _) => {
-            let formatter = syslog::Formatter3164 {
-                facility: syslog::Facility::LOG_DAEMON,
-                hostname: None,
-                process: "echo-lab".into(),
-                pid: std::process::id(),
-            };
-            match syslog::unix(formatter) {
-                Ok(s) => state.sink = Sink::Syslog(s),
-                Err(e) => {
-                    state.sink = Sink::Stderr;
-                    drop(state);
-                    log::error!("cannot log to syslog ({e}); logging to stderr");
-                }
-            }
+    logger
+        .json
+        .store(prepared.format == LogFormat::Json, Relaxed);
+    let (sink, error) = {
+        let mut current = logger.current.lock().unwrap_or_else(|p| p.into_inner());
+        new_sink(prepared, &mut current)
+    };
+    match (logger.queue.get(), sink) {
+        (Some(queue), Some(sink)) => {
+            queue.control(Msg::Install(sink));
         }
-        (LogTarget::File, None, _) => {}
+        (Some(_), None) => {}
+        (None, sink) => start_writer(logger, sink.unwrap_or(Sink::Stderr)),
+    }
+    if let Some(error) = error {
+        log::error!("{error}");
+    }
+}
+
+/// Starts the writer thread on `sink`.
+fn start_writer(logger: &DaemonLogger, sink: Sink) {
+    let (queue, error) = Queue::start(sink, logger.journal, log_writer::CAPACITY);
+    let _ = logger.queue.set(queue);
+    if let Some(e) = error {
+        log::error!("cannot start the log writer thread ({e}); only the supervisor's lines are logged, to stderr");
     }
 }
 
@@ -368,46 +393,32 @@ pub fn apply(config: &LogConfig, default_target: LogTarget) -> Result<(), OpenEr
     Ok(())
 }
 
-/// Writes the session lines that wait in the buffer. The supervisor
-/// calls it on every turn (at least every 50 ms), so a session line is
-/// written at most that late.
-pub fn flush_pending() {
-    if let Some(logger) = LOGGER.get() {
-        logger
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write_pending();
-    }
-}
-
 /// Reopens the log file by its name (SIGUSR1, after logrotate renamed it).
-/// Lines logged up to the swap are in the old file, every later one in the
+/// Lines queued up to the swap go to the old file, every later one to the
 /// new. If it cannot be opened the old file is kept. Returns the path, or
 /// `None` when the target is not a file.
 pub fn reopen() -> Result<Option<PathBuf>, OpenError> {
     let Some(logger) = LOGGER.get() else {
         return Ok(None);
     };
-    let path = {
-        let state = logger.state.lock().unwrap_or_else(|p| p.into_inner());
-        match &state.sink {
-            Sink::File { path, .. } => path.clone(),
-            _ => return Ok(None),
-        }
+    let path = logger
+        .current
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .path
+        .clone();
+    let Some(path) = path else {
+        return Ok(None);
     };
-    // Opened outside the lock: logging goes on meanwhile, to the old file.
-    let new = open_file(&path).map_err(|source| OpenError {
+    let file = open_file(&path).map_err(|source| OpenError {
         path: path.clone(),
         source,
     })?;
-    let mut state = logger.state.lock().unwrap_or_else(|p| p.into_inner());
-    // What waits belongs to the old file, which it was logged for.
-    state.write_pending();
-    if let Sink::File { path: p, file } = &mut state.sink {
-        if *p == path {
-            *file = new;
-        }
+    if let Some(queue) = logger.queue.get() {
+        queue.control(Msg::Reopen {
+            path: path.clone(),
+            file,
+        });
     }
     Ok(Some(path))
 }
@@ -416,7 +427,7 @@ pub fn reopen() -> Result<Option<PathBuf>, OpenError> {
 mod tests {
     use super::*;
 
-    fn render(format: LogFormat, journal: bool) -> String {
+    fn line_of(format: LogFormat, journal: bool) -> String {
         let kvs: &[(&str, u64)] = &[("received", 12), ("sent", 30)];
         let record = Record::builder()
             .level(Level::Info)
@@ -424,16 +435,18 @@ mod tests {
             .args(format_args!("session"))
             .key_values(&kvs)
             .build();
-        DaemonLogger::line(format, &record, journal)
+        let mut out = String::new();
+        render(&record, format == LogFormat::Json).write_into(&mut out, journal);
+        out
     }
 
     #[test]
     fn text_lines_carry_the_key_values() {
         assert_eq!(
-            render(LogFormat::Text, true),
+            line_of(LogFormat::Text, true),
             "<6>session received=12 sent=30\n"
         );
-        let plain = render(LogFormat::Text, false);
+        let plain = line_of(LogFormat::Text, false);
         assert!(
             plain.ends_with(" INFO  session received=12 sent=30\n"),
             "{plain}"
@@ -442,7 +455,7 @@ mod tests {
 
     #[test]
     fn json_lines_are_one_object_with_stable_fields() {
-        let line = render(LogFormat::Json, false);
+        let line = line_of(LogFormat::Json, false);
         let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
         assert_eq!(v["level"], "info");
         assert_eq!(v["event"], "session");
@@ -450,7 +463,7 @@ mod tests {
         assert_eq!(v["received"], 12);
         assert_eq!(v["sent"], 30);
         assert!(v["ts"].as_str().unwrap().ends_with('Z'));
-        let journal = render(LogFormat::Json, true);
+        let journal = line_of(LogFormat::Json, true);
         assert!(journal.starts_with("<6>{"), "{journal}");
     }
 }

@@ -133,13 +133,17 @@ impl StartupError {
 
 /// Runs the daemon as `options` ask; returns the process's exit status.
 pub fn main(options: &Options) -> i32 {
-    match run(options) {
+    let code = match run(options) {
         Ok(code) => code,
         Err(e) => {
             e.report();
             e.exit_code()
         }
-    }
+    };
+    // Whatever is still queued for the log (session lines in the writer's
+    // batch, the last events), on every way out.
+    log::logger().flush();
+    code
 }
 
 /// The log target when the config names none: syslog once detached.
@@ -176,8 +180,6 @@ fn run(options: &Options) -> Result<i32, StartupError> {
         Ok((daemon, events)) => Ok(daemon.run(events)),
         Err(e) => Err(e),
     };
-    // Session lines still in the log's buffer.
-    log::logger().flush();
     if let Some(p) = &options.pidfile {
         // The pidfile says "running": it must not outlive the process.
         let _ = std::fs::remove_file(p);

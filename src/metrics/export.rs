@@ -224,6 +224,13 @@ impl Collector for Export {
             None,
             ConstGauge::new(i64::from(self.status.draining)),
         )?;
+        one(
+            &mut e,
+            "echo_lab_log_lines_dropped",
+            "Log lines dropped because the log sink did not keep up.",
+            None,
+            ConstCounter::new(self.status.log_lines_dropped),
+        )?;
         self.encode_latency(&mut e)?;
         self.encode_udp(&mut e)?;
         self.encode_reloads(&mut e)?;

@@ -932,3 +932,70 @@ macro_rules! fault_injection_tests_not_built {
         }
     };
 }
+
+// ------------------------------------------------------------------------
+// A daemon whose stderr the harness does not read (tests/log_stall.rs).
+
+impl Daemon {
+    /// Starts the daemon like [`Daemon::start_env`], with its stderr going
+    /// to `stderr` instead of the harness (so [`Daemon::wait_for_log`] and
+    /// the dump on failure have nothing). It is ready when its control
+    /// socket answers `status`, whose `listen` gives its addresses.
+    pub fn start_with_stderr(config_toml: &str, env: &[(&str, &str)], stderr: Stdio) -> Daemon {
+        let control_dir = tempfile::tempdir().expect("control socket dir");
+        let control = control_dir.path().join("control.sock");
+        let config = config_file(&format!(
+            "control_socket = {:?}\nhost = \"127.0.0.1\"\nport = 0\n{config_toml}",
+            control.to_str().unwrap()
+        ));
+        let child = Command::new(ECHO_LAB)
+            .arg("--config")
+            .arg(config.path())
+            .envs(env.iter().copied())
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn echo-lab");
+        let (_, rx) = mpsc::channel();
+        let mut daemon = Daemon {
+            child,
+            addrs: Vec::new(),
+            log: Arc::new(Mutex::new(Vec::new())),
+            state: Mutex::new(LogState {
+                rx,
+                seen: Vec::new(),
+            }),
+            reader: None,
+            exited: None,
+            _config: config,
+            control_dir,
+        };
+        let mut listen = Vec::new();
+        wait_until(START_TIMEOUT, "the control socket to answer status", || {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("echo-lab exited at start: {status}");
+            }
+            let out = ctl(&daemon, &["status", "--json"]);
+            let Ok(json) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                return false;
+            };
+            listen = json["listen"]
+                .as_array()
+                .expect("status.listen")
+                .iter()
+                .map(|a| {
+                    a.as_str()
+                        .expect("address")
+                        .parse()
+                        .expect("socket address")
+                })
+                .collect();
+            out.status.success()
+        });
+        assert!(!listen.is_empty(), "status lists no address");
+        daemon.addrs = listen;
+        daemon
+    }
+}

@@ -60,6 +60,10 @@ pub struct Status {
     /// The metrics endpoint's address, if on.
     #[serde(default)]
     pub metrics: Option<String>,
+    /// Log lines dropped because the log sink did not keep up (the log
+    /// writer's queue was full).
+    #[serde(default)]
+    pub log_lines_dropped: u64,
 }
 
 /// Reload counts, for status and metrics.
@@ -276,6 +280,7 @@ mod tests {
             }),
             reloads: Reloads::default(),
             metrics: Some("127.0.0.1:9107".into()),
+            log_lines_dropped: 0,
         }
     }
 
@@ -318,6 +323,7 @@ mod tests {
             "last_reload.at_unix",
             "last_reload.error",
             "listen",
+            "log_lines_dropped",
             "metrics",
             "pid",
             "reloads",

@@ -222,6 +222,10 @@ fn print_status(s: &Status) {
             u.dropped_bad_source, u.dropped_rate, u.dropped_too_large, u.dropped_access, u.sources
         );
     }
+    println!(
+        "  log:           {} lines dropped (sink not keeping up)",
+        s.log_lines_dropped
+    );
     match &s.last_reload {
         None => println!("  last reload:   never"),
         Some(r) => {
