@@ -376,13 +376,7 @@ impl Daemon {
                 }
                 Ok(Event::ThreadDied(death)) => {
                     if let Err(why) = self.on_death(&death) {
-                        log::error!(
-                            "{why}; exiting with status {EX_SOFTWARE} so the service manager can restart echo-lab"
-                        );
-                        self.udp.stop();
-                        self.server.stop_now();
-                        self.server.wait_workers(DRAIN_MARGIN);
-                        return EX_SOFTWARE;
+                        return self.give_up(&why);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -391,6 +385,11 @@ impl Daemon {
                         self.start_drain();
                     }
                 }
+            }
+            if crate::logging::writer_died() {
+                // Not restarted: its queue went with it, and what it held
+                // is lost; the supervisor's own line goes to stderr.
+                return self.give_up(&format!("the {} thread died", crate::log_writer::THREAD));
             }
             if self.drain_started.is_none() {
                 self.server.reap();
@@ -433,6 +432,20 @@ impl Daemon {
     /// A watched thread died: restarts it from the state kept here, or,
     /// if it cannot be restarted or died too often, says why the daemon
     /// must exit.
+    /// A thread died that cannot be (or was too often) restarted: says why,
+    /// closes every connection at once and returns [`EX_SOFTWARE`], so a
+    /// service manager restarts the daemon rather than it running on
+    /// without a part.
+    fn give_up(&mut self, why: &str) -> i32 {
+        log::error!(
+            "{why}; exiting with status {EX_SOFTWARE} so the service manager can restart echo-lab"
+        );
+        self.udp.stop();
+        self.server.stop_now();
+        self.server.wait_workers(DRAIN_MARGIN);
+        EX_SOFTWARE
+    }
+
     fn on_death(&mut self, death: &Death) -> Result<(), String> {
         let name = death.name.as_str();
         let revived = match name {

@@ -47,8 +47,10 @@
 //! dead writer: a send then fails at once, session lines and lines of
 //! threads that may not wait are dropped and counted, and a daemon event
 //! of a thread that may wait is written directly to stderr (the file or
-//! syslog connection died with the writer). Nothing restarts the writer;
-//! whoever supervises threads reads [`crate::logging::writer_alive`].
+//! syslog connection died with the writer). Nothing restarts the writer
+//! (what its queue held is gone with it): the supervisor sees
+//! [`crate::logging::writer_died`] on its next turn, says so on stderr
+//! and exits with status 70, so the service manager restarts the daemon.
 //!
 //! This module must never write from a thread other than its own, except
 //! in that fallback and before the writer starts (startup, while the
@@ -66,6 +68,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::Level;
+
+/// The writer thread's name (what its death is reported as).
+pub(crate) const THREAD: &str = "log-writer";
 
 /// How many lines the queue holds. Small enough that a stalled sink costs
 /// little memory (about 150 KiB of session lines), large enough to ride
@@ -220,7 +225,7 @@ impl Queue {
             counters: counters.clone(),
         };
         let spawned = std::thread::Builder::new()
-            .name("log-writer".into())
+            .name(THREAD.into())
             .spawn(move || writer.run(rx));
         let error = spawned.err();
         if error.is_some() {
@@ -338,6 +343,8 @@ impl Writer {
                 }
                 Err(TryRecvError::Disconnected) => break,
             };
+            #[cfg(feature = "fault-injection")]
+            crate::fault::thread_event(THREAD);
             self.handle(msg);
             if self.last_report.elapsed() >= REPORT_EVERY {
                 self.report_drops();

@@ -249,6 +249,16 @@ pub fn writer_alive() -> bool {
         .is_some_and(Queue::alive)
 }
 
+/// True once the log writer thread has started and then ended (a panic:
+/// it never ends otherwise while the process runs). The supervisor checks
+/// it on every turn and exits rather than run on with a log that is gone.
+pub fn writer_died() -> bool {
+    LOGGER
+        .get()
+        .and_then(|l| l.queue.get())
+        .is_some_and(|q| !q.alive())
+}
+
 /// Opens a log file for appending (created `0640` if missing).
 fn open_file(path: &Path) -> io::Result<File> {
     OpenOptions::new()

@@ -164,3 +164,30 @@ fn an_accept_loop_that_keeps_dying_makes_the_daemon_exit_70() {
         "{line}"
     );
 }
+
+/// The log writer is not restarted (its queue, and the lines in it, died
+/// with it): the daemon says so on stderr and exits 70 at once, rather
+/// than serve on with every line dropped. It dies at the first line it
+/// takes, before the daemon could say it listens, so this test runs the
+/// binary itself instead of waiting for that line.
+#[test]
+fn a_dead_log_writer_makes_the_daemon_exit_70_with_a_line_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(&format!(
+        "port = 0\ncontrol_socket = {:?}\n",
+        dir.path().join("control.sock")
+    ));
+    let mut cmd = std::process::Command::new(ECHO_LAB);
+    cmd.arg("--config")
+        .arg(config.path())
+        .env(FAULT, "log-writer");
+    let out = run_with_input(&mut cmd, b"", IO_TIMEOUT * 2);
+    assert_eq!(out.status.code(), Some(70), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "the log-writer thread died; exiting with status 70 so the service manager can restart echo-lab"
+        ),
+        "{stderr}"
+    );
+}
