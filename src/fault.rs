@@ -12,7 +12,7 @@
 //! send before they hand it on, so they are made to die through the
 //! environment instead: [`THREAD_PANIC_ENV`] names the threads that panic
 //! at their next event ([`thread_event`]), which shows what the
-//! supervisor does about a thread's death (`crate::supervise`). Another
+//! supervisor does about a thread's death (`crate::watch`). Another
 //! fault is set from the environment too, as it strikes before a
 //! client's bytes are read: a poller that refuses every connection
 //! ([`REGISTER_FAILS`]), which must tell the client and count the close.

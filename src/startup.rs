@@ -1,5 +1,5 @@
 //! The daemon's start: from the command line's [`Options`] to a running
-//! supervisor ([`crate::daemon`]), and the exit code at the end.
+//! supervisor ([`crate::supervisor`]), and the exit code at the end.
 //!
 //! The order of the steps matters and is the classic one:
 //!
@@ -11,7 +11,7 @@
 //!    any other thread, then the control socket (so a client that got an
 //!    echo can ask for status at once), the server, the UDP thread and
 //!    the metrics endpoint, each long-lived thread watched
-//!    ([`crate::supervise`]) and reporting its death to the supervisor.
+//!    ([`crate::watch`]) and reporting its death to the supervisor.
 //!
 //! Every failure is one [`StartupError`], which knows its message and its
 //! sysexits(3) code: 78 (EX_CONFIG) for what the operator must fix in the
@@ -28,19 +28,19 @@ use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender};
 
-use crate::activation::{self, Inherited};
 use crate::config::{Config, ConfigError, LogTarget, Protocol};
-use crate::control::{self, Access, ControlServer};
-use crate::daemon::{self, ConfigSource, Daemon, Event};
-use crate::logging::{self, OpenError};
-use crate::metrics::{self, MetricsError};
-use crate::notify::Notifier;
-use crate::server::Server;
-use crate::sockets::{SocketError, TcpSockets};
-use crate::supervise::Watcher;
+use crate::observe::logging::{self, OpenError};
+use crate::observe::metrics::{self, MetricsError};
+use crate::supervisor::control::{self, Access, ControlServer};
+use crate::supervisor::limits;
+use crate::supervisor::{self, ConfigSource, Daemon, Event};
+use crate::systemd::activation::{self, Inherited};
+use crate::systemd::notify::Notifier;
+use crate::tcp::server::Server;
+use crate::tcp::sockets::{SocketError, TcpSockets};
 use crate::udp::listeners::{self, UdpError, UdpListeners};
 use crate::udp::RateLimit;
-use crate::{limits, net, EX_CONFIG, EX_OSERR};
+use crate::{net, EX_CONFIG, EX_OSERR};
 
 /// What the command line asks for.
 #[derive(Debug, Clone, Default)]
@@ -156,7 +156,7 @@ fn default_target(daemon: bool) -> LogTarget {
 }
 
 fn run(options: &Options) -> Result<i32, StartupError> {
-    let loaded = daemon::load_config(options.config.as_deref());
+    let loaded = supervisor::load_config(options.config.as_deref());
     let target = default_target(options.daemon);
     if options.check_config {
         let source = check(loaded, target)?;
@@ -240,7 +240,7 @@ fn bind(config: &Config, target: LogTarget) -> Result<Bound, StartupError> {
         .next()
         .and_then(|l| l.local_addr().ok())
         .map(|a| a.port());
-    let (udp_wanted, udp_limit) = daemon::udp_plan(config, tcp_port);
+    let (udp_wanted, udp_limit) = supervisor::udp_plan(config, tcp_port);
     let udp = if tcp.activated() {
         UdpListeners::adopt(datagram, udp_limit)
     } else {
@@ -281,7 +281,7 @@ fn udp_activated(
     config: &Config,
     passed: Vec<(String, UdpSocket)>,
 ) -> Result<Vec<UdpSocket>, StartupError> {
-    let tables = crate::sockets::candidates(config, Protocol::Udp);
+    let tables = crate::tcp::sockets::candidates(config, Protocol::Udp);
     passed
         .into_iter()
         .map(|(name, s)| activation::assign(&name, s.local_addr().ok(), &tables).map(|_| s))
@@ -319,7 +319,7 @@ fn launch(
     }
     // Signals before any thread: the handlers must be in place first.
     let (tx, rx) = std::sync::mpsc::channel();
-    daemon::forward_signals(tx.clone()).map_err(StartupError::Signals)?;
+    supervisor::forward_signals(tx.clone()).map_err(StartupError::Signals)?;
     raise_nofile(config.max_connections);
     let control_path = config
         .control_socket
@@ -329,9 +329,9 @@ fn launch(
     // The control socket first: a client that got an echo can ask for
     // status at once (the supervisor answers once it runs).
     let control = open_control(&control_path, access, tx.clone());
-    let watcher = Watcher::new(tx.clone());
+    let watcher = supervisor::event::watcher(&tx);
     let server = Server::start(config, bound.tcp, watcher.clone()).map_err(StartupError::Start)?;
-    let rules = daemon::listener_rules(server.config(), &bound.udp.addresses());
+    let rules = supervisor::listener_rules(server.config(), &bound.udp.addresses());
     server.gate().set_overrides(true, rules);
     let mut udp = UdpListeners::new(bound.udp_limit);
     udp.use_gate(server.gate().clone());

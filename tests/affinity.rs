@@ -19,7 +19,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use echo_lab::affinity::{allowed_cpus, pin_current_thread};
+use echo_lab::tcp::affinity::{allowed_cpus, pin_current_thread};
 use serde_json::Value;
 use support::*;
 
@@ -304,7 +304,7 @@ fn locality_never_costs_balance() {
     let (here, there) = (on_cpu(&d, a), on_cpu(&d, b));
     eprintln!("affinity: 60 clients all on CPU {a}: {here} on its worker, {there} on the other");
     // The local worker takes connections while it has fewer than the other
-    // + 25 % + 8 (see src/affinity.rs).
+    // + 25 % + 8 (see src/tcp/affinity.rs).
     assert!(there > 0, "the other worker got none");
     assert!(
         here <= there + there / 4 + 8,

@@ -1,4 +1,4 @@
-//! The worker pool (src/pool.rs) as a user sees it through the real binary:
+//! The worker pool (src/tcp/pool.rs) as a user sees it through the real binary:
 //!
 //! * a reload that grows the pool *and* changes the live settings gives the
 //!   new workers the new settings too (`idle_timeout`, `max_pending_bytes`;
@@ -21,7 +21,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use echo_lab::affinity::{allowed_cpus, pin_current_thread};
+use echo_lab::tcp::affinity::{allowed_cpus, pin_current_thread};
 use support::*;
 
 fault_injection_tests_not_built!();

@@ -1,5 +1,5 @@
 //! A reload that grows the pool and turns on `busy_poll` gives the new
-//! worker busy polling too (src/pool.rs: new workers are built from the
+//! worker busy polling too (src/tcp/pool.rs: new workers are built from the
 //! new settings), shown by how often the workers block while each is
 //! talked to in turn. Alone in its test binary so no sibling test's
 //! connections wake the workers meanwhile.

@@ -9,7 +9,7 @@
 
 #![no_main]
 
-use echo_lab::control::{parse, Request, RequestError, MAX_REQUEST};
+use echo_lab_proto::control::{parse, Request, RequestError, MAX_REQUEST};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

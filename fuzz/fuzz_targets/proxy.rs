@@ -9,7 +9,7 @@
 
 #![no_main]
 
-use echo_lab::proxy::{parse, Parsed, MAX_HEADER};
+use echo_lab::tcp::proxy::{parse, Parsed, MAX_HEADER};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

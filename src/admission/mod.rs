@@ -46,7 +46,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Instant;
 
 use crate::protocol::Notice;
-use rate::ConnRate;
 use rules::{Rule, RuleList};
 use table::{LogNote, Outcome, Reason, Table};
 
@@ -341,14 +340,5 @@ fn log_note(note: &LogNote, why: &str) {
         );
     } else {
         log::warn!("refused {}: {why}{more}", note.source);
-    }
-}
-
-/// The connection rate in words, for logs.
-pub fn describe_rate(r: &ConnRate) -> String {
-    if r.is_on() {
-        r.to_string()
-    } else {
-        "off".into()
     }
 }

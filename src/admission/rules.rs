@@ -20,7 +20,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-pub use echo_lab_config::rule::{canonical, Action, Rule, Target};
+pub use echo_lab_config::rule::{canonical, Action, Rule};
 
 /// A rule list in force, with a match counter per rule.
 #[derive(Debug)]

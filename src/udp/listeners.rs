@@ -18,7 +18,7 @@
 //! manager (`ListenDatagram=`) are the unit's to change, so a reload
 //! leaves them as they are.
 //!
-//! The UDP thread is watched ([`crate::supervise`]): when it dies,
+//! The UDP thread is watched ([`crate::watch`]): when it dies,
 //! [`UdpListeners::revive`] starts a new one on the same sockets, limits
 //! and counters.
 
@@ -30,7 +30,7 @@ use std::sync::Arc;
 use super::{RateLimit, UdpService, UdpSnapshot};
 use crate::admission::Gate;
 use crate::net;
-use crate::supervise::Watcher;
+use crate::watch::Watcher;
 
 /// One UDP address the config asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

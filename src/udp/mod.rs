@@ -45,7 +45,7 @@ pub use bucket::RateLimit;
 pub(crate) use serve::THREAD;
 
 use crate::admission::Gate;
-use crate::supervise::{Watched, Watcher};
+use crate::watch::{Watched, Watcher};
 pub use counters::{UdpSnapshot, UdpStats};
 
 /// Messages to the UDP thread.
@@ -106,7 +106,7 @@ impl UdpService {
         })
     }
 
-    /// The id of the thread serving now ([`crate::supervise::Death::id`]).
+    /// The id of the thread serving now ([`crate::watch::Death::id`]).
     pub fn thread_id(&self) -> Option<u64> {
         self.thread.as_ref().map(Watched::id)
     }

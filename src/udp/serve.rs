@@ -27,8 +27,8 @@ use super::guard::{BadSource, Guard};
 use super::UdpCommand;
 use crate::admission::rules::RuleList;
 use crate::admission::{Gate, Listener};
-use crate::supervise::{Watched, Watcher};
 use crate::throttle::Throttle;
+use crate::watch::{Watched, Watcher};
 
 const WAKER: Token = Token(usize::MAX);
 

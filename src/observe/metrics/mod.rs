@@ -24,12 +24,14 @@
 //! model wants every count to go through its handles on the hot path.
 //!
 //! The values come from the supervisor, as `echo-labctl status` gets
-//! them: a [`Event::Status`] request with a reply channel. Reload binds a
+//! them: the endpoint is handed a [`StatusSource`] that asks the
+//! supervisor for the status document and waits a bounded time, so this
+//! module knows the document, not the supervisor. Reload binds a
 //! new address before the old endpoint is stopped ([`bind`] then
 //! [`MetricsServer::start`]), so a bind failure fails the reload and
 //! changes nothing ([`MetricsError`]).
 //!
-//! The accepting thread is watched ([`crate::supervise`]): the endpoint
+//! The accepting thread is watched ([`crate::watch`]): the endpoint
 //! keeps its own duplicate of the listening socket, so when the thread
 //! dies [`MetricsServer::revive`] starts a new one on the same socket (no
 //! scraper sees the port closed). A poll that fails for good ends the
@@ -41,15 +43,14 @@ mod process;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::admission::Gate;
-use crate::event::Event;
-use crate::supervise::{Watched, Watcher};
+use crate::watch::{Watched, Watcher};
+use echo_lab_proto::status::Status;
 use export::{Export, Format};
 
 /// Threads serving requests.
@@ -60,8 +61,6 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// Time a client has to send its request head, and again to read the answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a scrape waits for the supervisor's counters.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The accepting thread's name (what its death is reported as).
 pub(crate) const THREAD: &str = "metrics-accept";
@@ -98,28 +97,36 @@ pub struct MetricsServer {
     /// Our duplicate of the listener, and what the thread needs, kept to
     /// start a new thread if this one dies.
     listener: TcpListener,
-    events: Sender<Event>,
+    status: StatusSource,
+    watcher: Watcher,
     gate: Arc<Gate>,
 }
 
+/// Where a scrape gets the status document: the supervisor's answer (a
+/// request and a bounded wait for the reply), or why there is none.
+pub(crate) type StatusSource = Arc<dyn Fn() -> Result<Status, String> + Send + Sync>;
+
 impl MetricsServer {
     /// Serves `GET /metrics` on `listener` (from [`bind`]), asking
-    /// `events`' supervisor for the counters on each scrape (and telling
-    /// it if the thread dies). Clients the top-level `access` rules refuse
-    /// are closed at once.
+    /// `status` for the counters on each scrape; the thread's death goes
+    /// to `watcher`. Clients the top-level `access` rules refuse are
+    /// closed at once.
     pub fn start(
         listener: TcpListener,
-        events: Sender<Event>,
+        status: StatusSource,
+        watcher: Watcher,
         gate: Arc<Gate>,
     ) -> Result<MetricsServer, MetricsError> {
         let addr = listener.local_addr().map_err(MetricsError::Start)?;
-        let (waker, thread) = launch(&listener, &events, &gate).map_err(MetricsError::Start)?;
+        let (waker, thread) =
+            launch(&listener, &status, &watcher, &gate).map_err(MetricsError::Start)?;
         Ok(MetricsServer {
             addr,
             waker,
             thread: Some(thread),
             listener,
-            events,
+            status,
+            watcher,
             gate,
         })
     }
@@ -130,7 +137,7 @@ impl MetricsServer {
         if self.thread.as_ref().map(Watched::id) != Some(id) {
             return Ok(false);
         }
-        let (waker, thread) = launch(&self.listener, &self.events, &self.gate)?;
+        let (waker, thread) = launch(&self.listener, &self.status, &self.watcher, &self.gate)?;
         self.waker = waker;
         if let Some(old) = self.thread.replace(thread) {
             old.join();
@@ -158,7 +165,8 @@ impl Drop for MetricsServer {
 /// Starts the accepting thread on a duplicate of `listener`.
 fn launch(
     listener: &TcpListener,
-    events: &Sender<Event>,
+    status: &StatusSource,
+    watcher: &Watcher,
     gate: &Arc<Gate>,
 ) -> io::Result<(Arc<Waker>, Watched)> {
     let poll = Poll::new()?;
@@ -169,7 +177,7 @@ fn launch(
     let accept = Acceptor {
         poll,
         listener,
-        events: events.clone(),
+        status: status.clone(),
         gate: gate.clone(),
         pool: threadpool::Builder::new()
             .num_threads(HANDLERS)
@@ -178,7 +186,7 @@ fn launch(
         pending: slab::Slab::new(),
         in_flight: Arc::new(AtomicUsize::new(0)),
     };
-    let thread = Watcher::new(events.clone()).spawn(THREAD, move || accept.run())?;
+    let thread = watcher.spawn(THREAD, move || accept.run())?;
     Ok((waker, thread))
 }
 
@@ -192,7 +200,7 @@ struct Pending {
 struct Acceptor {
     poll: Poll,
     listener: mio::net::TcpListener,
-    events: Sender<Event>,
+    status: StatusSource,
     /// The access rules: the top-level list applies to scrapers too.
     gate: Arc<Gate>,
     pool: threadpool::ThreadPool,
@@ -351,9 +359,9 @@ impl Acceptor {
     fn dispatch(&self, stream: TcpStream, req: Request) {
         self.in_flight.fetch_add(1, Relaxed);
         let in_flight = self.in_flight.clone();
-        let events = self.events.clone();
+        let status = self.status.clone();
         self.pool.execute(move || {
-            if let Err(e) = answer(stream, req, &events) {
+            if let Err(e) = answer(stream, req, &status) {
                 log::debug!("metrics endpoint: {e}");
             }
             in_flight.fetch_sub(1, Relaxed);
@@ -394,10 +402,10 @@ fn parse(bytes: &[u8]) -> io::Result<Option<Request>> {
 }
 
 /// Answers one request and closes (on a handler thread).
-fn answer(mut stream: TcpStream, req: Request, events: &Sender<Event>) -> io::Result<()> {
+fn answer(mut stream: TcpStream, req: Request, status: &StatusSource) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     let answer = match req {
-        Request::Metrics(format) => match scrape(events, format) {
+        Request::Metrics(format) => match scrape(status, format) {
             Ok(body) => response("200 OK", format.content_type(), &body),
             Err(e) => response("503 Service Unavailable", "text/plain", &format!("{e}\n")),
         },
@@ -424,14 +432,8 @@ fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
 }
 
 /// The exposition now: counters from the supervisor, process from /proc.
-fn scrape(events: &Sender<Event>, format: Format) -> Result<String, String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    events
-        .send(Event::Status(tx))
-        .map_err(|_| "the daemon is stopping".to_string())?;
-    let status = rx
-        .recv_timeout(STATUS_TIMEOUT)
-        .map_err(|_| "the daemon did not answer in time".to_string())?;
+fn scrape(status: &StatusSource, format: Format) -> Result<String, String> {
+    let status = status()?;
     let process = process::read()
         .map_err(|e| log::debug!("metrics endpoint: cannot read /proc: {e}"))
         .ok();

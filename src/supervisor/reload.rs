@@ -1,4 +1,4 @@
-//! The outcome of a reload, as the supervisor (`crate::daemon`) reports it
+//! The outcome of a reload, as the supervisor (`crate::supervisor`) reports it
 //! to the log, to `STATUS=`, to `echo-labctl reload` and to `status`.
 //!
 //! A reload is two phases over four parts — the log sink, the metrics
@@ -13,9 +13,9 @@
 //! This module holds vocabulary only: it must never act on a reload.
 
 use crate::config::ConfigError;
-use crate::logging::OpenError;
-use crate::metrics::MetricsError;
-use crate::server::{self, ReloadReport};
+use crate::observe::logging::OpenError;
+use crate::observe::metrics::MetricsError;
+use crate::tcp::server::{self, ReloadReport};
 use crate::udp::listeners::UdpError;
 
 /// How the message of a failed reload starts (control clients and the log

@@ -39,13 +39,13 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::affinity;
-use crate::connection::{Connection, Ends, HeaderOutcome, Phase, Step};
+use crate::observe::stats::{CloseReason, WorkerStats};
 use crate::protocol::Notice;
-use crate::proxy::HEADER_TIMEOUT;
-use crate::stats::{CloseReason, WorkerStats};
-use crate::timeouts::TimeoutQueue;
-use crate::wake_timer::WakeTimer;
+use crate::tcp::affinity;
+use crate::tcp::connection::{Connection, Ends, HeaderOutcome, Phase, Step};
+use crate::tcp::proxy::HEADER_TIMEOUT;
+use crate::tcp::timeouts::TimeoutQueue;
+use crate::tcp::wake_timer::WakeTimer;
 
 /// Token of the waker; connection tokens are slab keys.
 const WAKER: Token = Token(usize::MAX);

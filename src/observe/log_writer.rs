@@ -5,7 +5,7 @@
 //! that has stalled, a file on a hung disk — stalls this thread and no
 //! other: no thread that serves clients ever waits on a log sink.
 //!
-//! [`crate::logging`] renders each record on the thread that logs it (the
+//! [`crate::observe::logging`] renders each record on the thread that logs it (the
 //! message, its key-values, JSON if asked) into a [`Line`] and hands it to
 //! [`Queue::send`]. The queue holds at most [`CAPACITY`] lines (a
 //! `sync_channel`, whose `try_send` never blocks); a session line is
@@ -24,7 +24,7 @@
 //! full queue holds the supervisor at its next event (the echo goes on;
 //! under systemd the watchdog pings, which the supervisor sends, stop and
 //! the service is restarted). Only the exit's flush is bounded
-//! ([`Queue::flush`], 5 s from `crate::logging`).
+//! ([`Queue::flush`], 5 s from `crate::observe::logging`).
 //!
 //! The counter ([`Queue::dropped`]) is what `echo-labctl status` shows as
 //! `log_lines_dropped` and `/metrics` as
@@ -49,7 +49,7 @@
 //! of a thread that may wait is written directly to stderr (the file or
 //! syslog connection died with the writer). Nothing restarts the writer
 //! (what its queue held is gone with it): the supervisor sees
-//! [`crate::logging::writer_died`] on its next turn, says so on stderr
+//! [`crate::observe::logging::writer_died`] on its next turn, says so on stderr
 //! and exits with status 70, so the service manager restarts the daemon.
 //!
 //! This module must never write from a thread other than its own, except
@@ -119,7 +119,7 @@ impl Line {
     /// level; then the body and a newline.
     pub(crate) fn write_into(&self, out: &mut String, journal: bool) {
         if journal {
-            let _ = write!(out, "<{}>", crate::logging::priority(self.level));
+            let _ = write!(out, "<{}>", crate::observe::logging::priority(self.level));
         } else if !self.json {
             let _ = write!(
                 out,
@@ -446,7 +446,7 @@ impl Writer {
         if n == 0 {
             return;
         }
-        let line = crate::logging::render(
+        let line = crate::observe::logging::render(
             &log::Record::builder()
                 .level(Level::Warn)
                 .target(module_path!())

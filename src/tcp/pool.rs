@@ -37,11 +37,11 @@ use std::time::{Duration, Instant};
 
 use threadpool::ThreadPool;
 
-use crate::affinity::{self, Load};
-use crate::connection::Connection;
+use crate::observe::stats::{ServerStats, Snapshot, WorkerStats};
 use crate::protocol::Notice;
-use crate::stats::{ServerStats, Snapshot, WorkerStats};
-use crate::worker::{Command, Peers, Settings, Worker, WorkerHandle};
+use crate::tcp::affinity::{self, Load};
+use crate::tcp::connection::Connection;
+use crate::tcp::worker::{Command, Peers, Settings, Worker, WorkerHandle};
 
 /// How long a shrinking pool waits for a retiring worker to hand back its
 /// connections.
@@ -391,7 +391,7 @@ impl Pool {
     /// The shared counters merged with every worker's, retired ones too.
     pub(crate) fn snapshot(&self, server: &ServerStats) -> Snapshot {
         let workers = self.table.read();
-        let mut snap = crate::stats::collect(
+        let mut snap = crate::observe::stats::collect(
             server,
             workers
                 .iter()
@@ -427,7 +427,7 @@ mod tests {
     use std::net::TcpListener;
 
     use super::*;
-    use crate::stats::Open;
+    use crate::observe::stats::Open;
 
     fn settings() -> Arc<Settings> {
         Arc::new(Settings {
@@ -446,7 +446,7 @@ mod tests {
         let client = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
         let (server, peer) = l.accept().expect("accept");
         server.set_nonblocking(true).expect("nonblocking");
-        let ends = crate::connection::Ends {
+        let ends = crate::tcp::connection::Ends {
             peer,
             local: server.local_addr().ok(),
         };

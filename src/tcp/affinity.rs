@@ -46,7 +46,7 @@
 //! client by client.
 //!
 //! Nothing here knows about workers or sockets beyond a file descriptor:
-//! the pool (`crate::pool`) feeds [`choose`] the loads it keeps.
+//! the pool (`crate::tcp::pool`) feeds [`choose`] the loads it keeps.
 
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! those the access rules refuse ([`crate::admission`]), refuses
 //! those beyond `max_connections` with a one-line busy notice, and hands
 //! the rest to the pool's [`Dealer`] in batches (which worker gets each is
-//! the pool's business: see [`crate::pool`]), with the CPU the connection
+//! the pool's business: see [`crate::tcp::pool`]), with the CPU the connection
 //! arrived on when workers are pinned. It never reads from or writes to a
 //! client otherwise, so a slow client cannot slow accepting.
 //!
@@ -18,7 +18,7 @@
 //! address: the daemon binds the new one first, then hands it here), and
 //! dropping them is how the drain stops accepting.
 //!
-//! The thread is watched ([`crate::supervise`]): if it dies, the server
+//! The thread is watched ([`crate::watch`]): if it dies, the server
 //! starts a new one on duplicates of the same sockets (`Server::revive`);
 //! connections queued meanwhile wait in the kernel's accept queue.
 
@@ -33,12 +33,12 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::admission::{Admission, Gate, Listener};
-use crate::affinity;
-use crate::connection::{Connection, Ends};
-use crate::pool::{Batch, Dealer};
+use crate::observe::stats::{self, ServerStats};
 use crate::protocol::Notice;
-use crate::stats::{self, ServerStats};
-use crate::supervise::{Watched, Watcher};
+use crate::tcp::affinity;
+use crate::tcp::connection::{Connection, Ends};
+use crate::tcp::pool::{Batch, Dealer};
+use crate::watch::{Watched, Watcher};
 
 /// The accept loop's thread name (what its death is reported as).
 pub(crate) const THREAD: &str = "accept";
@@ -113,7 +113,7 @@ impl AcceptorHandle {
         }
     }
 
-    /// The id of the thread accepting now ([`crate::supervise::Death::id`]).
+    /// The id of the thread accepting now ([`crate::watch::Death::id`]).
     pub(crate) fn thread_id(&self) -> Option<u64> {
         self.thread.as_ref().map(Watched::id)
     }

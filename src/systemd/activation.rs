@@ -25,7 +25,7 @@ use std::os::fd::{FromRawFd, RawFd};
 
 use socket2::{Socket, Type};
 
-use crate::notify::FDSTORE_NAME;
+use crate::systemd::notify::FDSTORE_NAME;
 
 /// Sockets received from the service manager.
 #[derive(Debug, Default)]

@@ -23,7 +23,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::process::Process;
-use crate::event::Status;
+use echo_lab_proto::status::Status;
 
 /// The formats a scrape can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,7 +244,7 @@ impl Collector for Export {
 impl Export {
     fn encode_latency(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = &self.status.stats;
-        let bounds = crate::stats::LATENCY_BOUNDS_US
+        let bounds = crate::observe::stats::LATENCY_BOUNDS_US
             .iter()
             .map(|&us| us as f64 / 1e6)
             .chain([f64::INFINITY]);

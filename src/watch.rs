@@ -4,32 +4,32 @@
 //! [`Watcher::spawn`] runs a named closure on a thread of that name,
 //! inside `catch_unwind`. When the closure panics, or returns an error
 //! (a loop that gave up, such as the metrics endpoint whose poll failed),
-//! the thread logs why and sends an [`Event::ThreadDied`] carrying a
-//! [`Death`] to the supervisor's inbox. A closure that returns `Ok` has
+//! the thread logs why and hands a [`Death`] to the report the watcher
+//! was made with (the supervisor's: a send to its inbox). A closure that returns `Ok` has
 //! stopped because it was asked to, and nothing is reported.
 //!
 //! Each watched thread has an id ([`Watched::id`]), so the supervisor can
 //! tell the death of the thread in service from that of one already
 //! replaced (a reload may have swapped the metrics endpoint while its old
 //! thread was dying). What to do about a death is the supervisor's
-//! decision, not this module's (see `crate::daemon`): it restarts the
+//! decision, not this module's (the supervisor's module says it): it restarts the
 //! accept loop, the UDP thread, the control thread and the metrics thread
 //! from state it still holds, and exits non-zero when a thread dies too
 //! often or is one it cannot rebuild.
 //!
 //! This module must never decide policy, never block the dying thread on
-//! the supervisor (the report is a channel send), and never swallow a
+//! the supervisor (the report must not wait), and never swallow a
 //! death: with no supervisor ([`Watcher::none`], as in library use and
-//! tests that start a service alone) the death is still logged.
+//! tests that start a service alone) the death is still logged. It knows
+//! nothing of the supervisor, so every thread that is watched can depend
+//! on it without depending on what watches it.
 
 use std::any::Any;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::thread::JoinHandle;
-
-use crate::event::Event;
 
 /// Ids of watched threads, never reused within a process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -45,24 +45,29 @@ pub struct Death {
     pub cause: String,
 }
 
-/// Where watched threads report their death: the supervisor's inbox, or
-/// nobody (the death is then only logged).
+/// What a watcher does with a death: called on the dying thread, so it
+/// must not wait.
+type Report = Arc<dyn Fn(Death) + Send + Sync>;
+
+/// Where watched threads report their death: the supervisor, or nobody
+/// (the death is then only logged).
 #[derive(Clone, Default)]
 pub struct Watcher {
-    events: Option<Sender<Event>>,
+    report: Option<Report>,
 }
 
 impl Watcher {
-    /// Deaths go to `events` as [`Event::ThreadDied`].
-    pub fn new(events: Sender<Event>) -> Watcher {
+    /// Deaths are handed to `report` (the supervisor's: a send to its
+    /// inbox), after they are logged.
+    pub fn new(report: impl Fn(Death) + Send + Sync + 'static) -> Watcher {
         Watcher {
-            events: Some(events),
+            report: Some(Arc::new(report)),
         }
     }
 
     /// Deaths are logged, reported to no one.
     pub fn none() -> Watcher {
-        Watcher { events: None }
+        Watcher { report: None }
     }
 
     /// Runs `f` on a new thread called `name`. `f` returns `Ok` when it
@@ -73,7 +78,7 @@ impl Watcher {
         F: FnOnce() -> Result<(), String> + Send + 'static,
     {
         let id = NEXT_ID.fetch_add(1, Relaxed);
-        let events = self.events.clone();
+        let report = self.report.clone();
         let thread_name = name.to_string();
         let handle = std::thread::Builder::new()
             .name(name.into())
@@ -84,13 +89,12 @@ impl Watcher {
                     Err(panic) => format!("panicked: {}", panic_message(&*panic)),
                 };
                 log::error!("the {thread_name} thread died: {cause}");
-                if let Some(tx) = events {
-                    let death = Death {
+                if let Some(report) = report {
+                    report(Death {
                         name: thread_name,
                         id,
                         cause,
-                    };
-                    let _ = tx.send(Event::ThreadDied(death));
+                    });
                 }
             })?;
         Ok(Watched { id, handle })
@@ -139,17 +143,16 @@ mod tests {
 
     fn death_of(f: impl FnOnce() -> Result<(), String> + Send + 'static) -> Option<Death> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let t = Watcher::new(tx).spawn("test-thread", f).unwrap();
+        let t = Watcher::new(move |d| {
+            let _ = tx.send(d);
+        })
+        .spawn("test-thread", f)
+        .unwrap();
         let id = t.id();
         t.join();
-        match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(Event::ThreadDied(d)) => {
-                assert_eq!(d.id, id);
-                Some(d)
-            }
-            Ok(_) => panic!("an event other than ThreadDied"),
-            Err(_) => None,
-        }
+        let d = rx.recv_timeout(Duration::from_secs(5)).ok()?;
+        assert_eq!(d.id, id);
+        Some(d)
     }
 
     #[test]

@@ -7,13 +7,13 @@
 //! A [`Session`] lives inside its connection and is updated by plain
 //! field arithmetic on the worker that owns it (no atomics, nothing
 //! shared): the only extra cost on the hot path is two additions per read.
-//! The worker's byte counters ([`crate::stats::WorkerStats`]) take the
+//! The worker's byte counters ([`crate::observe::stats::WorkerStats`]) take the
 //! session's unreported bytes after each event ([`Session::take_sent`]),
 //! so metrics stay exact without a second count per write.
 //!
 //! The line goes through the `log` facade at `info` under the target
 //! [`TARGET`] with its fields as key-values, so the text and JSON formats
-//! ([`crate::logging`]) render the same record. Who the session was
+//! ([`crate::observe::logging`]) render the same record. Who the session was
 //! between comes from the connection's ends (the client there is the one
 //! a PROXY header names, when one did).
 
@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use std::net::SocketAddr;
 
-use crate::stats::CloseReason;
+use crate::observe::stats::CloseReason;
 
 /// The `log` target of session lines (what JSON calls `"event"`).
 pub const TARGET: &str = "session";

@@ -5,9 +5,9 @@
 //! [`crate::net`], by systemd socket activation, or by a test on port 0)
 //! and a valid [`Config`]. It owns:
 //!
-//! * the worker pool ([`crate::pool`]), `pool_size` event loops each owning
+//! * the worker pool ([`crate::tcp::pool`]), `pool_size` event loops each owning
 //!   its connections;
-//! * the accept loop thread ([`crate::listener`]), which hands new
+//! * the accept loop thread ([`crate::tcp::listener`]), which hands new
 //!   connections to the pool's dealer.
 //!
 //! [`Server::reload`] applies a new config without dropping a connection:
@@ -25,7 +25,7 @@
 //! socket in service: a new backlog is applied to a kept socket in place
 //! (listen(2) again), and stays if a later step of the same prepare fails.
 //!
-//! The accept loop is watched ([`crate::supervise`]); [`Server::revive`]
+//! The accept loop is watched ([`crate::watch`]); [`Server::revive`]
 //! replaces it when it died.
 //!
 //! [`Server::drain`] closes the listeners (new connects are refused) and
@@ -41,12 +41,12 @@ use std::time::{Duration, Instant};
 
 use crate::admission::{Gate, Limits};
 use crate::config::{self, Apply, Config};
-use crate::listener::{self, AcceptCommand, AcceptorHandle, Listening};
-use crate::pool::{Pool, Prepared};
-use crate::sockets::{SocketError, TcpSockets};
-use crate::stats::{ServerStats, Snapshot};
-use crate::supervise::Watcher;
-use crate::worker::Settings;
+use crate::observe::stats::{ServerStats, Snapshot};
+use crate::tcp::listener::{self, AcceptCommand, AcceptorHandle, Listening};
+use crate::tcp::pool::{Pool, Prepared};
+use crate::tcp::sockets::{SocketError, TcpSockets};
+use crate::tcp::worker::Settings;
+use crate::watch::Watcher;
 
 /// A reload that could not be applied; the server is unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -262,12 +262,6 @@ impl Server {
         let mut beats = vec![self.stats.accept_heartbeat.load(Relaxed)];
         beats.extend(self.pool.heartbeats());
         beats
-    }
-
-    /// Applies a validated config; on error nothing has changed.
-    pub fn reload(&mut self, new: Config) -> Result<ReloadReport, ReloadError> {
-        let prepared = self.prepare(new)?;
-        Ok(self.commit(prepared))
     }
 
     /// Does everything of a reload that can fail, changing nothing that

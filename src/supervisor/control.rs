@@ -16,7 +16,7 @@
 //! are handed to the supervisor as [`Event`]s, so a reload asked here is the
 //! same as a SIGHUP — except that the caller learns the outcome.
 //!
-//! The accepting thread is watched ([`crate::supervise`]); the server
+//! The accepting thread is watched ([`crate::watch`]); the server
 //! keeps a duplicate of the listening socket, so when the thread dies
 //! [`ControlServer::revive`] starts a new one on the same socket file.
 
@@ -30,12 +30,11 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::event::Event;
-use crate::supervise::{Watched, Watcher};
+use crate::supervisor::event::Event;
 use crate::throttle::Throttle;
-pub use echo_lab_proto::control::{
-    client_default_path, default_path, parse, request, ClientError, Request, RequestError,
-    Response, MAX_REQUEST, MAX_TOP,
+use crate::watch::Watched;
+pub(crate) use echo_lab_proto::control::{
+    default_path, parse, Request, Response, MAX_REQUEST, MAX_TOP,
 };
 
 /// The accepting thread's name (what its death is reported as).
@@ -190,7 +189,7 @@ fn launch(listener: &UnixListener, access: Access, events: &Sender<Event>) -> io
     // settled once this returns.
     let reserve = std::fs::File::open("/dev/null").ok();
     let events = events.clone();
-    Watcher::new(events.clone()).spawn(THREAD, move || {
+    crate::supervisor::event::watcher(&events).spawn(THREAD, move || {
         accept_loop(theirs, access, events, reserve);
         Ok(())
     })

@@ -25,11 +25,11 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::activation::{self, Candidate, Role};
 use crate::admission::Listener;
 use crate::config::{Config, Endpoint, Protocol, Rule};
-use crate::listener::Listening;
 use crate::net;
+use crate::systemd::activation::{self, Candidate, Role};
+use crate::tcp::listener::Listening;
 
 /// One TCP address the config asks for, and what its connections get.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::admission::Limits;
-use crate::stats::ServerStats;
+use crate::observe::stats::ServerStats;
 
 /// The pending-bytes cap most cases use.
 const CAP: usize = 100;

@@ -54,11 +54,11 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 
 use crate::admission::{Admission, Gate, Listener, SourceHold};
-use crate::affinity::Steer;
+use crate::observe::session::Session;
+use crate::observe::stats::{CloseReason, Open};
 use crate::protocol::{Detector, Notice, Scan};
-use crate::proxy::{self, Parsed};
-use crate::session::Session;
-use crate::stats::{CloseReason, Open};
+use crate::tcp::affinity::Steer;
+use crate::tcp::proxy::{self, Parsed};
 
 pub(crate) use transport::Transport;
 
@@ -279,7 +279,7 @@ impl<T: Transport> Connection<T> {
     }
 
     /// Makes the connection wait for a PROXY header before anything is
-    /// echoed (see [`crate::proxy`]); `gate` then judges the client it
+    /// echoed (see [`crate::tcp::proxy`]); `gate` then judges the client it
     /// names, as the accept loop judges a direct client. Call before the
     /// first event.
     pub(crate) fn expect_proxy_header(&mut self, gate: Arc<Gate>) {

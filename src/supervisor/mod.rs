@@ -17,7 +17,7 @@
 //!
 //! A reload is prepared whole before anything is applied. The supervisor
 //! owns what is outside the echo server proper — the metrics endpoint
-//! ([`crate::metrics`]) and the log sink — and the UDP side, so it
+//! ([`crate::observe::metrics`]) and the log sink — and the UDP side, so it
 //! prepares four parts in turn: the log file opened, the new metrics
 //! address bound and served, the new UDP sockets bound (and the UDP thread
 //! started if UDP was not served), the TCP side ([`Server::prepare`]:
@@ -26,7 +26,7 @@
 //! has changed and the reload counts as failed. Only then is each part
 //! committed, and committing cannot fail.
 //!
-//! Every long-lived thread is watched ([`crate::supervise`]): its death
+//! Every long-lived thread is watched ([`crate::watch`]): its death
 //! arrives as [`Event::ThreadDied`], and the supervisor decides. The four
 //! threads that serve are restarted, each from state the supervisor
 //! still holds, so no watchdog is needed to notice an outage (and under
@@ -49,6 +49,20 @@
 //! the service manager restarts the daemon rather than leaving it half
 //! alive. The signal thread is not watched: signal-hook's loop has nothing
 //! of ours in it to panic.
+//!
+//! The supervisor's helpers, each a module here:
+//!
+//! | module | owns |
+//! |---|---|
+//! | `event` | the supervisor's inbox: what signals, the control socket and dying threads send it |
+//! | `reload` | a reload's outcome: what changed, or which part refused |
+//! | `control` | the control socket, who may use it, and its one request/reply path to the supervisor |
+//! | `limits` | RLIMIT_NOFILE |
+
+pub(crate) mod control;
+pub(crate) mod event;
+pub(crate) mod limits;
+pub(crate) mod reload;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -60,16 +74,16 @@ use crate::admission::Listener;
 use crate::config::{
     format_duration, Config, ConfigError, LogTarget, Protocol, Rule, DEFAULT_PATH,
 };
-use crate::control::ControlServer;
-use crate::logging;
-use crate::metrics::{self, MetricsError, MetricsServer};
 use crate::net;
-use crate::notify::{borrow_all, Notifier};
-use crate::reload::{reason_of, ReloadError, Reloaded};
-use crate::server::{PreparedReload, Server};
-use crate::supervise::Death;
+use crate::observe::logging;
+use crate::observe::metrics::{self, MetricsError, MetricsServer};
+use crate::supervisor::control::ControlServer;
+use crate::supervisor::reload::{reason_of, ReloadError, Reloaded};
+use crate::systemd::notify::{borrow_all, Notifier};
+use crate::tcp::server::{PreparedReload, Server};
 use crate::udp::listeners::{self, describe_limit, UdpListeners, UdpSpec};
 use crate::udp::RateLimit;
+use crate::watch::Death;
 use crate::EX_SOFTWARE;
 
 /// How often the supervisor wakes when nothing happens (drain progress).
@@ -141,7 +155,7 @@ pub fn load_config(explicit: Option<&Path>) -> Result<(Config, ConfigSource), Co
     Ok((config, ConfigSource::File(path)))
 }
 
-pub use crate::event::{Event, LastReload, Reloads, Status};
+pub use crate::supervisor::event::{Event, LastReload, Reloads, Status};
 
 /// Forwards SIGHUP, SIGTERM, SIGINT and SIGUSR1 to `tx` from a dedicated
 /// thread. Call before starting other threads.
@@ -252,7 +266,12 @@ impl Daemon {
         listener: Option<std::net::TcpListener>,
     ) -> Result<Self, MetricsError> {
         if let Some(l) = listener {
-            let server = MetricsServer::start(l, events.clone(), self.server.gate().clone())?;
+            let server = MetricsServer::start(
+                l,
+                event::status_source(&events),
+                event::watcher(&events),
+                self.server.gate().clone(),
+            )?;
             log::info!("metrics on http://{}/metrics", server.local_addr());
             self.metrics = Some(server);
         }
@@ -347,8 +366,8 @@ impl Daemon {
     /// Serves events until the drain completes; returns the exit code.
     pub fn run(mut self, events: Receiver<Event>) -> i32 {
         // The supervisor's daemon events wait for room in the log queue
-        // rather than be dropped (see `crate::log_writer`).
-        crate::logging::allow_waiting();
+        // rather than be dropped (see `crate::observe::log_writer`).
+        crate::observe::logging::allow_waiting();
         loop {
             match events.recv_timeout(TICK) {
                 Ok(Event::Reload(reply)) => {
@@ -386,10 +405,13 @@ impl Daemon {
                     }
                 }
             }
-            if crate::logging::writer_died() {
+            if crate::observe::logging::writer_died() {
                 // Not restarted: its queue went with it, and what it held
                 // is lost; the supervisor's own line goes to stderr.
-                return self.give_up(&format!("the {} thread died", crate::log_writer::THREAD));
+                return self.give_up(&format!(
+                    "the {} thread died",
+                    crate::observe::log_writer::THREAD
+                ));
             }
             if self.drain_started.is_none() {
                 self.server.reap();
@@ -449,13 +471,13 @@ impl Daemon {
     fn on_death(&mut self, death: &Death) -> Result<(), String> {
         let name = death.name.as_str();
         let revived = match name {
-            crate::listener::THREAD => self.server.revive(death.id),
+            crate::tcp::listener::THREAD => self.server.revive(death.id),
             crate::udp::THREAD => self.udp.revive(death.id),
-            crate::metrics::THREAD => match &mut self.metrics {
+            crate::observe::metrics::THREAD => match &mut self.metrics {
                 Some(m) => m.revive(death.id),
                 None => Ok(false),
             },
-            crate::control::THREAD => match &mut self.control {
+            crate::supervisor::control::THREAD => match &mut self.control {
                 Some(c) => c.revive(death.id),
                 None => Ok(false),
             },
@@ -630,7 +652,12 @@ impl Daemon {
             return Ok(None);
         };
         let l = metrics::bind(addr)?;
-        let server = MetricsServer::start(l, events.clone(), self.server.gate().clone())?;
+        let server = MetricsServer::start(
+            l,
+            event::status_source(events),
+            event::watcher(events),
+            self.server.gate().clone(),
+        )?;
         Ok(Some(Some(server)))
     }
 
@@ -659,7 +686,7 @@ impl Daemon {
             last_reload: self.last_reload.clone(),
             reloads: self.reloads.clone(),
             metrics: self.metrics.as_ref().map(|m| m.local_addr().to_string()),
-            log_lines_dropped: crate::logging::lines_dropped(),
+            log_lines_dropped: crate::observe::logging::lines_dropped(),
         }
     }
 }
@@ -667,7 +694,7 @@ impl Daemon {
 /// SIGUSR1: the log file is reopened by name; if that fails the old one
 /// is kept and the failure logged (to it).
 fn reopen_logs() {
-    match crate::logging::reopen() {
+    match crate::observe::logging::reopen() {
         Ok(Some(path)) => log::info!("reopened the log file {}", path.display()),
         Ok(None) => log::info!("SIGUSR1: the log target is not a file; nothing to reopen"),
         Err(e) => log::error!("{e}; still writing to the old file"),

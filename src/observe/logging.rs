@@ -1,7 +1,7 @@
 //! The daemon's log backend behind the `log` facade: where lines go
 //! (`[log] target`), how they are rendered (`[log] format`), and reopening
 //! the log file on SIGUSR1. The writing itself is
-//! [`crate::log_writer`]'s: this module renders a record on the thread
+//! [`crate::observe::log_writer`]'s: this module renders a record on the thread
 //! that logs it and hands the line to the writer's queue, so no thread
 //! that serves clients ever waits on a sink that has stopped taking
 //! bytes (a full queue drops session lines and counts them:
@@ -25,14 +25,14 @@
 //!
 //! Session lines, which come one per connection and can be thousands a
 //! second, are written in batches of up to 32 KiB, at most 50 ms after
-//! they were logged; daemon events at once (see [`crate::log_writer`]).
+//! they were logged; daemon events at once (see [`crate::observe::log_writer`]).
 //! nginx's `access_log ... buffer=` makes the same trade; a SIGKILL can
 //! lose the last 50 ms of session lines. At a normal exit the supervisor
 //! waits (at most [`EXIT_FLUSH_WAIT`]) until everything queued is written.
 //!
 //! A record is rendered once, by the format: `text` is the message
 //! followed by its key-values as `key=value` (the session lines of
-//! [`crate::session`]); `json` is one object per line with stable field
+//! [`crate::observe::session`]); `json` is one object per line with stable field
 //! names — `ts`, `level`, `event` (`session` or `daemon`), `msg`, then
 //! the record's key-values — for log pipelines. Either way a line to the
 //! journal keeps its `<N>` priority prefix and a syslog message its
@@ -63,7 +63,7 @@ use log::kv::{Key, Value, VisitSource};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::config::{LogConfig, LogFormat, LogTarget};
-use crate::log_writer::{self, Line, Msg, Queue, Sink};
+use crate::observe::log_writer::{self, Line, Msg, Queue, Sink};
 
 /// How long a normal exit waits for the writer to write what is queued
 /// (a sink stalled longer than that loses it).
@@ -153,7 +153,7 @@ fn json_body(record: &Record<'_>, at: SystemTime) -> String {
         "level".into(),
         record.level().as_str().to_ascii_lowercase().into(),
     );
-    let event = if record.target() == crate::session::TARGET {
+    let event = if record.target() == crate::observe::session::TARGET {
         "session"
     } else {
         "daemon"
@@ -169,7 +169,7 @@ pub(crate) fn render(record: &Record<'_>, json: bool) -> Line {
     let at = SystemTime::now();
     Line {
         level: record.level(),
-        session: record.target() == crate::session::TARGET,
+        session: record.target() == crate::observe::session::TARGET,
         at,
         body: if json {
             json_body(record, at)
@@ -238,15 +238,6 @@ pub fn lines_dropped() -> u64 {
         .get()
         .and_then(|l| l.queue.get())
         .map_or(0, Queue::dropped)
-}
-
-/// True while the log writer thread runs; false before it started and
-/// after it died (see [`crate::log_writer`] for what logging does then).
-pub fn writer_alive() -> bool {
-    LOGGER
-        .get()
-        .and_then(|l| l.queue.get())
-        .is_some_and(Queue::alive)
 }
 
 /// True once the log writer thread has started and then ended (a panic:
@@ -396,13 +387,6 @@ fn start_writer(logger: &DaemonLogger, sink: Sink) {
     }
 }
 
-/// Applies `[log]` at once ([`prepare`] then [`install`]); a log file that
-/// cannot be opened is reported and the sink left as it was.
-pub fn apply(config: &LogConfig, default_target: LogTarget) -> Result<(), OpenError> {
-    install(prepare(config, default_target)?);
-    Ok(())
-}
-
 /// Reopens the log file by its name (SIGUSR1, after logrotate renamed it).
 /// Lines queued up to the swap go to the old file, every later one to the
 /// new. If it cannot be opened the old file is kept. Returns the path, or
@@ -441,7 +425,7 @@ mod tests {
         let kvs: &[(&str, u64)] = &[("received", 12), ("sent", 30)];
         let record = Record::builder()
             .level(Level::Info)
-            .target(crate::session::TARGET)
+            .target(crate::observe::session::TARGET)
             .args(format_args!("session"))
             .key_values(&kvs)
             .build();
