@@ -68,7 +68,8 @@ pub(crate) fn propagate_worker_kill(panic: Box<dyn std::any::Any + Send>) {
 /// Names the threads that panic at an event of theirs, comma-separated:
 /// `accept` (a connection accepted), `udp` (datagrams received),
 /// `control` (a control connection accepted), `metrics-accept` (a metrics
-/// connection accepted). `NAME` panics once; `NAME:always` at every event.
+/// connection accepted), `signals` (a signal taken), `log-writer` (a log
+/// line taken). `NAME` panics once; `NAME:always` at every event.
 pub const THREAD_PANIC_ENV: &str = "ECHO_LAB_FAULT_THREAD_PANIC";
 
 /// A thread [`THREAD_PANIC_ENV`] names, and whether it panicked already.

@@ -33,6 +33,7 @@ use crate::observe::logging::{self, OpenError};
 use crate::observe::metrics::{self, MetricsError};
 use crate::supervisor::control::{self, Access, ControlServer};
 use crate::supervisor::limits;
+use crate::supervisor::signals::Signals;
 use crate::supervisor::{self, ConfigSource, Daemon, Event};
 use crate::systemd::activation::{self, Inherited};
 use crate::systemd::notify::Notifier;
@@ -319,7 +320,7 @@ fn launch(
     }
     // Signals before any thread: the handlers must be in place first.
     let (tx, rx) = std::sync::mpsc::channel();
-    supervisor::forward_signals(tx.clone()).map_err(StartupError::Signals)?;
+    let signals = Signals::start(tx.clone()).map_err(StartupError::Signals)?;
     raise_nofile(config.max_connections);
     let control_path = config
         .control_socket
@@ -340,6 +341,7 @@ fn launch(
     let mut daemon = Daemon::new(server, udp, source, Notifier::from_env())
         .with_default_log_target(target)
         .with_control(control)
+        .with_signals(signals)
         .with_metrics(tx, bound.metrics)
         .map_err(StartupError::Metrics)?;
     daemon.log_listening();

@@ -120,6 +120,23 @@ fn a_dead_control_thread_is_restarted_and_answers_again() {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// Without its signal thread the daemon would ignore `systemctl reload`
+/// and `stop` while serving on: the thread is restarted, and the next
+/// signals are acted on.
+#[test]
+fn a_dead_signal_thread_is_restarted_and_signals_work_again() {
+    let mut d = Daemon::start_env("", &[(FAULT, "signals")]);
+    // The thread panics on the first signal it takes (SIGUSR1 only
+    // reopens a log file, so losing it changes nothing).
+    d.signal(libc::SIGUSR1);
+    wait_for_restart(&d, "signals");
+    d.signal(libc::SIGHUP);
+    d.wait_for_log("reloaded", IO_TIMEOUT);
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(IO_TIMEOUT * 2);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
 #[test]
 fn a_dead_metrics_thread_is_restarted_and_answers_again() {
     let d = Daemon::start_env(

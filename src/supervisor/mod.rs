@@ -37,6 +37,7 @@
 //!   of the same sockets and connections queued meanwhile are accepted;
 //! * the UDP thread: its sockets, limits and counters live in the
 //!   `UdpService` (a source's rate bucket starts afresh);
+//! * the signal thread: a new registration of the same handlers;
 //! * the control thread and the metrics thread: each server keeps a
 //!   duplicate of its listening socket, so the socket file and the port
 //!   stay open and a new thread accepts on them.
@@ -47,8 +48,9 @@
 //! this supervisor does not know). Then the supervisor logs why and
 //! exits with status 70 (EX_SOFTWARE), closing every connection, so that
 //! the service manager restarts the daemon rather than leaving it half
-//! alive. The signal thread is not watched: signal-hook's loop has nothing
-//! of ours in it to panic.
+//! alive. The signal thread is restarted too (`signals`); the log writer
+//! is not (its queue died with it): its death is seen on the next turn
+//! and ends the daemon the same way.
 //!
 //! The supervisor's helpers, each a module here:
 //!
@@ -56,6 +58,7 @@
 //! |---|---|
 //! | `event` | the supervisor's inbox: what signals, the control socket and dying threads send it |
 //! | `reload` | a reload's outcome: what changed, or which part refused |
+//! | `signals` | the signal thread: SIGHUP, SIGTERM, SIGINT, SIGUSR1 to events |
 //! | `control` | the control socket, who may use it, and its one request/reply path to the supervisor |
 //! | `limits` | RLIMIT_NOFILE |
 
@@ -63,12 +66,11 @@ pub(crate) mod control;
 pub(crate) mod event;
 pub(crate) mod limits;
 pub(crate) mod reload;
+pub(crate) mod signals;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime};
-
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
 use crate::admission::Listener;
 use crate::config::{
@@ -79,6 +81,7 @@ use crate::observe::logging;
 use crate::observe::metrics::{self, MetricsError, MetricsServer};
 use crate::supervisor::control::ControlServer;
 use crate::supervisor::reload::{reason_of, ReloadError, Reloaded};
+use crate::supervisor::signals::Signals;
 use crate::systemd::notify::{borrow_all, Notifier};
 use crate::tcp::server::{PreparedReload, Server};
 use crate::udp::listeners::{self, describe_limit, UdpListeners, UdpSpec};
@@ -157,27 +160,6 @@ pub fn load_config(explicit: Option<&Path>) -> Result<(Config, ConfigSource), Co
 
 pub use crate::supervisor::event::{Event, LastReload, Reloads, Status};
 
-/// Forwards SIGHUP, SIGTERM, SIGINT and SIGUSR1 to `tx` from a dedicated
-/// thread. Call before starting other threads.
-pub fn forward_signals(tx: Sender<Event>) -> std::io::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1])?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                let event = match sig {
-                    SIGHUP => Event::Reload(None),
-                    SIGUSR1 => Event::ReopenLogs,
-                    _ => Event::Terminate,
-                };
-                if tx.send(event).is_err() {
-                    return;
-                }
-            }
-        })?;
-    Ok(())
-}
-
 /// The supervisor's state.
 pub struct Daemon {
     /// The echo server being supervised.
@@ -206,6 +188,8 @@ pub struct Daemon {
     control: Option<ControlServer>,
     /// Recent restarts of watched threads.
     restarts: Restarts,
+    /// The signal thread.
+    signals: Option<Signals>,
 }
 
 /// Every part of a reload, prepared: committing it cannot fail.
@@ -248,7 +232,14 @@ impl Daemon {
             },
             control: None,
             restarts: Restarts::default(),
+            signals: None,
         }
+    }
+
+    /// Keeps the signal thread (restarted if it dies).
+    pub fn with_signals(mut self, signals: Signals) -> Self {
+        self.signals = Some(signals);
+        self
     }
 
     /// Keeps the control socket (its thread is restarted if it dies; its
@@ -475,6 +466,10 @@ impl Daemon {
             crate::udp::THREAD => self.udp.revive(death.id),
             crate::observe::metrics::THREAD => match &mut self.metrics {
                 Some(m) => m.revive(death.id),
+                None => Ok(false),
+            },
+            signals::THREAD => match &mut self.signals {
+                Some(s) => s.revive(death.id),
                 None => Ok(false),
             },
             crate::supervisor::control::THREAD => match &mut self.control {
