@@ -462,7 +462,7 @@ impl Writer {
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::fd::OwnedFd;
 
     /// A pipe: the read end, and the write end as a file sink.
     fn pipe_sink() -> (std::io::PipeReader, Sink) {
@@ -569,9 +569,7 @@ mod tests {
         assert!(q.flush(Some(Duration::from_secs(10))));
         // Written by now: a read that cannot block finds it.
         let mut r = File::from(OwnedFd::from(r));
-        // SAFETY: fcntl on a descriptor this File owns.
-        let rc = unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-        assert_eq!(rc, 0);
+        rustix::fs::fcntl_setfl(&r, rustix::fs::OFlags::NONBLOCK).expect("O_NONBLOCK");
         let mut buf = [0u8; 4096];
         let n = r.read(&mut buf).expect("the flushed line is in the pipe");
         assert!(String::from_utf8_lossy(&buf[..n]).contains("queued"));
