@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 
 use support::*;
@@ -26,17 +26,7 @@ const MANY: usize = 50;
 /// closed (EOF or reset).
 fn provoke(s: &mut TcpStream) -> Vec<u8> {
     s.write_all(PANIC).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
-            Err(e) => panic!("the panicking connection was not closed: {e}"),
-        }
-    }
+    read_until_closed(s)
 }
 
 #[cfg(feature = "fault-injection")]

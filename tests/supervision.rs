@@ -10,29 +10,13 @@
 
 mod support;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use support::*;
 
 const FAULT: &str = "ECHO_LAB_FAULT_THREAD_PANIC";
-
-/// Reads until the daemon closes `s` (EOF or reset); what came back.
-fn until_closed(s: &mut TcpStream) -> Vec<u8> {
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
-            Err(e) => panic!("the connection was not closed: {e}"),
-        }
-    }
-}
 
 /// Sends `data` from an ephemeral port until an answer comes (at most
 /// `tries` times, 500 ms each); the answer, if any.
@@ -66,7 +50,7 @@ fn scrape(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to metrics");
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
-    String::from_utf8_lossy(&until_closed(&mut s)).into_owned()
+    String::from_utf8_lossy(&read_until_closed(&mut s)).into_owned()
 }
 
 /// The supervisor's lines about `thread`'s death and restart.
@@ -82,7 +66,7 @@ fn a_dead_accept_loop_is_restarted_and_accepts_again() {
     let mut first = connect(d.addr());
     // The accept loop panicked holding this connection: it is closed.
     let _ = first.write_all(b"lost\n");
-    assert!(until_closed(&mut first).is_empty());
+    assert!(read_until_closed(&mut first).is_empty());
     wait_for_restart(&d, "accept");
     for i in 0..3 {
         let mut s = connect(d.addr());

@@ -117,16 +117,7 @@ impl Daemon {
             text = format!("control_socket = {:?}\n{text}", control.to_str().unwrap());
         }
         let config = config_file(&text);
-        let mut child = Command::new(ECHO_LAB)
-            .arg("--config")
-            .arg(config.path())
-            .envs(env.iter().copied())
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn echo-lab");
+        let mut child = spawn_echo_lab(config.path(), env, Stdio::piped());
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -948,16 +939,7 @@ impl Daemon {
             "control_socket = {:?}\nhost = \"127.0.0.1\"\nport = 0\n{config_toml}",
             control.to_str().unwrap()
         ));
-        let child = Command::new(ECHO_LAB)
-            .arg("--config")
-            .arg(config.path())
-            .envs(env.iter().copied())
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn echo-lab");
+        let child = spawn_echo_lab(config.path(), env, stderr);
         let (_, rx) = mpsc::channel();
         let mut daemon = Daemon {
             child,
@@ -997,5 +979,37 @@ impl Daemon {
         assert!(!listen.is_empty(), "status lists no address");
         daemon.addrs = listen;
         daemon
+    }
+}
+
+/// Runs the daemon on `config` with `env` added, stdin and stdout closed,
+/// stderr to `stderr`, outside any journal (so lines are plain text).
+fn spawn_echo_lab(config: &Path, env: &[(&str, &str)], stderr: Stdio) -> Child {
+    Command::new(ECHO_LAB)
+        .arg("--config")
+        .arg(config)
+        .envs(env.iter().copied())
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn echo-lab")
+}
+
+/// Reads until the daemon closes `s` (end of stream or reset), each read
+/// bounded by [`IO_TIMEOUT`]; what came back. Panics on any other error.
+pub fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("the connection was not closed: {e}"),
+        }
     }
 }
