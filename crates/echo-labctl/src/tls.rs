@@ -59,23 +59,24 @@ pub struct TlsArgs {
 pub enum TlsSetupError {
     #[error("--tls needs --ca FILE (the CA that signed the server's certificate) or --insecure")]
     NoTrust,
-    #[error("cannot read {what} from {path}: {source}")]
+    /// (`cause` is in the message, not a `source`, so that it is said once.)
+    #[error("cannot read {what} from {path}: {cause}")]
     Pem {
         what: &'static str,
         path: PathBuf,
-        source: rustls::pki_types::pem::Error,
+        cause: rustls::pki_types::pem::Error,
     },
     #[error("{path} holds no certificate")]
     NoCertificate { path: PathBuf },
-    #[error("{path}: a certificate rustls cannot use as a root: {source}")]
+    #[error("{path}: a certificate rustls cannot use as a root: {cause}")]
     BadRoot {
         path: PathBuf,
-        source: rustls::Error,
+        cause: rustls::Error,
     },
     #[error("`{name}` is not a valid server name (DNS name or IP address)")]
     BadName { name: String },
     #[error("TLS setup failed: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
 }
 
 /// What a TLS client needs for every connection: the config and the name
@@ -90,6 +91,12 @@ impl TlsTarget {
     /// A new client connection to the target.
     pub fn connection(&self) -> Result<ClientConnection, rustls::Error> {
         ClientConnection::new(self.config.clone(), self.name.clone())
+    }
+}
+
+impl From<rustls::Error> for TlsSetupError {
+    fn from(e: rustls::Error) -> Self {
+        TlsSetupError::Rustls(e)
     }
 }
 
@@ -146,10 +153,10 @@ fn host_of(addr: &str) -> String {
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let pem = |source| TlsSetupError::Pem {
+    let pem = |cause| TlsSetupError::Pem {
         what: "certificates",
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(pem)?
@@ -164,19 +171,19 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupErr
 }
 
 fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsSetupError::Pem {
+    PrivateKeyDer::from_pem_file(path).map_err(|cause| TlsSetupError::Pem {
         what: "a private key",
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 
 fn roots(path: &Path) -> Result<RootCertStore, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     for cert in certificates(path)? {
-        roots.add(cert).map_err(|source| TlsSetupError::BadRoot {
+        roots.add(cert).map_err(|cause| TlsSetupError::BadRoot {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
     }
     Ok(roots)
