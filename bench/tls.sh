@@ -169,6 +169,9 @@ $1
 level = "info"
 sessions = false
 TOML
+    # Emptied first: the redirection below happens in the background, and
+    # the previous server's address must not be read meanwhile.
+    : > "$work/echo-lab.log"
     "$lab" --config "$work/echo-lab.toml" > "$work/echo-lab.log" 2>&1 &
     lab_pid=$!; pids+=("$lab_pid")
     lab_addr=$(wait_line "$work/echo-lab.log" "$lab_pid") || return 1
@@ -195,11 +198,13 @@ connect = $lab_addr
 cert = $pki/server.pem
 key = $pki/server.key
 CONF
+            : > "$work/stunnel.log"
             stunnel4 "$work/stunnel.conf" > "$work/stunnel.log" 2>&1 &
             server_pid=$!; pids+=("$server_pid")
             server_addr=127.0.0.1:$port
             wait_port "$server_addr" "$server_pid" || { say "stunnel did not start:"; cat "$work/stunnel.log" >&2; return 1; } ;;
         tokio-rustls)
+            : > "$work/peer.log"
             "$peer" --cert "$pki/server.pem" --key "$pki/server.key" 127.0.0.1:0 --workers 2 > "$work/peer.log" 2>&1 &
             server_pid=$!; pids+=("$server_pid")
             server_addr=$(wait_line "$work/peer.log" "$server_pid") || return 1 ;;
