@@ -69,10 +69,7 @@ pub enum TlsSetupError {
     #[error("{path} holds no certificate")]
     NoCertificate { path: PathBuf },
     #[error("{path}: a certificate rustls cannot use as a root: {cause}")]
-    BadRoot {
-        path: PathBuf,
-        cause: rustls::Error,
-    },
+    BadRoot { path: PathBuf, cause: rustls::Error },
     #[error("`{name}` is not a valid server name (DNS name or IP address)")]
     BadName { name: String },
     #[error("TLS setup failed: {0}")]
