@@ -17,7 +17,7 @@ step() { printf '\n==== %s ====\n' "$*"; }
 # prometheus: /usr/bin/prometheus and promtool (tests/metrics.rs, the rules);
 # logrotate: tests/log_file.rs runs the shipped snippet; haproxy: tests/proxy.rs.
 # g++: libfuzzer-sys builds libFuzzer (C++) for the fuzz targets.
-apt_pkgs=(mandoc man-db lintian debootstrap systemd-container python3 netcat-openbsd procps util-linux iproute2 git prometheus logrotate g++ haproxy)
+apt_pkgs=(mandoc man-db lintian debootstrap systemd-container python3 netcat-openbsd procps util-linux iproute2 git prometheus logrotate g++ haproxy openssl stunnel4)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -74,6 +74,10 @@ bash fuzz/run.sh "${ECHO_LAB_FUZZ_SECS:-5}"
 if [ -x bench/compare.sh ] || [ -f bench/compare.sh ]; then
   step "bench smoke"
   bash bench/compare.sh --smoke
+fi
+if [ -f bench/tls.sh ]; then
+  step "TLS bench smoke (stunnel4 and tokio-rustls-echo; echo-lab's own listener when it has one)"
+  bash bench/tls.sh --smoke
 fi
 if [ -f tests/systemd/run.sh ]; then
   step "systemd tests (in a container)"

@@ -15,10 +15,14 @@
 //! reading from a pipe. In both it waits for each line's echo before going
 //! on, so output stays in order and a piped session exits right after the
 //! last echo arrives.
+//!
+//! With `--tls` the same session runs over the plaintext end of a pump
+//! ([`crate::client_tls`]): the session is generic over its [`Duplex`].
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -154,6 +158,33 @@ pub struct Options {
     pub addr: String,
     /// Connect and echo timeout.
     pub timeout: Duration,
+    /// Speak TLS to this target (`connect --tls`).
+    pub tls: Option<crate::tls::TlsTarget>,
+}
+
+/// The byte stream a session runs over: the TCP socket itself, or the
+/// plaintext end of the TLS pump.
+pub(crate) trait Duplex: Read + Write + Send + Sized + 'static {
+    fn try_clone(&self) -> io::Result<Self>;
+    fn shutdown(&self, how: Shutdown) -> io::Result<()>;
+}
+
+impl Duplex for TcpStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        TcpStream::try_clone(self)
+    }
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        TcpStream::shutdown(self, how)
+    }
+}
+
+impl Duplex for UnixStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        UnixStream::try_clone(self)
+    }
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        UnixStream::shutdown(self, how)
+    }
 }
 
 /// Resolves and connects; errors are one line with a hint, plus an exit
@@ -198,6 +229,20 @@ pub fn run(opts: &Options) -> i32 {
         }
     };
     let _ = stream.set_nodelay(true);
+    match &opts.tls {
+        None => session(stream, peer, opts.timeout),
+        Some(target) => match crate::client_tls::start(stream, target, opts.timeout) {
+            Ok(plain) => session(plain, peer, opts.timeout),
+            Err((msg, code)) => {
+                eprintln!("echo-labctl: {msg}");
+                code
+            }
+        },
+    }
+}
+
+/// The session over `stream`, connected to `peer`; returns the exit code.
+fn session<S: Duplex>(stream: S, peer: SocketAddr, timeout: Duration) -> i32 {
     let interactive = io::stdin().is_terminal();
     let saved_tty = interactive.then(save_tty).flatten();
     let state: State = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
@@ -214,14 +259,14 @@ pub fn run(opts: &Options) -> i32 {
     }
     if interactive {
         eprintln!("Connected to {peer}. Type to echo; 'disconnect' or Ctrl-D leaves.");
-        interactive_loop(stream, &state, opts.timeout)
+        interactive_loop(stream, &state, timeout)
     } else {
-        piped_loop(stream, &state, opts.timeout)
+        piped_loop(stream, &state, timeout)
     }
 }
 
 /// The receiving side; see the module docs.
-fn read_loop(mut stream: TcpStream, state: State, interactive: Option<Option<Termios>>) {
+fn read_loop<S: Duplex>(mut stream: S, state: State, interactive: Option<Option<Termios>>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let (n, failed) = match stream.read(&mut buf) {
@@ -282,8 +327,8 @@ fn read_loop(mut stream: TcpStream, state: State, interactive: Option<Option<Ter
 }
 
 /// Sends `line` and waits until its echo has arrived (or the session ended).
-fn send_and_wait(
-    stream: &mut TcpStream,
+fn send_and_wait<S: Duplex>(
+    stream: &mut S,
     state: &State,
     line: &[u8],
     timeout: Duration,
@@ -332,7 +377,7 @@ fn send_and_wait(
     }
 }
 
-fn piped_loop(mut stream: TcpStream, state: &State, timeout: Duration) -> i32 {
+fn piped_loop<S: Duplex>(mut stream: S, state: &State, timeout: Duration) -> i32 {
     let stdin = io::stdin();
     let mut line = Vec::new();
     let mut input = stdin.lock();
@@ -364,7 +409,7 @@ fn piped_loop(mut stream: TcpStream, state: &State, timeout: Duration) -> i32 {
     0
 }
 
-fn interactive_loop(mut stream: TcpStream, state: &State, timeout: Duration) -> i32 {
+fn interactive_loop<S: Duplex>(mut stream: S, state: &State, timeout: Duration) -> i32 {
     let left = edit_lines("echo> ", &mut |line| {
         send_and_wait(&mut stream, state, line, timeout)
     });

@@ -3,6 +3,8 @@
 //! | module | owns |
 //! |---|---|
 //! | [`client`] | `echo-labctl connect`: an interactive or piped TCP echo session |
+//! | [`client_tls`] | `echo-labctl connect --tls`: the TLS layer under that session |
+//! | [`tls`] | the TLS options, client config and session description, for `connect` and `bench` |
 //! | [`client_udp`] | `echo-labctl connect --udp`: one datagram per line |
 //! | [`bench`] | `echo-labctl bench`: ping-pong, fixed-rate and UDP load, with a report |
 //!
@@ -14,4 +16,6 @@
 
 pub mod bench;
 pub mod client;
+pub mod client_tls;
 pub mod client_udp;
+pub mod tls;

@@ -39,8 +39,10 @@ enum Command {
         #[arg(long, default_value_t = 5.0, value_name = "SECS")]
         timeout: f64,
         /// Over UDP: each line is one datagram, each echo is printed.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "tls")]
         udp: bool,
+        #[command(flatten)]
+        tls: echo_labctl::tls::TlsArgs,
     },
     /// Show the daemon's state: version, pid, uptime, addresses, counters,
     /// last reload.
@@ -351,16 +353,27 @@ fn default_addr() -> String {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Connect { addr, timeout, udp } => {
+        Command::Connect {
+            addr,
+            timeout,
+            udp,
+            tls,
+        } => {
             let timeout = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(5));
             if udp {
                 let addr = addr.unwrap_or_else(default_addr);
                 std::process::exit(echo_labctl::client_udp::run(&addr, timeout));
             }
-            echo_labctl::client::run(&echo_labctl::client::Options {
-                addr: addr.unwrap_or_else(default_addr),
-                timeout,
-            })
+            let addr = addr.unwrap_or_else(default_addr);
+            match tls.target(&addr) {
+                Ok(tls) => {
+                    echo_labctl::client::run(&echo_labctl::client::Options { addr, timeout, tls })
+                }
+                Err(e) => {
+                    eprintln!("echo-labctl: {e}");
+                    EX_USAGE
+                }
+            }
         }
         Command::Completions { shell } => {
             clap_complete::generate(

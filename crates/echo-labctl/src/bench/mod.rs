@@ -12,6 +12,8 @@
 //!   for hold mode;
 //! * [`paced`]: the fixed-rate engine, sends on a schedule;
 //! * [`wire`]: what one read or write result means, for every engine;
+//! * [`link`]: a connection's stream, plain TCP or TLS (`--tls`), for the
+//!   readiness engines;
 //! * [`tally`]: per-thread latency histograms and failure counts;
 //! * [`report`]: the text and JSON results;
 //! * [`cpu`]: the generator's own CPU time and the server's;
@@ -28,7 +30,14 @@
 //! same offered load. **Hold** opens all connections as fast as possible,
 //! leaves them idle for `--hold`, and then has each do one round trip: it
 //! measures how fast a server accepts a crowd, whether it keeps idle
-//! connections, and how fast it wakes them all.
+//! connections, and how fast it wakes them all. **Churn** (`--mode churn`)
+//! measures sessions rather than round trips: each connection slot
+//! connects, handshakes (with `--tls`), does one round trip and closes,
+//! again and again; the report gives sessions per second and the latency
+//! of a whole session.
+//!
+//! With `--tls` every mode speaks TLS (rustls, driven by the same mio
+//! loops; the single-connection blocking loop is not used).
 //!
 //! The coordinator (this module) runs a run in three visible steps: spawn
 //! the load threads ([`Crew::spawn`]), wait until each has connected its
@@ -50,6 +59,7 @@
 
 mod clock;
 mod cpu;
+mod link;
 mod paced;
 mod payload;
 mod plan;
@@ -87,6 +97,9 @@ pub enum Mode {
     PingPong,
     /// Open all connections, hold them idle, then one round trip each.
     Hold,
+    /// Each connection slot: connect, handshake (--tls), one round trip,
+    /// close, again; reports sessions per second.
+    Churn,
 }
 
 /// Options of `echo-labctl bench`.
@@ -154,8 +167,11 @@ pub struct BenchArgs {
 
     /// Ping-pong over UDP (see `udp`): --connections flows, one datagram in
     /// flight each; reports loss, RTT percentiles and jitter.
-    #[arg(long, conflicts_with_all = ["mode", "rate", "server_pid"])]
+    #[arg(long, conflicts_with_all = ["mode", "rate", "server_pid", "tls"])]
     pub udp: bool,
+
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// Parses a number of seconds such as `5` or `0.5`.
@@ -186,9 +202,10 @@ pub fn run(args: &BenchArgs, default_addr: &str) -> anyhow::Result<i32> {
         return udp::run(args, addr);
     }
     let connections = args.connections as usize;
-    if args.mode == Mode::Hold && args.rate.is_some() {
-        bail!("--rate applies to ping-pong, not to --mode hold");
+    if args.mode != Mode::PingPong && args.rate.is_some() {
+        bail!("--rate applies to ping-pong, not to --mode hold or churn");
     }
+    let tls = args.tls.target(addr_text)?;
     ensure_nofile(connections)?;
     let threads = match args.threads {
         Some(t) => (t as usize).min(connections),
@@ -208,16 +225,17 @@ pub fn run(args: &BenchArgs, default_addr: &str) -> anyhow::Result<i32> {
         size: args.size as usize,
         warmup: args.warmup,
         duration: match (args.mode, args.requests) {
-            (Mode::PingPong, None) => Some(args.duration),
+            (Mode::PingPong | Mode::Churn, None) => Some(args.duration),
             _ => None,
         },
-        requests: args.requests.filter(|_| args.mode == Mode::PingPong),
+        requests: args.requests.filter(|_| args.mode != Mode::Hold),
         hold: (args.mode == Mode::Hold).then_some(args.hold),
         rate: args.rate,
+        tls: tls.is_some(),
     };
     let progress = Progress::default();
     let live = std::io::stderr().is_terminal() && !args.json;
-    let plan = Plan::new(addr, setup.size, args.timeout);
+    let plan = Plan::new(addr, setup.size, args.timeout, tls);
     let outcome = thread::scope(|s| {
         let mut crew = Crew::spawn(s, &plan, &progress, engine, split(connections, threads));
         let connected = crew.await_connected();
@@ -240,14 +258,14 @@ pub fn run(args: &BenchArgs, default_addr: &str) -> anyhow::Result<i32> {
             },
         });
         crew.release();
-        let ticker = Ticker::new(live && args.mode == Mode::PingPong, measure_from);
+        let ticker = Ticker::new(live && args.mode != Mode::Hold, measure_from);
         crew.collect(ticker, &progress, server_cpu.as_mut(), measure_from)?;
         let server = server_cpu.as_mut().map(cpu::Window::end).transpose()?;
         crew.outcome(go, server)
     })?;
     let tally = outcome.tally;
     let (elapsed, all_echoed) = match args.mode {
-        Mode::PingPong => {
+        Mode::PingPong | Mode::Churn => {
             let from = outcome.go + args.warmup;
             let elapsed = match tally.last_echo {
                 Some(last) => last.saturating_duration_since(from),
@@ -367,11 +385,12 @@ impl Engine {
     fn of(args: &BenchArgs, connections: usize) -> Engine {
         match (args.mode, args.rate) {
             (Mode::Hold, _) => Engine::Reactor(Job::Hold),
+            (Mode::Churn, _) => Engine::Reactor(Job::Churn),
             (Mode::PingPong, Some(per_sec)) => Engine::Paced {
                 per_sec,
                 connections: connections as u64,
             },
-            (Mode::PingPong, None) if connections == 1 => Engine::Single,
+            (Mode::PingPong, None) if connections == 1 && !args.tls.tls => Engine::Single,
             (Mode::PingPong, None) => Engine::Reactor(Job::PingPong),
         }
     }
@@ -381,6 +400,7 @@ impl Engine {
         match self {
             Engine::Single | Engine::Reactor(Job::PingPong) => "ping-pong",
             Engine::Reactor(Job::Hold) => "hold",
+            Engine::Reactor(Job::Churn) => "churn",
             Engine::Paced { .. } => "fixed-rate",
         }
     }

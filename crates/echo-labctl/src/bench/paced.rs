@@ -28,12 +28,12 @@
 //! the next send: epoll's own timeout counts in milliseconds, far coarser
 //! than the tens of microseconds between sends at useful rates. Connections
 //! are opened one after another with a blocking connect (a fixed-rate run
-//! is about steady load, not about how fast a crowd is accepted), then made
-//! non-blocking. When the window closes, nothing new is scheduled and the
+//! is about steady load, not about how fast a crowd is accepted) and, with
+//! `--tls`, a blocking handshake, then made non-blocking. When the window closes, nothing new is scheduled and the
 //! thread waits for the echoes still in flight.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -43,6 +43,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::clock;
+use super::link::Link;
 use super::payload;
 use super::plan::{Plan, Round};
 use super::tally::{Failure, Progress, Tally};
@@ -88,7 +89,7 @@ struct Pending {
 
 struct Conn {
     /// `None` once closed (finished or failed).
-    stream: Option<TcpStream>,
+    stream: Option<Link>,
     /// Connection number, unique in the run (seeds the messages).
     id: u64,
     /// Bytes scheduled but not yet written, from `written` on.
@@ -177,7 +178,7 @@ impl<'a> Loop<'a> {
             let token = Token(lp.conns.len());
             let stream = match connect(plan).and_then(|mut s| {
                 lp.poll.registry().register(
-                    &mut s,
+                    s.tcp(),
                     token,
                     Interest::READABLE | Interest::WRITABLE,
                 )?;
@@ -188,8 +189,12 @@ impl<'a> Loop<'a> {
                     lp.open += 1;
                     Some(s)
                 }
-                Err(_) => {
-                    lp.tally.fail(Failure::Connect, progress);
+                Err(e) => {
+                    let failure = match e.kind() {
+                        io::ErrorKind::InvalidData => Failure::Handshake,
+                        _ => Failure::Connect,
+                    };
+                    lp.tally.fail(failure, progress);
                     None
                 }
             };
@@ -376,7 +381,8 @@ impl<'a> Loop<'a> {
     fn fail(&mut self, i: usize, failure: Failure) {
         self.tally.fail(failure, self.progress);
         let c = &mut self.conns[i];
-        if c.stream.take().is_some() {
+        if let Some(mut link) = c.stream.take() {
+            link.close();
             self.open -= 1;
         }
         self.in_flight -= c.in_flight.len();
@@ -386,13 +392,23 @@ impl<'a> Loop<'a> {
     }
 }
 
-/// A blocking connect bounded by the timeout, then a non-blocking socket
-/// with TCP_NODELAY for the poller.
-fn connect(plan: &Plan) -> io::Result<TcpStream> {
+/// A blocking connect bounded by the timeout, a blocking TLS handshake
+/// (with `--tls`; its failure reads as `InvalidData`), then a non-blocking
+/// socket with TCP_NODELAY for the poller.
+fn connect(plan: &Plan) -> io::Result<Link> {
     let stream = std::net::TcpStream::connect_timeout(&plan.addr, plan.timeout)?;
     stream.set_nodelay(true)?;
+    let mut tls = plan.tls_connection()?;
+    if let Some(conn) = tls.as_mut() {
+        stream.set_read_timeout(Some(plan.timeout))?;
+        stream.set_write_timeout(Some(plan.timeout))?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut &stream)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+    }
     stream.set_nonblocking(true)?;
-    Ok(TcpStream::from_std(stream))
+    Ok(Link::new(TcpStream::from_std(stream), tls))
 }
 
 #[cfg(test)]

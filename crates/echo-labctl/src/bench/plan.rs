@@ -19,6 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use rustls::ClientConnection;
+
+use crate::tls::TlsTarget;
+
 /// When the measured window ends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Stop {
@@ -36,6 +40,8 @@ pub(crate) struct Plan {
     pub size: usize,
     /// Longest a connect or one round trip may take.
     pub timeout: Duration,
+    /// Speak TLS to the server (`--tls`).
+    pub tls: Option<TlsTarget>,
     /// Set once all connections are up.
     window: OnceLock<Window>,
     /// Measured round trips handed out so far (request mode).
@@ -62,14 +68,29 @@ pub(crate) enum Round {
 }
 
 impl Plan {
-    pub(crate) fn new(addr: SocketAddr, size: usize, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        size: usize,
+        timeout: Duration,
+        tls: Option<TlsTarget>,
+    ) -> Self {
         Plan {
             addr,
             size,
             timeout,
+            tls,
             window: OnceLock::new(),
             claimed: AtomicU64::new(0),
         }
+    }
+
+    /// A fresh TLS client connection for one load connection (`None` for
+    /// plain TCP).
+    pub(crate) fn tls_connection(&self) -> std::io::Result<Option<ClientConnection>> {
+        self.tls
+            .as_ref()
+            .map(|t| t.connection().map_err(std::io::Error::other))
+            .transpose()
     }
 
     /// Fixes the window; done once, before the load threads are told to go.

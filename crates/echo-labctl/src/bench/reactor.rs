@@ -8,12 +8,20 @@
 //! machine:
 //!
 //! ```text
-//! Connecting --> Idle --(go)--> Writing --> Reading --> verify, record
-//!                                  ^                         |
-//!                                  +------- ping-pong -------+--> Closed
-//!                                                          (hold, window
-//!                                                        over, or failure)
+//! Connecting --> Handshaking --> Idle --(go)--> Writing --> Reading --> verify, record
+//!                (TLS only)                        ^                         |
+//!                                                  +------- ping-pong -------+--> Closed
+//!                                                                          (hold, churn,
+//!                                                                      window over, failure)
 //! ```
+//!
+//! The stream is a [`Link`]: plain TCP, or rustls over it with `--tls`
+//! (the handshake is its own state, so thousands of them overlap like the
+//! connects). **Churn** (`--mode churn`) measures whole sessions instead of
+//! round trips on kept connections: after the "go" every slot connects,
+//! handshakes (TLS), does one round trip and closes, then starts again
+//! until the window is over; the latency recorded is the whole session's,
+//! from the connect to the echo.
 //!
 //! Costs were kept to the minimum a correct echo client needs: connecting is
 //! non-blocking so thousands of handshakes overlap; after a message is
@@ -31,13 +39,14 @@
 //! connection does round trips until the window closes (ping-pong) or
 //! exactly one (hold).
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
+use super::link::Link;
 use super::payload;
 use super::plan::{Plan, Round};
 use super::tally::{Failure, Progress, Tally};
@@ -49,6 +58,8 @@ const SWEEP: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Connecting,
+    /// TCP connected, the TLS handshake under way.
+    Handshaking,
     /// Connected, waiting for the hold to end.
     Idle,
     Writing,
@@ -58,7 +69,7 @@ enum State {
 }
 
 struct Conn {
-    stream: Option<TcpStream>,
+    stream: Option<Link>,
     state: State,
     /// Connection number, unique in the run (seeds the messages).
     id: u64,
@@ -80,6 +91,9 @@ pub(crate) enum Job {
     PingPong,
     /// Exactly one round trip, then close.
     Hold,
+    /// Sessions until the plan's window is over: connect, handshake, one
+    /// round trip, close, again.
+    Churn,
 }
 
 /// One load thread's connections and their poller.
@@ -113,7 +127,9 @@ pub(crate) fn run(
     }
     let now = Instant::now();
     for i in 0..lp.conns.len() {
-        if lp.conns[i].state == State::Idle {
+        if job == Job::Churn {
+            lp.next_session(i, now);
+        } else if lp.conns[i].state == State::Idle {
             lp.begin(i, now);
             lp.drive(i);
         }
@@ -136,39 +152,52 @@ impl<'a> Loop<'a> {
             tally: Tally::new(),
         };
         for id in ids {
-            let token = Token(lp.conns.len());
-            let started = Instant::now();
-            let stream = TcpStream::connect(plan.addr).and_then(|mut s| {
-                lp.poll.registry().register(
-                    &mut s,
-                    token,
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-                Ok(s)
-            });
-            let (stream, state) = match stream {
-                Ok(s) => {
-                    lp.busy += 1;
-                    (Some(s), State::Connecting)
-                }
-                Err(_) => {
-                    lp.tally.fail(Failure::Connect, progress);
-                    (None, State::Closed)
-                }
-            };
             lp.conns.push(Conn {
-                stream,
-                state,
+                stream: None,
+                state: State::Closed,
                 id,
                 round: 0,
                 sent: vec![0; plan.size],
                 echoed: vec![0; plan.size],
                 done: 0,
-                started,
+                started: Instant::now(),
                 measured: false,
             });
+            // Churn connects after the "go", a session at a time.
+            if job != Job::Churn {
+                lp.open(lp.conns.len() - 1, Instant::now());
+            }
         }
         Ok(lp)
+    }
+
+    /// Starts a non-blocking connect on slot `i` (closed) at `now`.
+    fn open(&mut self, i: usize, now: Instant) {
+        let registry = self.poll.registry();
+        let link = TcpStream::connect(self.plan.addr).and_then(|mut s| {
+            registry.register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+            Ok(Link::new(s, self.plan.tls_connection()?))
+        });
+        let c = &mut self.conns[i];
+        c.started = now;
+        match link {
+            Ok(link) => {
+                c.stream = Some(link);
+                c.state = State::Connecting;
+                self.busy += 1;
+            }
+            Err(_) => self.tally.fail(Failure::Connect, self.progress),
+        }
+    }
+
+    /// Churn: opens the next session on slot `i`, or leaves it closed when
+    /// the window is over.
+    fn next_session(&mut self, i: usize, now: Instant) {
+        let round = self.plan.next_round(now);
+        if round != Round::Stop {
+            self.conns[i].measured = round == Round::Measured;
+            self.open(i, now);
+        }
     }
 
     /// Polls until no connection is busy.
@@ -197,8 +226,7 @@ impl<'a> Loop<'a> {
     fn sweep(&mut self, now: Instant) {
         for i in 0..self.conns.len() {
             let c = &self.conns[i];
-            let busy = matches!(c.state, State::Connecting | State::Writing | State::Reading);
-            if busy && now.saturating_duration_since(c.started) > self.plan.timeout {
+            if c.busy() && now.saturating_duration_since(c.started) > self.plan.timeout {
                 self.fail(i, Failure::Timeout);
             }
         }
@@ -207,16 +235,22 @@ impl<'a> Loop<'a> {
     /// Closes connection `i` (finished, failed or no longer needed).
     fn close(&mut self, i: usize) {
         let c = &mut self.conns[i];
-        if matches!(c.state, State::Connecting | State::Writing | State::Reading) {
+        if c.busy() {
             self.busy -= 1;
         }
         c.state = State::Closed;
-        c.stream = None;
+        if let Some(mut link) = c.stream.take() {
+            link.close();
+        }
     }
 
     fn fail(&mut self, i: usize, failure: Failure) {
         self.tally.fail(failure, self.progress);
         self.close(i);
+        if self.job == Job::Churn {
+            // A failed session is counted; the slot goes on churning.
+            self.next_session(i, Instant::now());
+        }
     }
 
     /// Starts the next round trip on connection `i` (which must not be busy
@@ -225,20 +259,30 @@ impl<'a> Loop<'a> {
         let round = match self.job {
             Job::PingPong => self.plan.next_round(now),
             Job::Hold => Round::Measured,
+            // Decided when the session was opened; its time runs on.
+            Job::Churn => {
+                let c = &self.conns[i];
+                match c.measured {
+                    true => Round::Measured,
+                    false => Round::Warmup,
+                }
+            }
         };
         if round == Round::Stop {
             self.close(i);
             return;
         }
         let c = &mut self.conns[i];
-        if !matches!(c.state, State::Connecting | State::Writing | State::Reading) {
+        if !c.busy() {
             self.busy += 1;
         }
         c.measured = round == Round::Measured;
         payload::fill(&mut c.sent, c.id, c.round);
         c.round += 1;
         c.done = 0;
-        c.started = now;
+        if self.job != Job::Churn {
+            c.started = now;
+        }
         c.state = State::Writing;
     }
 
@@ -249,6 +293,7 @@ impl<'a> Loop<'a> {
             let flow = match self.conns[i].state {
                 State::Idle | State::Closed => Flow::Wait,
                 State::Connecting => self.finish_connect(i),
+                State::Handshaking => self.handshake(i),
                 State::Writing => self.write_some(i),
                 State::Reading => self.read_some(i),
             };
@@ -263,22 +308,46 @@ impl<'a> Loop<'a> {
         }
     }
 
-    /// Connecting: checks whether the handshake is over and parks the
-    /// connection in Idle.
+    /// Connecting: checks whether the TCP handshake is over and moves on
+    /// to the TLS one.
     fn finish_connect(&mut self, i: usize) -> Flow {
         let c = &mut self.conns[i];
-        let Some(stream) = c.stream.as_mut() else {
+        let Some(link) = c.stream.as_mut() else {
             return Flow::Wait;
         };
+        let stream = link.tcp();
         match connect_result(stream) {
             Ok(false) => Flow::Wait,
             Ok(true) if stream.set_nodelay(true).is_ok() => {
-                self.tally.connected_at(Instant::now());
-                c.state = State::Idle;
-                self.busy -= 1;
-                Flow::Wait
+                c.state = State::Handshaking;
+                Flow::Continue
             }
             Ok(true) | Err(_) => Flow::Fail(Failure::Connect),
+        }
+    }
+
+    /// Handshaking: advances the TLS handshake (none for plain TCP); once
+    /// done, parks the connection in Idle, or starts its round trip
+    /// (churn).
+    fn handshake(&mut self, i: usize) -> Flow {
+        let c = &mut self.conns[i];
+        let Some(link) = c.stream.as_mut() else {
+            return Flow::Wait;
+        };
+        match link.handshake() {
+            Ok(false) => Flow::Wait,
+            Ok(true) => {
+                let now = Instant::now();
+                self.tally.connected_at(now);
+                c.state = State::Idle;
+                self.busy -= 1;
+                if self.job != Job::Churn {
+                    return Flow::Wait;
+                }
+                self.begin(i, now);
+                Flow::Continue
+            }
+            Err(_) => Flow::Fail(Failure::Handshake),
         }
     }
 
@@ -339,7 +408,22 @@ impl<'a> Loop<'a> {
                 self.close(i);
                 Flow::Wait
             }
+            Job::Churn => {
+                self.close(i);
+                self.next_session(i, now);
+                Flow::Wait
+            }
         }
+    }
+}
+
+impl Conn {
+    /// Whether an operation is under way (counted in `Loop::busy`).
+    fn busy(&self) -> bool {
+        matches!(
+            self.state,
+            State::Connecting | State::Handshaking | State::Writing | State::Reading
+        )
     }
 }
 

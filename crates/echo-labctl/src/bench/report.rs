@@ -92,6 +92,14 @@ pub struct Report {
     pub client_cpu_us_per_round_trip: Option<f64>,
     /// The server's CPU over the measured window (with `--server-pid`).
     pub server_cpu: Option<ServerCpu>,
+    /// The run spoke TLS (`--tls`).
+    #[serde(default)]
+    pub tls: bool,
+    /// Churn mode: sessions (connect, handshake, one round trip, close)
+    /// per second; each session is one of `round_trips`, and `latency_us`
+    /// is a whole session's.
+    #[serde(default)]
+    pub sessions_per_sec: Option<f64>,
     /// No failures and at least one verified round trip (ping-pong), or
     /// every connection echoed (hold). Decides the exit status.
     pub ok: bool,
@@ -140,6 +148,7 @@ pub(crate) struct Setup {
     pub requests: Option<u64>,
     pub hold: Option<Duration>,
     pub rate: Option<f64>,
+    pub tls: bool,
 }
 
 impl Report {
@@ -184,6 +193,8 @@ impl Report {
             client_cpu_us_per_round_trip: (tally.round_trips > 0)
                 .then(|| cpu.as_secs_f64() * 1e6 / tally.round_trips as f64),
             server_cpu: server.map(|u| ServerCpu::of(u, tally.round_trips)),
+            tls: setup.tls,
+            sessions_per_sec: (setup.mode == "churn").then_some(rate),
             ok,
         }
     }
@@ -199,21 +210,38 @@ impl Report {
             ),
             None => writeln!(
                 out,
-                "{} against {}: {} connections, {}-byte messages, {} threads",
-                self.mode, self.addr, self.connections, self.size, self.threads
+                "{}{} against {}: {} connections, {}-byte messages, {} threads",
+                self.mode,
+                if self.tls { " over TLS" } else { "" },
+                self.addr,
+                self.connections,
+                self.size,
+                self.threads
             ),
         };
-        let _ = writeln!(
-            out,
-            "  connected     {} of {}{}",
-            self.connected,
-            self.connections,
-            self.connect_ms
-                .map(|t| format!(" in {t:.1} ms"))
-                .unwrap_or_default()
-        );
+        let _ = if self.sessions_per_sec.is_some() {
+            writeln!(out, "  connected     {} times", self.connected)
+        } else {
+            writeln!(
+                out,
+                "  connected     {} of {}{}",
+                self.connected,
+                self.connections,
+                self.connect_ms
+                    .map(|t| format!(" in {t:.1} ms"))
+                    .unwrap_or_default()
+            )
+        };
         if let Some(t) = self.all_echoed_ms {
             let _ = writeln!(out, "  all echoed    {} in {t:.1} ms", self.round_trips);
+        } else if let Some(rate) = self.sessions_per_sec {
+            let _ = writeln!(
+                out,
+                "  sessions      {} in {:.2} s = {rate:.0}/s (connect,{} one round trip, close; latency per session)",
+                self.round_trips,
+                self.elapsed_secs,
+                if self.tls { " handshake," } else { "" }
+            );
         } else {
             let _ = writeln!(
                 out,
@@ -238,8 +266,8 @@ impl Report {
         } else {
             writeln!(
                 out,
-                "  errors        {} (connect {}, reset {}, closed {}, mismatch {}, timeout {})",
-                e.total, e.connect, e.reset, e.closed, e.mismatch, e.timeout
+                "  errors        {} (connect {}, handshake {}, reset {}, closed {}, mismatch {}, timeout {})",
+                e.total, e.connect, e.handshake, e.reset, e.closed, e.mismatch, e.timeout
             )
         };
         let _ = writeln!(

@@ -31,6 +31,9 @@ pub(crate) enum Failure {
     Mismatch,
     /// No complete echo (or connection) within the per-operation timeout.
     Timeout,
+    /// The TLS handshake failed (a certificate not trusted, a protocol
+    /// error, the server closing during it).
+    Handshake,
 }
 
 /// Failure counts by kind.
@@ -48,6 +51,9 @@ pub struct Errors {
     pub mismatch: u64,
     /// Connects or round trips that exceeded the timeout.
     pub timeout: u64,
+    /// TLS handshakes that failed.
+    #[serde(default)]
+    pub handshake: u64,
 }
 
 impl Errors {
@@ -59,6 +65,7 @@ impl Errors {
             Failure::Closed => self.closed += 1,
             Failure::Mismatch => self.mismatch += 1,
             Failure::Timeout => self.timeout += 1,
+            Failure::Handshake => self.handshake += 1,
         }
     }
 
@@ -69,6 +76,7 @@ impl Errors {
         self.closed += other.closed;
         self.mismatch += other.mismatch;
         self.timeout += other.timeout;
+        self.handshake += other.handshake;
     }
 }
 

@@ -193,7 +193,7 @@ pub(crate) fn run(args: &BenchArgs, addr: SocketAddr) -> anyhow::Result<i32> {
             .min(flows),
     };
     let cpu_before = cpu::own().context("reading CPU time")?;
-    let plan = Plan::new(addr, size, args.timeout);
+    let plan = Plan::new(addr, size, args.timeout, None);
     let go = Instant::now();
     let measure_from = go + args.warmup;
     plan.open_window(Window {
