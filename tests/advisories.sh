@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `cargo deny check advisories` against the RustSec advisory database:
+# `cargo deny --workspace check advisories` against the RustSec advisory database:
 # the live one where its git host is reachable, else the snapshot bundle in
 # ../shared/data (beside the project; override with
 # ECHO_LAB_ADVISORY_BUNDLE=PATH), cloned under target/ and read with
@@ -21,7 +21,7 @@ why="the snapshot was asked for"
 if [ "${1:-}" != --snapshot ]; then
   if timeout 20 git ls-remote "$url" HEAD >/dev/null 2>&1; then
     echo "advisories: live database ($url)"
-    exec cargo deny check advisories
+    exec cargo deny --workspace check advisories
   fi
   why="$url is unreachable"
 fi
@@ -48,4 +48,4 @@ grep -q "^db-path = \"$db_path\"" "$config" || {
   exit 1
 }
 echo "advisories: $why; using the snapshot $snapshot ($count crate advisories, $bundle)"
-cargo deny --offline --config "$config" check advisories
+cargo deny --workspace --offline --config "$config" check advisories

@@ -61,7 +61,7 @@ promtool check rules packaging/echo-lab.rules.yml
 (cd tests/prometheus && promtool test rules rules_test.yml)
 python3 -m json.tool packaging/grafana-dashboard.json >/dev/null
 step "cargo deny check"
-cargo deny check licenses bans sources
+cargo deny --workspace check licenses bans sources
 step "cargo deny check advisories"
 bash tests/advisories.sh
 # fuzz/ is a project of its own (outside the crate, its own Cargo.lock,
