@@ -310,6 +310,13 @@ fn launch(
     bound: Bound,
     target: LogTarget,
 ) -> Result<(Daemon, Receiver<Event>), StartupError> {
+    // Every JSON line names the instance, from the first one on.
+    logging::set_instance(
+        &config
+            .instance
+            .clone()
+            .unwrap_or_else(crate::observe::probe::host_name),
+    );
     logging::install(bound.log);
     if source == ConfigSource::Embedded {
         log::info!(

@@ -156,6 +156,15 @@ section! {
         /// Address and port of the Prometheus metrics endpoint
         /// (`GET /metrics`); `None` = no metrics listener.
         metrics_listen: Option<SocketAddr> = None, Optional(ListenAddr), Live;
+        /// On SIGTERM, readiness (`/readyz`) turns 503 at once and the
+        /// listeners go on accepting and serving for this long before the
+        /// drain starts (a load balancer's time to notice); zero = drain at once.
+        shutdown_delay: Duration = Duration::ZERO,
+            Seconds { max: 3600, note: "0 = drain at once" }, Live;
+        /// The name this instance answers with (status, metrics, JSON
+        /// logs, `who` replies); `None` = the host name.
+        instance: Option<String> = None,
+            Optional(NonEmpty("must be a name for this instance")), Live;
         /// Logging settings (`[log]`).
         log: LogConfig = LogConfig::default(), Table, Live;
     }
@@ -866,6 +875,8 @@ mod change_report {
                 access: Some(vec![Rule::parse("deny ::1").unwrap()]),
             }],
             metrics_listen: Some("127.0.0.1:9707".parse().unwrap()),
+            shutdown_delay: Duration::from_secs(2),
+            instance: Some("edge-1".into()),
             log: LogConfig {
                 level: LogLevel::Debug,
                 target: Some(LogTarget::Syslog),
@@ -927,6 +938,8 @@ mod change_report {
                     Live
                 ),
                 ("metrics_listen", "unset", "127.0.0.1:9707", Live),
+                ("shutdown_delay", "0s", "2s", Live),
+                ("instance", "unset", "edge-1", Live),
                 ("log.level", "info", "debug", Live),
                 ("log.target", "unset", "syslog", Live),
                 ("log.path", DEFAULT_LOG_PATH, "/tmp/e.log", Live),
@@ -936,9 +949,9 @@ mod change_report {
         );
         // And back: the same keys, values swapped.
         let back = changes(&new, &old);
-        assert_eq!(back.len(), 31);
+        assert_eq!(back.len(), 33);
         assert_eq!(back[10].to_string(), "cpu_affinity: true -> false");
-        assert_eq!(back[27].to_string(), "log.target: syslog -> unset");
+        assert_eq!(back[29].to_string(), "log.target: syslog -> unset");
     }
 
     #[test]

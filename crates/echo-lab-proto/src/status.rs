@@ -64,6 +64,19 @@ pub struct Status {
     /// writer's queue was full).
     #[serde(default)]
     pub log_lines_dropped: u64,
+    /// The name this instance answers with (`instance`, else the host name).
+    #[serde(default)]
+    pub instance: String,
+    /// New clients are wanted: what `GET /readyz` answers 200 to.
+    #[serde(default = "ready_default")]
+    pub ready: bool,
+    /// Why not, while not ready (`echo-labctl ready off`, a stop request).
+    #[serde(default)]
+    pub ready_reason: Option<String>,
+}
+
+fn ready_default() -> bool {
+    true
 }
 
 /// Reload counts, for status and metrics.
@@ -281,6 +294,9 @@ mod tests {
             reloads: Reloads::default(),
             metrics: Some("127.0.0.1:9107".into()),
             log_lines_dropped: 0,
+            instance: "edge-1".into(),
+            ready: false,
+            ready_reason: Some("taken out of rotation".into()),
         }
     }
 
@@ -318,6 +334,7 @@ mod tests {
         let want = [
             "config",
             "draining",
+            "instance",
             "last_reload",
             "last_reload.applied",
             "last_reload.at_unix",
@@ -326,6 +343,8 @@ mod tests {
             "log_lines_dropped",
             "metrics",
             "pid",
+            "ready",
+            "ready_reason",
             "reloads",
             "reloads.failed",
             "reloads.generation",

@@ -231,6 +231,7 @@ impl Collector for Export {
             None,
             ConstCounter::new(self.status.log_lines_dropped),
         )?;
+        self.encode_instance(&mut e)?;
         self.encode_latency(&mut e)?;
         self.encode_udp(&mut e)?;
         self.encode_reloads(&mut e)?;
@@ -242,6 +243,29 @@ impl Collector for Export {
 }
 
 impl Export {
+    /// `echo_lab_info{instance,version} 1`, which names the instance a
+    /// series comes from, and `echo_lab_ready` (what `/readyz` says).
+    fn encode_instance(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut fam = e.encode_descriptor(
+            "echo_lab_info",
+            "Always 1; the labels name this instance and its version.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let labels = [
+            ("instance", self.status.instance.as_str()),
+            ("version", self.status.version.as_str()),
+        ];
+        ConstGauge::new(1).encode(fam.encode_family(&labels)?)?;
+        one(
+            e,
+            "echo_lab_ready",
+            "1 while new clients are wanted (GET /readyz answers 200), else 0.",
+            None,
+            ConstGauge::new(i64::from(self.status.ready)),
+        )
+    }
+
     fn encode_latency(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = &self.status.stats;
         let bounds = crate::observe::stats::LATENCY_BOUNDS_US
