@@ -251,7 +251,7 @@ impl Daemon {
         source: ConfigSource,
         notifier: Notifier,
     ) -> Self {
-        Daemon {
+        let daemon = Daemon {
             server,
             udp,
             source,
@@ -271,7 +271,19 @@ impl Daemon {
             probes: Arc::new(Probes::default()),
             stalls: Stalls::default(),
             drain_at: None,
-        }
+        };
+        daemon.publish_identity();
+        daemon
+    }
+
+    /// Tells the `who` replies who this instance is (at start, after a
+    /// reload).
+    fn publish_identity(&self) {
+        crate::who::set_identity(crate::who::Identity {
+            instance: self.instance(),
+            hostname: probe::host_name(),
+            config_generation: self.reloads.generation,
+        });
     }
 
     /// The name this instance answers with: `instance`, else the host name.
@@ -644,6 +656,7 @@ impl Daemon {
             Ok(done) => {
                 self.reloads.ok += 1;
                 self.reloads.generation += 1;
+                self.publish_identity();
                 log::info!("reloaded {}: {done}", self.source.describe());
             }
             Err(e) => {

@@ -204,6 +204,9 @@ section! {
             Optional(NonEmpty("must be a FileDescriptorName= of the socket unit")), Live;
         /// This listener's access rules, replacing the top-level `access`.
         access: Option<Vec<Rule>> = None, Optional(Rules), Live;
+        /// `echo`, or `who`: each TCP client gets one JSON line saying which
+        /// instance answered, then the connection closes.
+        mode: ListenMode = ListenMode::Echo, Word, Live;
     }
 }
 
@@ -222,8 +225,22 @@ impl Listen {
         if !self.proxy_protocol && !self.proxy_trusted.is_empty() {
             return Some("proxy_trusted is set but proxy_protocol is not true");
         }
+        if self.protocol == Protocol::Udp && self.mode == ListenMode::Who {
+            return Some("mode = \"who\" is served on TCP listeners only");
+        }
         None
     }
+}
+
+/// `[[listen]] mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenMode {
+    /// Echo what the client sends (RFC 862).
+    #[default]
+    Echo,
+    /// Answer one JSON line naming the instance, then close.
+    Who,
 }
 
 /// `[[listen]] protocol`.
@@ -717,6 +734,26 @@ mod tests {
     }
 
     #[test]
+    fn listen_mode_is_echo_or_who_and_who_is_tcp_only() {
+        let c = Config::parse(
+            "[[listen]]\naddress = \"127.0.0.1:7008\"\nmode = \"who\"\n\
+             [[listen]]\naddress = \"127.0.0.1:7009\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.listen[0].mode, ListenMode::Who);
+        assert_eq!(c.listen[1].mode, ListenMode::Echo);
+        let d = err("[[listen]]\naddress = \"127.0.0.1:7\"\nprotocol = \"udp\"\nmode = \"who\"\n");
+        assert!(
+            d[0].message.contains("TCP listeners only"),
+            "{}",
+            d[0].message
+        );
+        let d = err("[[listen]]\naddress = \"127.0.0.1:7\"\nmode = \"whom\"\n");
+        assert_eq!(d[0].key.as_deref(), Some("listen[0].mode"), "{d:?}");
+    }
+
+    #[test]
     fn proxy_keys_are_checked_where_they_are() {
         let c = Config::parse(
             "[[listen]]\naddress = \"127.0.0.1:7008\"\nproxy_protocol = true\n\
@@ -873,6 +910,7 @@ mod change_report {
                 proxy_trusted: Vec::new(),
                 name: None,
                 access: Some(vec![Rule::parse("deny ::1").unwrap()]),
+                mode: ListenMode::Echo,
             }],
             metrics_listen: Some("127.0.0.1:9707".parse().unwrap()),
             shutdown_delay: Duration::from_secs(2),
@@ -934,7 +972,7 @@ mod change_report {
                 (
                     "listen",
                     "[]",
-                    "[{ address = \"[::1]:9\", protocol = \"udp\", proxy_protocol = false, proxy_trusted = [], access = [\"deny ::1\"] }]",
+                    "[{ address = \"[::1]:9\", protocol = \"udp\", proxy_protocol = false, proxy_trusted = [], access = [\"deny ::1\"], mode = \"echo\" }]",
                     Live
                 ),
                 ("metrics_listen", "unset", "127.0.0.1:9707", Live),

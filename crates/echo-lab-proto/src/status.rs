@@ -118,7 +118,7 @@ pub struct Snapshot {
     #[serde(default)]
     pub bytes_sent: u64,
     /// Connections closed since start, by reason (`client`, `disconnect`,
-    /// `idle`, `error`, `drain`, `proxy`), in the daemon's order of reasons.
+    /// `idle`, `error`, `drain`, `proxy`, `who`), in the daemon's order of reasons.
     #[serde(default)]
     pub closed: Vec<(String, u64)>,
     /// Connections closed for idleness.

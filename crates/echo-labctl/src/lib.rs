@@ -5,6 +5,7 @@
 //! | [`client`] | `echo-labctl connect`: an interactive or piped TCP echo session |
 //! | [`client_udp`] | `echo-labctl connect --udp`: one datagram per line |
 //! | [`bench`] | `echo-labctl bench`: ping-pong, fixed-rate and UDP load, with a report |
+//! | [`who`] | `echo-labctl who`: which instance answered, once or as a tally |
 //!
 //! The control commands (`status`, `sources`, `reload`, `stop`) speak the
 //! control protocol of `echo-lab-proto` and live in the binary. Nothing
@@ -15,3 +16,4 @@
 pub mod bench;
 pub mod client;
 pub mod client_udp;
+pub mod who;

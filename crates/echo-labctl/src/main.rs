@@ -77,6 +77,23 @@ enum Command {
         /// `on` or `off`.
         state: OnOff,
     },
+    /// Ask a `mode = "who"` listener (or a load balancer in front of
+    /// several) which instance answered; with --count, a table of how
+    /// often each did.
+    Who {
+        /// HOST:PORT of the who listener (or of the balancer).
+        addr: String,
+        /// Open this many sessions, one after another, and print a table
+        /// of which instance answered how often.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Print the reply as the daemon sent it (one JSON line).
+        #[arg(long, conflicts_with = "count")]
+        json: bool,
+        /// Connect and reply timeout, in seconds.
+        #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+        timeout: f64,
+    },
     /// Load an echo server and report round trips per second and latency.
     Bench(echo_labctl::bench::BenchArgs),
     /// Print a shell completion script.
@@ -396,6 +413,15 @@ fn main() {
                 addr: addr.unwrap_or_else(default_addr),
                 timeout,
             })
+        }
+        Command::Who {
+            addr,
+            count,
+            json,
+            timeout,
+        } => {
+            let timeout = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(5));
+            echo_labctl::who::run(&addr, count, json, timeout)
         }
         Command::Completions { shell } => {
             clap_complete::generate(
