@@ -559,11 +559,9 @@ fn three_instances_behind_haproxy_share_the_load_restart_in_turn_and_leave_rotat
     for (k, s) in open.iter_mut().enumerate() {
         round_trip(s, format!("open {k}\n").as_bytes());
     }
-    let before = fleet.status(2).expect("e2 status")["stats"]["active"].clone();
-    assert!(
-        before.as_u64() > Some(0),
-        "no session landed on e2: {before}"
-    );
+    let active = |f: &Fleet| f.status(2).expect("e2 status")["stats"]["active"].as_u64();
+    let total = |f: &Fleet| f.status(2).expect("e2 status")["stats"]["total"].as_u64();
+    assert!(active(&fleet) > Some(0), "no session landed on e2");
     let out = labctl(&["--socket", path_str(&fleet.control(2)), "ready", "off"]);
     assert!(out.status.success(), "{out:?}");
     let out_after = fleet.wait_state(2, "DOWN", MARK_DOWN_WITHIN);
@@ -571,19 +569,23 @@ fn three_instances_behind_haproxy_share_the_load_restart_in_turn_and_leave_rotat
         "fleet: ready off: e2 marked DOWN after {:.2}s",
         out_after.as_secs_f64()
     );
-    for (k, s) in open.iter_mut().enumerate() {
-        round_trip(s, format!("still open {k}\n").as_bytes());
-    }
-    assert_eq!(
-        fleet.status(2).expect("e2 status")["stats"]["active"],
-        before
-    );
+    let accepted = total(&fleet);
     let (per, failed) = fleet.who_count(30);
     assert_eq!(failed, 0);
     assert!(
         per.iter().all(|(n, _)| n != "e2"),
         "e2 still gets sessions: {per:?}"
     );
+    assert_eq!(
+        total(&fleet),
+        accepted,
+        "e2 accepted a session while out of rotation"
+    );
+    // Its open sessions (and every other) go on.
+    for (k, s) in open.iter_mut().enumerate() {
+        round_trip(s, format!("still open {k}\n").as_bytes());
+    }
+    assert!(active(&fleet) > Some(0), "e2's sessions were closed");
     drop(open);
     assert!(
         labctl(&["--socket", path_str(&fleet.control(2)), "ready", "on"])
