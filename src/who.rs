@@ -1,7 +1,9 @@
 //! The `who` reply: what a `[[listen]]` table with `mode = "who"` answers
 //! each TCP client with — one JSON object on one line, then the
-//! connection closes — so that someone testing a load balancer sees which
-//! instance answered, and for whom.
+//! connection closes — and each UDP datagram with instead of its echo (in
+//! the datagram's own buffer, so never larger than it: `udp::batch`), so
+//! that someone testing a load balancer sees which instance answered, and
+//! for whom.
 //!
 //! It owns the reply's field names (pinned by a test below and documented
 //! in echo-lab.toml(5)) and the instance's identity the reply carries:
@@ -76,8 +78,9 @@ pub(crate) struct Reply {
     pub client: String,
     /// The TCP peer (the proxy, behind one).
     pub peer: String,
-    /// The id of the worker that served the connection.
-    pub worker: u64,
+    /// The id of the worker that served the connection; `null` over UDP
+    /// (the UDP thread answers).
+    pub worker: Option<u64>,
     /// Configs in force since start.
     pub config_generation: u64,
     /// When, RFC 3339 UTC with milliseconds.
@@ -93,7 +96,7 @@ pub(crate) struct Asked {
     pub listener: Option<SocketAddr>,
     pub client: SocketAddr,
     pub peer: SocketAddr,
-    pub worker: u64,
+    pub worker: Option<u64>,
 }
 
 impl Reply {
@@ -131,7 +134,7 @@ mod tests {
             listener: Some("127.0.0.1:7008".parse().unwrap()),
             client: "192.0.2.7:50112".parse().unwrap(),
             peer: "10.0.0.1:41000".parse().unwrap(),
-            worker: 3,
+            worker: Some(3),
         }
     }
 

@@ -144,3 +144,97 @@ fn echo_labctl_who_prints_the_reply_and_tallies_sessions() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("(failed)        2 100.0%"), "{table}");
 }
+
+/// A daemon with a UDP `who` address; returns it and that address.
+fn start_udp() -> (Daemon, SocketAddr) {
+    let d = Daemon::start(
+        "instance = \"edge-u\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nprotocol = \"udp\"\nmode = \"who\"\n",
+    );
+    let line = d.wait_for_log("udp echo on ", IO_TIMEOUT);
+    let addr = line
+        .split("udp echo on ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    (d, addr.parse().unwrap())
+}
+
+fn udp_client(to: SocketAddr) -> std::net::UdpSocket {
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.connect(to).unwrap();
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    c
+}
+
+#[test]
+fn over_udp_a_who_reply_replaces_the_echo_and_is_never_larger_than_the_request() {
+    let (d, who) = start_udp();
+    let c = udp_client(who);
+    c.send(&[b'x'; 1024]).unwrap();
+    let mut buf = [0u8; 2048];
+    let n = c.recv(&mut buf).expect("a reply");
+    assert!(n <= 1024, "a {n}-byte reply to a 1024-byte request");
+    let v = reply(&buf[..n]);
+    let me = c.local_addr().unwrap().to_string();
+    assert_eq!(v["instance"], "edge-u");
+    assert_eq!(v["listener"], who.to_string());
+    assert_eq!(v["client"], me);
+    assert_eq!(v["peer"], me);
+    assert!(v["worker"].is_null(), "{v}");
+    // A request smaller than the reply gets nothing, and is counted.
+    c.send(b"who?").unwrap();
+    wait_until(IO_TIMEOUT, "the short request counted", || {
+        ctl_status(&d)["udp"]["dropped_who_too_small"] == 1
+    });
+    c.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    assert!(c.recv(&mut buf).is_err(), "no reply to a short request");
+}
+
+#[test]
+fn echo_labctl_who_udp_pads_its_request_and_tallies() {
+    let (_d, who) = start_udp();
+    let addr = who.to_string();
+    let out = labctl(&["who", "--udp", &addr]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("instance:          edge-u\n"), "{text}");
+    assert!(text.contains("worker:            -\n"), "{text}");
+    let out = labctl(&["who", "--udp", &addr, "--count", "5"]);
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("\nedge-u          5 100.0%\n"), "{table}");
+}
+
+#[test]
+fn a_restarted_udp_thread_and_a_reload_keep_answering_who() {
+    let config = "[[listen]]\naddress = \"127.0.0.1:0\"\nprotocol = \"udp\"\nmode = \"who\"\n";
+    // The UDP thread panics at its first datagram and is restarted.
+    let d = Daemon::start_env(config, &[("ECHO_LAB_FAULT_THREAD_PANIC", "udp")]);
+    let line = d.wait_for_log("udp echo on ", IO_TIMEOUT);
+    let who: SocketAddr = line
+        .split("udp echo on ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let c = udp_client(who);
+    c.send(&[b'x'; 1024]).unwrap();
+    d.wait_for_log("restarted the udp thread", IO_TIMEOUT);
+    // That datagram died with the thread (taken, not answered): ask again.
+    c.send(&[b'x'; 1024]).unwrap();
+    let mut buf = [0u8; 2048];
+    let n = c.recv(&mut buf);
+    let v = reply(&buf[..n.expect("a reply from the restarted thread")]);
+    assert_eq!(v["config_generation"], 1);
+    // A reload that keeps the address keeps it a who address.
+    d.reload_with(&config.replace("127.0.0.1:0", &who.to_string()), "reloaded");
+    c.send(&[b'x'; 1024]).unwrap();
+    let n = c.recv(&mut buf).expect("a reply after the reload");
+    assert_eq!(reply(&buf[..n])["config_generation"], 2);
+}

@@ -239,6 +239,8 @@ struct Plan {
     udp: listeners::Ready,
     /// The access rules of the new UDP sockets.
     udp_rules: Vec<(Listener, Vec<Rule>)>,
+    /// The local addresses of the new `who` UDP sockets.
+    udp_who: Vec<std::net::SocketAddr>,
     /// The TCP side.
     tcp: PreparedReload,
 }
@@ -720,6 +722,7 @@ impl Daemon {
             .map_err(ReloadError::Metrics)?;
         let bound = self.udp.prepare(&wanted, limit).map_err(ReloadError::Udp)?;
         let udp_rules = listener_rules(&config, &bound.addresses());
+        let udp_who = udp_who(&config, &bound.addresses());
         let udp = self.udp.ready(bound).map_err(ReloadError::Udp)?;
         let mut tcp = self.server.prepare(config).map_err(ReloadError::Tcp)?;
         if self.udp.is_activated() && wanted != was {
@@ -732,6 +735,7 @@ impl Daemon {
             metrics,
             udp,
             udp_rules,
+            udp_who,
             tcp,
         })
     }
@@ -742,6 +746,7 @@ impl Daemon {
         // The new sockets' own rules are in force before they serve.
         self.server.gate().set_overrides(true, plan.udp_rules);
         self.udp.commit(plan.udp);
+        self.udp.set_who(plan.udp_who);
         logging::install(plan.log);
         logging::set_instance(&self.instance());
         if let Some(new) = plan.metrics {
@@ -842,6 +847,29 @@ pub fn listener_rules(
         };
         for (_, addrs) in udp.iter().filter(|(s, _)| *s == spec) {
             out.extend(addrs.iter().map(|a| (Listener::Udp(*a), rules.clone())));
+        }
+    }
+    out
+}
+
+/// The local addresses of the UDP sockets of `[[listen]]` tables with
+/// `mode = "who"` (`udp`: each UDP address served and its sockets' local
+/// addresses).
+pub fn udp_who(
+    config: &Config,
+    udp: &[(UdpSpec, Vec<std::net::SocketAddr>)],
+) -> Vec<std::net::SocketAddr> {
+    let mut out = Vec::new();
+    for l in &config.listen {
+        if l.protocol != Protocol::Udp || l.mode != crate::config::ListenMode::Who {
+            continue;
+        }
+        let spec = UdpSpec {
+            host: l.address.host.clone(),
+            port: l.address.port,
+        };
+        for (_, addrs) in udp.iter().filter(|(s, _)| *s == spec) {
+            out.extend(addrs.iter().copied());
         }
     }
     out

@@ -322,7 +322,7 @@ impl<T: Transport> Connection<T> {
             listener: self.ends.local,
             client: self.ends.peer,
             peer: wait.peer,
-            worker: wait.worker,
+            worker: Some(wait.worker),
         })
         .line();
         self.session.end(CloseReason::Who);

@@ -205,7 +205,8 @@ section! {
         /// This listener's access rules, replacing the top-level `access`.
         access: Option<Vec<Rule>> = None, Optional(Rules), Live;
         /// `echo`, or `who`: each TCP client gets one JSON line saying which
-        /// instance answered, then the connection closes.
+        /// instance answered, then the connection closes; each UDP datagram
+        /// gets it instead of its echo, if it fits in the datagram.
         mode: ListenMode = ListenMode::Echo, Word, Live;
     }
 }
@@ -224,9 +225,6 @@ impl Listen {
         }
         if !self.proxy_protocol && !self.proxy_trusted.is_empty() {
             return Some("proxy_trusted is set but proxy_protocol is not true");
-        }
-        if self.protocol == Protocol::Udp && self.mode == ListenMode::Who {
-            return Some("mode = \"who\" is served on TCP listeners only");
         }
         None
     }
@@ -734,7 +732,7 @@ mod tests {
     }
 
     #[test]
-    fn listen_mode_is_echo_or_who_and_who_is_tcp_only() {
+    fn listen_mode_is_echo_or_who() {
         let c = Config::parse(
             "[[listen]]\naddress = \"127.0.0.1:7008\"\nmode = \"who\"\n\
              [[listen]]\naddress = \"127.0.0.1:7009\"\n",
@@ -743,12 +741,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen[0].mode, ListenMode::Who);
         assert_eq!(c.listen[1].mode, ListenMode::Echo);
-        let d = err("[[listen]]\naddress = \"127.0.0.1:7\"\nprotocol = \"udp\"\nmode = \"who\"\n");
-        assert!(
-            d[0].message.contains("TCP listeners only"),
-            "{}",
-            d[0].message
-        );
+        let c = Config::parse(
+            "[[listen]]\naddress = \"127.0.0.1:7\"\nprotocol = \"udp\"\nmode = \"who\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.listen[0].mode, ListenMode::Who);
         let d = err("[[listen]]\naddress = \"127.0.0.1:7\"\nmode = \"whom\"\n");
         assert_eq!(d[0].key.as_deref(), Some("listen[0].mode"), "{d:?}");
     }

@@ -196,6 +196,10 @@ pub struct UdpSnapshot {
     pub send_calls: u64,
     /// Sources tracked by the rate limit now.
     pub sources: u64,
+    /// On a `mode = "who"` address: dropped for being smaller than the
+    /// reply (a reply is never larger than the datagram that asked).
+    #[serde(default)]
+    pub dropped_who_too_small: u64,
 }
 
 /// Refusals by reason and the source table's state, in `status`.
@@ -393,6 +397,7 @@ mod tests {
             "udp.dropped_bad_source",
             "udp.dropped_rate",
             "udp.dropped_too_large",
+            "udp.dropped_who_too_small",
             "udp.echoed",
             "udp.received",
             "udp.recv_calls",

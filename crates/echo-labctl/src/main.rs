@@ -90,6 +90,10 @@ enum Command {
         /// Print the reply as the daemon sent it (one JSON line).
         #[arg(long, conflicts_with = "count")]
         json: bool,
+        /// Over UDP: each session is one 1024-byte datagram, answered by
+        /// one (the per-source rate limit of the daemon applies).
+        #[arg(long)]
+        udp: bool,
         /// Connect and reply timeout, in seconds.
         #[arg(long, default_value_t = 5.0, value_name = "SECS")]
         timeout: f64,
@@ -418,10 +422,11 @@ fn main() {
             addr,
             count,
             json,
+            udp,
             timeout,
         } => {
             let timeout = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(5));
-            echo_labctl::who::run(&addr, count, json, timeout)
+            echo_labctl::who::run(&addr, udp, count, json, timeout)
         }
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -1,8 +1,12 @@
-//! `echo-labctl who ADDR [--count N]`: asks a `mode = "who"` listener (or
-//! a load balancer in front of several) which instance answered.
+//! `echo-labctl who ADDR [--udp] [--count N]`: asks a `mode = "who"`
+//! listener (or a load balancer in front of several) which instance
+//! answered.
 //!
 //! One session: connect, read the one JSON line to the end of stream,
-//! print its fields one per line (or the line itself with `--json`). With
+//! print its fields one per line (or the line itself with `--json`). Over
+//! UDP a session is one datagram of [`UDP_PAD`] bytes from a fresh socket
+//! (the daemon never answers with more than it was sent, so the request
+//! carries the room for the reply) and the one datagram back. With
 //! `--count N`: N sessions one after another, each a new connection, and
 //! a table of how many each instance answered — a balancer's distribution
 //! in one look. A session that fails (refused, timed out, no valid reply)
@@ -12,13 +16,16 @@
 //! bound.
 
 use std::io::Read;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::time::Duration;
 
 use serde_json::Value;
 
 /// The largest reply read; a `who` line is a few hundred bytes.
 const MAX_REPLY: u64 = 64 * 1024;
+
+/// The size of a UDP request: room for any reply (a few hundred bytes).
+pub const UDP_PAD: usize = 1024;
 
 /// The reply's fields, in the order printed.
 pub const FIELDS: [&str; 9] = [
@@ -50,13 +57,49 @@ pub enum WhoError {
     NotAReply(String),
 }
 
-/// One session: the reply as sent, parsed.
-pub fn ask(addr: &str, timeout: Duration) -> Result<(String, Value), WhoError> {
-    let target = addr
-        .to_socket_addrs()
+fn resolve(addr: &str) -> Result<SocketAddr, WhoError> {
+    addr.to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
-        .ok_or_else(|| WhoError::Resolve(addr.to_string()))?;
+        .ok_or_else(|| WhoError::Resolve(addr.to_string()))
+}
+
+fn parse(text: &str) -> Result<(String, Value), WhoError> {
+    let line = text.trim_end().to_string();
+    match serde_json::from_str::<Value>(&line) {
+        Ok(v) if v.get("instance").is_some_and(Value::is_string) => Ok((line, v)),
+        _ => Err(WhoError::NotAReply(line)),
+    }
+}
+
+/// One UDP session: a padded datagram from a fresh socket, the reply.
+pub fn ask_udp(addr: &str, timeout: Duration) -> Result<(String, Value), WhoError> {
+    let target = resolve(addr)?;
+    let any: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .map_err(|_| WhoError::Resolve(addr.to_string()))?;
+    let connect = |source| WhoError::Connect {
+        addr: addr.to_string(),
+        source,
+    };
+    let socket = UdpSocket::bind(any).map_err(connect)?;
+    socket.connect(target).map_err(connect)?;
+    socket
+        .set_read_timeout(Some(timeout))
+        .map_err(WhoError::Read)?;
+    socket.send(&[b' '; UDP_PAD]).map_err(connect)?;
+    let mut buf = vec![0u8; UDP_PAD];
+    let n = socket.recv(&mut buf).map_err(WhoError::Read)?;
+    parse(&String::from_utf8_lossy(&buf[..n]))
+}
+
+/// One session: the reply as sent, parsed.
+pub fn ask(addr: &str, timeout: Duration) -> Result<(String, Value), WhoError> {
+    let target = resolve(addr)?;
     let stream =
         TcpStream::connect_timeout(&target, timeout).map_err(|source| WhoError::Connect {
             addr: addr.to_string(),
@@ -70,11 +113,7 @@ pub fn ask(addr: &str, timeout: Duration) -> Result<(String, Value), WhoError> {
         .take(MAX_REPLY)
         .read_to_string(&mut text)
         .map_err(WhoError::Read)?;
-    let line = text.trim_end().to_string();
-    match serde_json::from_str::<Value>(&line) {
-        Ok(v) if v.get("instance").is_some_and(Value::is_string) => Ok((line, v)),
-        _ => Err(WhoError::NotAReply(line)),
-    }
+    parse(&text)
 }
 
 /// Prints one reply, a field a line (then any field added since).
@@ -151,7 +190,8 @@ impl Tally {
 
 /// `who`: one session printed, or `count` sessions tallied. Returns the
 /// exit status: 0 if every session got a reply, else 1.
-pub fn run(addr: &str, count: Option<u64>, json: bool, timeout: Duration) -> i32 {
+pub fn run(addr: &str, udp: bool, count: Option<u64>, json: bool, timeout: Duration) -> i32 {
+    let ask = if udp { ask_udp } else { ask };
     let Some(count) = count else {
         return match ask(addr, timeout) {
             Ok((line, v)) => {

@@ -304,7 +304,7 @@ impl Export {
         counters(
             e,
             "echo_lab_udp_datagrams",
-            "UDP datagrams by outcome: echoed, or dropped (bad source, an access rule, over its rate, too large), or an echo the kernel refused.",
+            "UDP datagrams by outcome: echoed (or answered, on a who address), or dropped (bad source, an access rule, over its rate, too large, smaller than a who reply), or an echo the kernel refused.",
             "outcome",
             &[
                 ("echoed", u.echoed),
@@ -312,6 +312,7 @@ impl Export {
                 ("access", u.dropped_access),
                 ("rate_limited", u.dropped_rate),
                 ("too_large", u.dropped_too_large),
+                ("who_too_small", u.dropped_who_too_small),
                 ("send_error", u.send_errors),
             ],
         )?;
