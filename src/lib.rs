@@ -23,6 +23,7 @@
 //! | [`net`] | binding listening sockets (TCP, UDP, metrics) with a backlog |
 //! | `throttle` | at most one log line per interval about a recurring event |
 //! | `watch` | watched threads: a long-lived thread's death logged and reported, never silent |
+//! | `who` | the `mode = "who"` reply: its fields and the instance's identity it carries |
 //! | [`config`] | the config file (the `echo-lab-config` crate) |
 //! | [`protocol`] | what bytes mean: `disconnect`, notices (from `echo-lab-proto`) |
 //! | `fault` | test-only fault hooks (feature `fault-injection`) |
@@ -42,6 +43,7 @@ pub mod tcp;
 pub(crate) mod throttle;
 pub mod udp;
 pub(crate) mod watch;
+pub(crate) mod who;
 
 pub use echo_lab_config as config;
 pub use echo_lab_proto::exit::{EX_CONFIG, EX_OSERR, EX_SOFTWARE, EX_UNAVAILABLE};

@@ -311,6 +311,13 @@ fn launch(
     bound: Bound,
     target: LogTarget,
 ) -> Result<(Daemon, Receiver<Event>), StartupError> {
+    // Every JSON line names the instance, from the first one on.
+    logging::set_instance(
+        &config
+            .instance
+            .clone()
+            .unwrap_or_else(crate::observe::probe::host_name),
+    );
     logging::install(bound.log);
     if source == ConfigSource::Embedded {
         log::info!(
@@ -333,11 +340,13 @@ fn launch(
     let watcher = supervisor::event::watcher(&tx);
     let server = Server::start(config, bound.tcp, watcher.clone()).map_err(StartupError::Start)?;
     let rules = supervisor::listener_rules(server.config(), &bound.udp.addresses());
+    let udp_who = supervisor::udp_who(server.config(), &bound.udp.addresses());
     server.gate().set_overrides(true, rules);
     let mut udp = UdpListeners::new(bound.udp_limit);
     udp.use_gate(server.gate().clone());
     udp.watch(watcher);
     udp.apply(bound.udp).map_err(StartupError::Udp)?;
+    udp.set_who(udp_who);
     let mut daemon = Daemon::new(server, udp, source, Notifier::from_env())
         .with_default_log_target(target)
         .with_control(control)

@@ -17,7 +17,10 @@ step() { printf '\n==== %s ====\n' "$*"; }
 # prometheus: /usr/bin/prometheus and promtool (tests/metrics.rs, the rules);
 # logrotate: tests/log_file.rs runs the shipped snippet; haproxy: tests/proxy.rs.
 # g++: libfuzzer-sys builds libFuzzer (C++) for the fuzz targets.
-apt_pkgs=(mandoc man-db lintian debootstrap systemd-container python3 netcat-openbsd procps util-linux iproute2 git prometheus logrotate g++ haproxy openssl stunnel4)
+# python3-venv: the venv of kubernetes-validate (tests/kubernetes.rs);
+# iproute2 and haproxy also make the fleet of tests/fleet.rs; openssl and
+# stunnel4: the TLS client tests and bench/tls.sh.
+apt_pkgs=(mandoc man-db lintian debootstrap systemd-container python3 netcat-openbsd procps util-linux iproute2 git prometheus logrotate g++ haproxy python3-venv openssl stunnel4)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -39,6 +42,15 @@ if [ $quick = 0 ]; then
   cargo_tool cargo-deb cargo-deb
   cargo_tool cargo-deny cargo-deny
   cargo_tool cargo-fuzz cargo-fuzz
+fi
+
+# kubernetes-validate (PyPI), pinned, for tests/kubernetes.rs: the
+# manifests of packaging/kubernetes/ against Kubernetes schemas, offline.
+kube_venv=target/kubernetes-venv
+if [ ! -x "$kube_venv/bin/kubernetes-validate" ]; then
+  step "installing kubernetes-validate into $kube_venv"
+  python3 -m venv "$kube_venv"
+  "$kube_venv/bin/pip" install -q kubernetes-validate==1.37.0
 fi
 
 # ---------------------------------------------------------------- checks

@@ -3,7 +3,8 @@
 //! Invariants: it never panics; it agrees with a plain model of the
 //! protocol (more than `MAX_REQUEST` bytes: too large; nothing: empty;
 //! else one JSON object with one `cmd` string, `status`, `reload`, `stop`,
-//! or `sources` with at most one non-negative integer `top` (default 20),
+//! `sources` with at most one non-negative integer `top` (default 20), or
+//! `ready` with exactly one boolean `on`,
 //! other members ignored; anything else malformed); and an accepted
 //! request prints back to a line that parses to the same request.
 
@@ -71,6 +72,13 @@ fn model(data: &[u8]) -> Result<Request, Kind> {
                 .as_u64()
                 .and_then(|n| usize::try_from(n).ok())
                 .map(|top| Request::Sources { top })
+                .ok_or(Kind::Malformed),
+            _ => Err(Kind::Malformed),
+        },
+        Some("ready") => match all("on").as_slice() {
+            [v] => v
+                .as_bool()
+                .map(|on| Request::Ready { on })
                 .ok_or(Kind::Malformed),
             _ => Err(Kind::Malformed),
         },

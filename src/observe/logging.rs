@@ -33,8 +33,13 @@
 //! A record is rendered once, by the format: `text` is the message
 //! followed by its key-values as `key=value` (the session lines of
 //! [`crate::observe::session`]); `json` is one object per line with stable field
-//! names — `ts`, `level`, `event` (`session` or `daemon`), `msg`, then
-//! the record's key-values — for log pipelines. Either way a line to the
+//! names — `ts`, `level`, `event` (`session` or `daemon`), `instance`
+//! (the `instance` key, else the host name: which instance of a fleet
+//! wrote it), `msg`, then the record's key-values — for log pipelines.
+//! The name is an `Arc<str>` behind a read-write lock that only a reload
+//! writes ([`set_instance`]); a line takes the read lock just long enough
+//! to clone the `Arc` (never across I/O), and the `Arc` is the one
+//! allocation it shares with every other line. Either way a line to the
 //! journal keeps its `<N>` priority prefix and a syslog message its
 //! severity. A line logged while a reload changes the format may come in
 //! either format; it is whole either way.
@@ -56,7 +61,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use log::kv::{Key, Value, VisitSource};
@@ -92,6 +97,25 @@ struct DaemonLogger {
 }
 
 static LOGGER: OnceLock<&'static DaemonLogger> = OnceLock::new();
+
+/// The instance's name on JSON lines; `None` until the supervisor sets it.
+static INSTANCE: RwLock<Option<Arc<str>>> = RwLock::new(None);
+
+/// Names the instance on every JSON line from now on (at start and on
+/// reload, by the supervisor).
+pub(crate) fn set_instance(name: &str) {
+    let mut slot = INSTANCE.write().unwrap_or_else(PoisonError::into_inner);
+    if slot.as_deref() != Some(name) {
+        *slot = Some(Arc::from(name));
+    }
+}
+
+fn instance() -> Option<Arc<str>> {
+    INSTANCE
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
 
 /// sd-daemon priority of a level (syslog numbering).
 pub fn priority(level: Level) -> u8 {
@@ -159,6 +183,9 @@ fn json_body(record: &Record<'_>, at: SystemTime) -> String {
         "daemon"
     };
     map.insert("event".into(), event.into());
+    if let Some(name) = instance() {
+        map.insert("instance".into(), (*name).into());
+    }
     map.insert("msg".into(), record.args().to_string().into());
     let _ = record.key_values().visit(&mut JsonPairs(&mut map));
     serde_json::Value::Object(map).to_string()

@@ -108,17 +108,20 @@ pub enum CloseReason {
     Drain,
     /// On a PROXY listener: no valid header in time.
     Proxy,
+    /// On a `mode = "who"` listener: the reply was sent.
+    Who,
 }
 
 impl CloseReason {
     /// Every reason, in counter order.
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::Client,
         CloseReason::Disconnect,
         CloseReason::Idle,
         CloseReason::Error,
         CloseReason::Drain,
         CloseReason::Proxy,
+        CloseReason::Who,
     ];
 
     /// The word logs and metric labels use.
@@ -130,6 +133,7 @@ impl CloseReason {
             CloseReason::Error => "error",
             CloseReason::Drain => "drain",
             CloseReason::Proxy => "proxy",
+            CloseReason::Who => "who",
         }
     }
 

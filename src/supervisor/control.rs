@@ -1,8 +1,9 @@
 //! The control socket: how `echo-labctl status|reload|stop` talk to a
 //! running daemon, and who may.
 //!
-//! Requests: `status`, `reload`, `stop` and `sources` (the busiest
-//! sources, from [`crate::admission`]).
+//! Requests: `status`, `reload`, `stop`, `sources` (the busiest
+//! sources, from [`crate::admission`]) and `ready` (in or out of
+//! rotation, [`crate::observe::probe`]).
 //!
 //! A Unix stream socket, mode 0660, carrying one JSON request line and one
 //! JSON response line per connection. Access is checked twice: by the file
@@ -366,6 +367,8 @@ fn answer(stream: &UnixStream, events: &Sender<Event>) -> Response {
         Request::Stop => tell(events, Event::Terminate).map(|()| Response::Draining),
         Request::Sources { top } => ask(events, |tx| Event::Sources(top.clamp(1, MAX_TOP), tx))
             .map(|sources| Response::Sources { sources }),
+        Request::Ready { on } => ask(events, |tx| Event::Ready(on, tx))
+            .map(|(ready, reason)| Response::Readiness { ready, reason }),
     };
     answered.unwrap_or_else(Response::refused)
 }

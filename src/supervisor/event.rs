@@ -31,6 +31,10 @@ pub enum Event {
     Sources(usize, Sender<Vec<SourceView>>),
     /// A watched thread died ([`crate::watch`]).
     ThreadDied(Death),
+    /// Put the instance in rotation (`true`) or take it out
+    /// (`echo-labctl ready on|off`); the answer is the readiness now and
+    /// why not.
+    Ready(bool, Sender<(bool, Option<String>)>),
 }
 
 /// How long a thread that reports the status (the metrics endpoint) waits

@@ -11,8 +11,14 @@
 //! * SIGHUP: re-read the config file, validate all of it, then apply it;
 //!   a bad file changes nothing and the error, with file, line, column
 //!   and key, goes to the log.
-//! * SIGTERM / SIGINT: drain for at most `drain_timeout`, then exit 0; a
-//!   second one closes everything at once.
+//! * SIGTERM / SIGINT (or `echo-labctl stop`): with `shutdown_delay` set,
+//!   readiness turns 503 at once while everything goes on serving for
+//!   that long (a load balancer's time to stop sending clients); then
+//!   drain for at most `drain_timeout` and exit 0. A stop request during
+//!   the delay skips the rest of it; one during the drain closes
+//!   everything at once.
+//! * `echo-labctl ready off|on`: readiness only (out of rotation, and
+//!   back); every session, old and new, is still served.
 //! * SIGUSR1: reopen the log file (after logrotate renamed it).
 //!
 //! A reload is prepared whole before anything is applied. The supervisor
@@ -61,6 +67,11 @@
 //! | `signals` | the signal thread: SIGHUP, SIGTERM, SIGINT, SIGUSR1 to events |
 //! | `control` | the control socket, who may use it, and its one request/reply path to the supervisor |
 //! | `limits` | RLIMIT_NOFILE |
+//!
+//! Readiness and health are the supervisor's to decide and
+//! [`crate::observe::probe`]'s to show: each turn it marks that it turned
+//! and feeds the serving threads' heartbeats to the stall check; a stop
+//! request or `ready off` sets the readiness flags at once.
 
 pub(crate) mod control;
 pub(crate) mod event;
@@ -70,6 +81,7 @@ pub(crate) mod signals;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::admission::Listener;
@@ -79,6 +91,7 @@ use crate::config::{
 use crate::net;
 use crate::observe::logging;
 use crate::observe::metrics::{self, MetricsError, MetricsServer};
+use crate::observe::probe::{self, Phase, Probes, Stalls};
 use crate::supervisor::control::ControlServer;
 use crate::supervisor::reload::{reason_of, ReloadError, Reloaded};
 use crate::supervisor::signals::Signals;
@@ -190,6 +203,13 @@ pub struct Daemon {
     restarts: Restarts,
     /// The signal thread.
     signals: Option<Signals>,
+    /// Readiness and health, as the probes read them.
+    probes: Arc<Probes>,
+    /// The serving threads' heartbeats, for health.
+    stalls: Stalls,
+    /// A stop request arrived with `shutdown_delay` set: the drain starts
+    /// at this instant.
+    drain_at: Option<Instant>,
 }
 
 /// Every part of a reload, prepared: committing it cannot fail.
@@ -203,6 +223,8 @@ struct Plan {
     udp: listeners::Ready,
     /// The access rules of the new UDP sockets.
     udp_rules: Vec<(Listener, Vec<Rule>)>,
+    /// The local addresses of the new `who` UDP sockets.
+    udp_who: Vec<std::net::SocketAddr>,
     /// The TCP side.
     tcp: PreparedReload,
 }
@@ -215,7 +237,7 @@ impl Daemon {
         source: ConfigSource,
         notifier: Notifier,
     ) -> Self {
-        Daemon {
+        let daemon = Daemon {
             server,
             udp,
             source,
@@ -233,7 +255,31 @@ impl Daemon {
             control: None,
             restarts: Restarts::default(),
             signals: None,
-        }
+            probes: Arc::new(Probes::default()),
+            stalls: Stalls::default(),
+            drain_at: None,
+        };
+        daemon.publish_identity();
+        daemon
+    }
+
+    /// Tells the `who` replies who this instance is (at start, after a
+    /// reload).
+    fn publish_identity(&self) {
+        crate::who::set_identity(crate::who::Identity {
+            instance: self.instance(),
+            hostname: probe::host_name(),
+            config_generation: self.reloads.generation,
+        });
+    }
+
+    /// The name this instance answers with: `instance`, else the host name.
+    fn instance(&self) -> String {
+        self.server
+            .config()
+            .instance
+            .clone()
+            .unwrap_or_else(probe::host_name)
     }
 
     /// Keeps the signal thread (restarted if it dies).
@@ -262,6 +308,7 @@ impl Daemon {
                 event::status_source(&events),
                 event::watcher(&events),
                 self.server.gate().clone(),
+                self.probes.clone(),
             )?;
             log::info!("metrics on http://{}/metrics", server.local_addr());
             self.metrics = Some(server);
@@ -375,7 +422,10 @@ impl Daemon {
                         self.server.wait_workers(DRAIN_MARGIN);
                         return 0;
                     }
-                    self.start_drain();
+                    self.on_stop_request();
+                }
+                Ok(Event::Ready(on, reply)) => {
+                    let _ = reply.send(self.set_ready(on));
                 }
                 Ok(Event::Status(reply)) => {
                     let _ = reply.send(self.status());
@@ -406,6 +456,11 @@ impl Daemon {
             }
             if self.drain_started.is_none() {
                 self.server.reap();
+                self.check_health();
+            }
+            self.probes.turned();
+            if self.drain_at.is_some_and(|at| Instant::now() >= at) {
+                self.start_drain();
             }
             let mut beats = self.server.heartbeats();
             beats.extend(self.udp.heartbeat());
@@ -427,7 +482,69 @@ impl Daemon {
         }
     }
 
+    /// A stop request (SIGTERM, SIGINT, `echo-labctl stop`) before the
+    /// drain: with `shutdown_delay`, not ready at once and the drain
+    /// later; without it, or during the delay, the drain now.
+    fn on_stop_request(&mut self) {
+        let delay = self.server.config().shutdown_delay;
+        if self.drain_at.is_some() {
+            log::info!("second stop request: skipping the rest of shutdown_delay");
+            self.start_drain();
+            return;
+        }
+        if delay.is_zero() {
+            self.start_drain();
+            return;
+        }
+        self.probes.set_phase(Phase::Delaying);
+        self.drain_at = Some(Instant::now() + delay);
+        log::info!(
+            "stop requested: not ready; serving {} connection(s) for {} (shutdown_delay) before the drain",
+            self.server.snapshot().active,
+            format_duration(delay)
+        );
+        self.notifier.stopping(&format!(
+            "not ready; draining in {}",
+            format_duration(delay)
+        ));
+    }
+
+    /// `echo-labctl ready on|off`: readiness only. Returns readiness now.
+    fn set_ready(&mut self, on: bool) -> (bool, Option<String>) {
+        self.probes.set_in_rotation(on);
+        let now = self.probes.readiness();
+        log::info!(
+            "{}",
+            if on {
+                "ready on: back in rotation"
+            } else {
+                "ready off: out of rotation (still serving every session)"
+            }
+        );
+        (now.is_ok(), now.err().map(str::to_string))
+    }
+
+    /// Feeds the serving threads' heartbeats to the stall check; its
+    /// verdict is what `/healthz` says.
+    fn check_health(&mut self) {
+        let mut beats: Vec<(String, u64)> = Vec::new();
+        for (k, b) in self.server.heartbeats().into_iter().enumerate() {
+            let name = match k {
+                0 => crate::tcp::listener::THREAD.to_string(),
+                k => format!("worker {}", k - 1),
+            };
+            beats.push((name, b));
+        }
+        if let Some(b) = self.udp.heartbeat() {
+            beats.push((crate::udp::THREAD.to_string(), b));
+        }
+        let verdict = self.stalls.check(beats, Instant::now());
+        self.probes.set_unhealthy(verdict);
+    }
+
     fn start_drain(&mut self) {
+        self.drain_at = None;
+        self.probes.set_phase(Phase::Draining);
         let timeout = self.server.config().drain_timeout;
         let n = self.server.snapshot().active;
         log::info!(
@@ -500,7 +617,7 @@ impl Daemon {
 
     /// Re-reads the config and applies it; the outcome says what happened.
     fn reload(&mut self) -> Result<Reloaded, ReloadError> {
-        if self.drain_started.is_some() {
+        if self.drain_started.is_some() || self.drain_at.is_some() {
             return Err(ReloadError::Draining);
         }
         self.notifier.reloading();
@@ -536,6 +653,7 @@ impl Daemon {
             Ok(done) => {
                 self.reloads.ok += 1;
                 self.reloads.generation += 1;
+                self.publish_identity();
                 log::info!("reloaded {}: {done}", self.source.describe());
             }
             Err(e) => {
@@ -599,6 +717,7 @@ impl Daemon {
             .map_err(ReloadError::Metrics)?;
         let bound = self.udp.prepare(&wanted, limit).map_err(ReloadError::Udp)?;
         let udp_rules = listener_rules(&config, &bound.addresses());
+        let udp_who = udp_who(&config, &bound.addresses());
         let udp = self.udp.ready(bound).map_err(ReloadError::Udp)?;
         let mut tcp = self.server.prepare(config).map_err(ReloadError::Tcp)?;
         if self.udp.is_activated() && wanted != was {
@@ -611,6 +730,7 @@ impl Daemon {
             metrics,
             udp,
             udp_rules,
+            udp_who,
             tcp,
         })
     }
@@ -621,7 +741,9 @@ impl Daemon {
         // The new sockets' own rules are in force before they serve.
         self.server.gate().set_overrides(true, plan.udp_rules);
         self.udp.commit(plan.udp);
+        self.udp.set_who(plan.udp_who);
         logging::install(plan.log);
+        logging::set_instance(&self.instance());
         if let Some(new) = plan.metrics {
             // The old endpoint (if any) stops as it is replaced.
             self.metrics = new;
@@ -652,6 +774,7 @@ impl Daemon {
             event::status_source(events),
             event::watcher(events),
             self.server.gate().clone(),
+            self.probes.clone(),
         )?;
         Ok(Some(Some(server)))
     }
@@ -682,6 +805,9 @@ impl Daemon {
             reloads: self.reloads.clone(),
             metrics: self.metrics.as_ref().map(|m| m.local_addr().to_string()),
             log_lines_dropped: crate::observe::logging::lines_dropped(),
+            instance: self.instance(),
+            ready: self.probes.readiness().is_ok(),
+            ready_reason: self.probes.readiness().err().map(str::to_string),
         }
     }
 }
@@ -716,6 +842,29 @@ pub fn listener_rules(
         };
         for (_, addrs) in udp.iter().filter(|(s, _)| *s == spec) {
             out.extend(addrs.iter().map(|a| (Listener::Udp(*a), rules.clone())));
+        }
+    }
+    out
+}
+
+/// The local addresses of the UDP sockets of `[[listen]]` tables with
+/// `mode = "who"` (`udp`: each UDP address served and its sockets' local
+/// addresses).
+pub fn udp_who(
+    config: &Config,
+    udp: &[(UdpSpec, Vec<std::net::SocketAddr>)],
+) -> Vec<std::net::SocketAddr> {
+    let mut out = Vec::new();
+    for l in &config.listen {
+        if l.protocol != Protocol::Udp || l.mode != crate::config::ListenMode::Who {
+            continue;
+        }
+        let spec = UdpSpec {
+            host: l.address.host.clone(),
+            port: l.address.port,
+        };
+        for (_, addrs) in udp.iter().filter(|(s, _)| *s == spec) {
+            out.extend(addrs.iter().copied());
         }
     }
     out

@@ -252,6 +252,17 @@ pub(crate) struct Connection<T: Transport = TcpStream> {
     source: Option<SourceHold>,
     /// Who it is between.
     ends: Ends,
+    /// On a `mode = "who"` listener: what the reply needs that `ends`
+    /// will not say (see [`crate::who`]).
+    who: Option<Box<WhoWait>>,
+}
+
+/// A `who` connection before its reply: its TCP peer (a PROXY header
+/// replaces `ends.peer`), and the worker serving it, once adopted.
+#[derive(Debug)]
+struct WhoWait {
+    peer: std::net::SocketAddr,
+    worker: u64,
 }
 
 impl Connection {
@@ -275,7 +286,52 @@ impl<T: Transport> Connection<T> {
             _open: open,
             source: None,
             ends,
+            who: None,
         }
+    }
+
+    /// Makes the connection answer with the `who` reply instead of
+    /// echoing, as soon as it would start echoing (after its PROXY header,
+    /// if one is expected). Call before the first event.
+    pub(crate) fn ask_who(&mut self) {
+        self.who = Some(Box::new(WhoWait {
+            peer: self.ends.peer,
+            worker: 0,
+        }));
+    }
+
+    /// Adopted by `worker`: a `who` connection that is not waiting for a
+    /// header answers now (`Some`: what the worker must do next); one
+    /// that is answers once the header arrives.
+    pub(crate) fn answer_who(&mut self, worker: u64) -> Option<Step> {
+        let wait = self.who.as_mut()?;
+        wait.worker = worker;
+        match self.state {
+            State::Echoing(_) => Some(self.reply_who()),
+            _ => None,
+        }
+    }
+
+    /// Sends the `who` reply as the connection's last words, then closes
+    /// (lingering, as after a goodbye).
+    fn reply_who(&mut self) -> Step {
+        let Some(wait) = self.who.take() else {
+            return Step::Wait;
+        };
+        let line = crate::who::Reply::now(crate::who::Asked {
+            listener: self.ends.local,
+            client: self.ends.peer,
+            peer: wait.peer,
+            worker: Some(wait.worker),
+        })
+        .line();
+        self.session.end(CloseReason::Who);
+        self.pending.push(&line);
+        self.state = State::Closing { input_ended: false };
+        if let Err(step) = self.flush() {
+            return step;
+        }
+        self.linger_when_flushed()
     }
 
     /// Makes the connection wait for a PROXY header before anything is
@@ -573,6 +629,10 @@ impl<T: Transport> Connection<T> {
             return Some(step);
         }
         report.header = Some(HeaderOutcome::Accepted);
+        if self.who.is_some() {
+            // What followed the header is not echoed: the reply is all.
+            return Some(self.reply_who());
+        }
         let rest = got.split_off(len);
         if rest.is_empty() {
             return None;

@@ -65,12 +65,25 @@ pub(crate) struct Listening {
     /// PROXY protocol on: the proxies trusted to send a header; a
     /// connection from anyone else is closed at once.
     pub proxy: Option<Arc<Vec<IpNet>>>,
+    /// `mode = "who"`: each connection gets the `who` reply, not echo.
+    pub who: bool,
+}
+
+/// What a listener asks of its connections, and where they may go.
+struct How<'a> {
+    /// PROXY protocol on: the proxies trusted to send a header.
+    proxy: Option<&'a Vec<IpNet>>,
+    /// `mode = "who"`.
+    who: bool,
+    /// Workers are pinned (ask the kernel where packets arrive).
+    pinned: bool,
 }
 
 /// A listening socket as the loop holds it.
 struct Open {
     socket: TcpListener,
     proxy: Option<Arc<Vec<IpNet>>>,
+    who: bool,
     /// Its address, named in each connection's ends.
     local: Option<std::net::SocketAddr>,
     /// Its connections open now (the metrics' per-listener gauge).
@@ -192,6 +205,7 @@ impl Acceptor {
             new.push(Open {
                 socket,
                 proxy: l.proxy,
+                who: l.who,
                 local,
                 count: local.map(|a| self.stats.listener_count(a)),
             });
@@ -285,7 +299,12 @@ impl Acceptor {
                     };
                     let proxy = listener.proxy.clone();
                     let count = listener.count.clone();
-                    self.admit(stream, ends, count, proxy.as_deref(), pinned, &mut batch);
+                    let how = How {
+                        proxy: proxy.as_deref(),
+                        who: listener.who,
+                        pinned,
+                    };
+                    self.admit(stream, ends, count, how, &mut batch);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     drained = true;
@@ -319,10 +338,10 @@ impl Acceptor {
         mut stream: mio::net::TcpStream,
         ends: Ends,
         count: Option<Arc<std::sync::atomic::AtomicUsize>>,
-        proxy: Option<&Vec<IpNet>>,
-        pinned: bool,
+        how: How<'_>,
         batch: &mut Batch<'_>,
     ) {
+        let How { proxy, who, pinned } = how;
         self.stats.accepted.fetch_add(1, Relaxed);
         if let Some(trusted) = proxy {
             if !trusted.iter().any(|net| net.contains(&ends.peer.ip())) {
@@ -371,6 +390,9 @@ impl Acceptor {
         match hold {
             Some(hold) => conn.hold_source(hold),
             None => conn.expect_proxy_header(self.gate.clone()),
+        }
+        if who {
+            conn.ask_who();
         }
         batch.deal(Box::new(conn), hint);
     }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use crate::admission::Listener;
-use crate::config::{Config, Endpoint, Protocol, Rule};
+use crate::config::{Config, Endpoint, ListenMode, Protocol, Rule};
 use crate::net;
 use crate::systemd::activation::{self, Candidate, Role};
 use crate::tcp::listener::Listening;
@@ -40,6 +40,8 @@ pub(crate) struct Want {
     pub proxy: Option<Arc<Vec<IpNet>>>,
     /// The table's own access rules, replacing the top-level ones.
     pub access: Option<Vec<Rule>>,
+    /// `mode = "who"`.
+    pub who: bool,
 }
 
 /// The TCP addresses `config` asks for, `host`/`port` first.
@@ -51,6 +53,7 @@ pub(crate) fn wanted(config: &Config) -> Vec<Want> {
         },
         proxy: None,
         access: None,
+        who: false,
     };
     let extra = config
         .listen
@@ -60,6 +63,7 @@ pub(crate) fn wanted(config: &Config) -> Vec<Want> {
             endpoint: l.address.clone(),
             proxy: l.proxy_protocol.then(|| Arc::new(l.proxy_trusted.clone())),
             access: l.access.clone(),
+            who: l.mode == ListenMode::Who,
         });
     std::iter::once(main).chain(extra).collect()
 }
@@ -264,6 +268,7 @@ impl TcpSockets {
                 out.push(Listening {
                     socket: s.try_clone()?,
                     proxy: want.proxy.clone(),
+                    who: want.who,
                 });
             }
         }

@@ -661,8 +661,14 @@ impl Worker {
             self.header_wait.touch(slot, now);
         }
         self.idle.touch(slot, now);
+        // A `who` connection answers now (or after its PROXY header).
+        let step = self
+            .conns
+            .get_mut(slot)
+            .and_then(|c| c.answer_who(self.id))
+            .unwrap_or(Step::Wait);
         // A connection moved from a retiring worker may already be closing.
-        self.after(slot, Step::Wait, now);
+        self.after(slot, step, now);
         if self.drain_deadline.is_some() {
             self.notify(slot, Notice::ShuttingDown, now);
         }

@@ -172,6 +172,20 @@ impl Batch {
         }
     }
 
+    /// Replaces datagram `i` with `reply` and marks it to be sent back;
+    /// false (nothing changed) if `reply` is longer than the datagram, so
+    /// an answer is never larger than what asked for it.
+    pub fn reply(&mut self, i: usize, reply: &[u8]) -> bool {
+        let len = (self.hdrs[i.min(BATCH - 1)].msg_len as usize).min(SLOT);
+        if i >= self.filled || reply.len() > len {
+            return false;
+        }
+        self.bufs[i * SLOT..i * SLOT + reply.len()].copy_from_slice(reply);
+        self.hdrs[i].msg_len = reply.len() as libc::c_uint;
+        self.picked.push(i);
+        true
+    }
+
     /// Sends every picked datagram back to its source, unchanged.
     pub fn send(&mut self, fd: RawFd) -> Sent {
         let k = self.picked.len();

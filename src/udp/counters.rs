@@ -32,6 +32,8 @@ pub struct UdpStats {
     pub sources: AtomicU64,
     /// Loop turns; the watchdog checks that it moves.
     pub heartbeat: AtomicU64,
+    /// Dropped: on a `who` socket, a datagram smaller than the reply.
+    pub who_too_small: AtomicU64,
 }
 
 impl UdpStats {
@@ -56,6 +58,7 @@ impl UdpStats {
             recv_calls: self.recv_calls.load(Relaxed),
             send_calls: self.send_calls.load(Relaxed),
             sources: self.sources.load(Relaxed),
+            dropped_who_too_small: self.who_too_small.load(Relaxed),
         }
     }
 }

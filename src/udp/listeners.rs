@@ -283,6 +283,14 @@ impl UdpListeners {
         Ok(())
     }
 
+    /// Which local addresses answer `who` (after [`UdpListeners::commit`]
+    /// or [`UdpListeners::apply`]: the thread in service now).
+    pub(crate) fn set_who(&mut self, who: Vec<SocketAddr>) {
+        if let Some(s) = &mut self.service {
+            s.set_who(who);
+        }
+    }
+
     /// Restarts the UDP thread if `id` is the one in service (it died);
     /// true if it was. The sockets, limits and counters are kept.
     pub fn revive(&mut self, id: u64) -> io::Result<bool> {

@@ -56,6 +56,9 @@ pub(crate) enum UdpCommand {
     SetLimit(RateLimit),
     /// Close the sockets and exit.
     Stop,
+    /// The local addresses of `mode = "who"` sockets: a datagram there
+    /// gets the `who` reply instead of its echo ([`crate::who`]).
+    SetWho(Vec<SocketAddr>),
 }
 
 /// The running UDP echo service.
@@ -72,6 +75,8 @@ pub struct UdpService {
     /// addresses and the fd store.
     sockets: Vec<UdpSocket>,
     limit: RateLimit,
+    /// The `who` sockets' addresses, sent again to a restarted thread.
+    who: Vec<SocketAddr>,
 }
 
 impl UdpService {
@@ -92,8 +97,14 @@ impl UdpService {
     ) -> io::Result<UdpService> {
         let stats = Arc::new(UdpStats::default());
         let theirs = duplicate(&sockets)?;
-        let (tx, waker, thread) =
-            serve::spawn(theirs, limit, stats.clone(), gate.clone(), &watcher)?;
+        let (tx, waker, thread) = serve::spawn(
+            theirs,
+            limit,
+            stats.clone(),
+            gate.clone(),
+            Vec::new(),
+            &watcher,
+        )?;
         Ok(UdpService {
             tx,
             waker,
@@ -103,7 +114,16 @@ impl UdpService {
             watcher,
             sockets,
             limit,
+            who: Vec::new(),
         })
+    }
+
+    /// Which local addresses answer `who` (the others echo).
+    pub(crate) fn set_who(&mut self, who: Vec<SocketAddr>) {
+        if who != self.who {
+            self.who = who.clone();
+            self.send(UdpCommand::SetWho(who));
+        }
     }
 
     /// The id of the thread serving now ([`crate::watch::Death::id`]).
@@ -120,6 +140,7 @@ impl UdpService {
             self.limit,
             self.stats.clone(),
             self.gate.clone(),
+            self.who.clone(),
             &self.watcher,
         )?;
         self.tx = tx;

@@ -69,6 +69,8 @@ struct Service {
     /// and the latest source.
     denied: (u64, Option<SocketAddr>),
     denied_log: Throttle,
+    /// Local addresses of `mode = "who"` sockets.
+    who: Vec<SocketAddr>,
 }
 
 /// The UDP thread's name (what its death is reported as).
@@ -81,6 +83,7 @@ pub(super) fn spawn(
     limit: RateLimit,
     stats: Arc<UdpStats>,
     gate: Option<Arc<Gate>>,
+    who: Vec<SocketAddr>,
     watcher: &Watcher,
 ) -> io::Result<(Sender<UdpCommand>, Waker, Watched)> {
     let poll = Poll::new()?;
@@ -99,6 +102,7 @@ pub(super) fn spawn(
         gate,
         denied: (0, None),
         denied_log: Throttle::new(LOG_INTERVAL),
+        who,
     };
     service.set_sockets(sockets)?;
     let thread = watcher.spawn(THREAD, move || {
@@ -186,6 +190,7 @@ impl Service {
                     }
                     self.guard = Guard::from_interfaces();
                 }
+                Ok(UdpCommand::SetWho(who)) => self.who = who,
                 Ok(UdpCommand::Stop) | Err(TryRecvError::Disconnected) => {
                     self.sockets.clear();
                     return Turn::Exit;
@@ -218,6 +223,10 @@ impl Service {
         };
         let fd = served.socket.as_raw_fd();
         let dual_stack = served.dual_stack;
+        let who = match served.listener {
+            Some(Listener::Udp(local)) if self.who.contains(&local) => Some(local),
+            _ => None,
+        };
         for _ in 0..TURN_BATCHES {
             let n = match batch.recv(fd) {
                 Ok(n) => n,
@@ -233,7 +242,7 @@ impl Service {
             }
             #[cfg(feature = "fault-injection")]
             crate::fault::thread_event(THREAD);
-            self.echo_batch(batch, fd, n, dual_stack, rules.as_deref());
+            self.echo_batch(batch, fd, n, (dual_stack, who), rules.as_deref());
             if n < super::batch::BATCH {
                 return false;
             }
@@ -248,11 +257,12 @@ impl Service {
         batch: &mut Batch,
         fd: i32,
         n: usize,
-        dual_stack: bool,
+        (dual_stack, who): (bool, Option<SocketAddr>),
         rules: Option<&RuleList>,
     ) {
         let now_ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let (mut bad, mut rate, mut large, mut denied) = (0u64, 0u64, 0u64, 0u64);
+        let mut too_small = 0u64;
         for i in 0..n {
             let Some(d) = batch.datagram(i) else {
                 bad += 1;
@@ -277,7 +287,20 @@ impl Service {
                 rate += 1;
                 continue;
             }
-            batch.pick(i);
+            let Some(local) = who else {
+                batch.pick(i);
+                continue;
+            };
+            let line = crate::who::Reply::now(crate::who::Asked {
+                listener: Some(local),
+                client: d.src,
+                peer: d.src,
+                worker: None,
+            })
+            .line();
+            if !batch.reply(i, &line) {
+                too_small += 1;
+            }
         }
         let sent = batch.send(fd);
         let s = &self.stats;
@@ -291,6 +314,7 @@ impl Service {
         UdpStats::add(&s.rate_limited, rate);
         UdpStats::add(&s.too_large, large);
         UdpStats::add(&s.access, denied);
+        UdpStats::add(&s.who_too_small, too_small);
         s.sources.store(
             self.table.len() as u64,
             std::sync::atomic::Ordering::Relaxed,

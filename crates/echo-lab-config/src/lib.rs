@@ -156,6 +156,15 @@ section! {
         /// Address and port of the Prometheus metrics endpoint
         /// (`GET /metrics`); `None` = no metrics listener.
         metrics_listen: Option<SocketAddr> = None, Optional(ListenAddr), Live;
+        /// On SIGTERM, readiness (`/readyz`) turns 503 at once and the
+        /// listeners go on accepting and serving for this long before the
+        /// drain starts (a load balancer's time to notice); zero = drain at once.
+        shutdown_delay: Duration = Duration::ZERO,
+            Seconds { max: 3600, note: "0 = drain at once" }, Live;
+        /// The name this instance answers with (status, metrics, JSON
+        /// logs, `who` replies); `None` = the host name.
+        instance: Option<String> = None,
+            Optional(NonEmpty("must be a name for this instance")), Live;
         /// Logging settings (`[log]`).
         log: LogConfig = LogConfig::default(), Table, Live;
     }
@@ -195,6 +204,10 @@ section! {
             Optional(NonEmpty("must be a FileDescriptorName= of the socket unit")), Live;
         /// This listener's access rules, replacing the top-level `access`.
         access: Option<Vec<Rule>> = None, Optional(Rules), Live;
+        /// `echo`, or `who`: each TCP client gets one JSON line saying which
+        /// instance answered, then the connection closes; each UDP datagram
+        /// gets it instead of its echo, if it fits in the datagram.
+        mode: ListenMode = ListenMode::Echo, Word, Live;
     }
 }
 
@@ -215,6 +228,17 @@ impl Listen {
         }
         None
     }
+}
+
+/// `[[listen]] mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenMode {
+    /// Echo what the client sends (RFC 862).
+    #[default]
+    Echo,
+    /// Answer one JSON line naming the instance, then close.
+    Who,
 }
 
 /// `[[listen]] protocol`.
@@ -708,6 +732,26 @@ mod tests {
     }
 
     #[test]
+    fn listen_mode_is_echo_or_who() {
+        let c = Config::parse(
+            "[[listen]]\naddress = \"127.0.0.1:7008\"\nmode = \"who\"\n\
+             [[listen]]\naddress = \"127.0.0.1:7009\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.listen[0].mode, ListenMode::Who);
+        assert_eq!(c.listen[1].mode, ListenMode::Echo);
+        let c = Config::parse(
+            "[[listen]]\naddress = \"127.0.0.1:7\"\nprotocol = \"udp\"\nmode = \"who\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.listen[0].mode, ListenMode::Who);
+        let d = err("[[listen]]\naddress = \"127.0.0.1:7\"\nmode = \"whom\"\n");
+        assert_eq!(d[0].key.as_deref(), Some("listen[0].mode"), "{d:?}");
+    }
+
+    #[test]
     fn proxy_keys_are_checked_where_they_are() {
         let c = Config::parse(
             "[[listen]]\naddress = \"127.0.0.1:7008\"\nproxy_protocol = true\n\
@@ -864,8 +908,11 @@ mod change_report {
                 proxy_trusted: Vec::new(),
                 name: None,
                 access: Some(vec![Rule::parse("deny ::1").unwrap()]),
+                mode: ListenMode::Echo,
             }],
             metrics_listen: Some("127.0.0.1:9707".parse().unwrap()),
+            shutdown_delay: Duration::from_secs(2),
+            instance: Some("edge-1".into()),
             log: LogConfig {
                 level: LogLevel::Debug,
                 target: Some(LogTarget::Syslog),
@@ -923,10 +970,12 @@ mod change_report {
                 (
                     "listen",
                     "[]",
-                    "[{ address = \"[::1]:9\", protocol = \"udp\", proxy_protocol = false, proxy_trusted = [], access = [\"deny ::1\"] }]",
+                    "[{ address = \"[::1]:9\", protocol = \"udp\", proxy_protocol = false, proxy_trusted = [], access = [\"deny ::1\"], mode = \"echo\" }]",
                     Live
                 ),
                 ("metrics_listen", "unset", "127.0.0.1:9707", Live),
+                ("shutdown_delay", "0s", "2s", Live),
+                ("instance", "unset", "edge-1", Live),
                 ("log.level", "info", "debug", Live),
                 ("log.target", "unset", "syslog", Live),
                 ("log.path", DEFAULT_LOG_PATH, "/tmp/e.log", Live),
@@ -936,9 +985,9 @@ mod change_report {
         );
         // And back: the same keys, values swapped.
         let back = changes(&new, &old);
-        assert_eq!(back.len(), 31);
+        assert_eq!(back.len(), 33);
         assert_eq!(back[10].to_string(), "cpu_affinity: true -> false");
-        assert_eq!(back[27].to_string(), "log.target: syslog -> unset");
+        assert_eq!(back[29].to_string(), "log.target: syslog -> unset");
     }
 
     #[test]

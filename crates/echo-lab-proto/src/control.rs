@@ -1,5 +1,5 @@
 //! The control protocol, both ends of it: what `echo-labctl status|reload|
-//! stop|sources` sends to a running daemon's control socket and what it
+//! stop|sources|ready` sends to a running daemon's control socket and what it
 //! gets back, and where that socket is by default.
 //!
 //! A Unix stream socket carrying one JSON request line and one JSON reply
@@ -38,6 +38,12 @@ pub enum Request {
         #[serde(default = "default_top")]
         top: usize,
     },
+    /// Put the instance in rotation (`on`) or take it out: readiness
+    /// only, every session is still served.
+    Ready {
+        /// Ready for new clients.
+        on: bool,
+    },
 }
 
 fn default_top() -> usize {
@@ -68,6 +74,13 @@ pub enum Response {
     },
     /// The drain has started ([`Request::Stop`]).
     Draining,
+    /// The answer to [`Request::Ready`]: readiness now, and why not.
+    Readiness {
+        /// `GET /readyz` answers 200.
+        ready: bool,
+        /// Why not, while not ready.
+        reason: Option<String>,
+    },
     /// The daemon did not do what was asked, and why.
     Refused {
         /// Why (a reload's error names file, line, column and key).
@@ -261,6 +274,26 @@ mod tests {
         assert_eq!(reloaded, r#"{"reply":"reloaded","summary":"no changes"}"#);
         let back: Response = serde_json::from_str(&reloaded).unwrap();
         assert!(matches!(back, Response::Reloaded { .. }));
+        let readiness = serde_json::to_string(&Response::Readiness {
+            ready: false,
+            reason: Some("out".into()),
+        })
+        .unwrap();
+        assert_eq!(
+            readiness,
+            r#"{"reply":"readiness","ready":false,"reason":"out"}"#
+        );
+    }
+
+    #[test]
+    fn ready_requests_as_the_client_sends_them() {
+        let off = serde_json::to_string(&Request::Ready { on: false }).unwrap();
+        assert_eq!(off, r#"{"cmd":"ready","on":false}"#);
+        assert_eq!(parse(off.as_bytes()), Ok(Request::Ready { on: false }));
+        assert!(matches!(
+            parse(b"{\"cmd\":\"ready\"}"),
+            Err(RequestError::Malformed(_))
+        ));
     }
 
     /// Found by fuzz/fuzz_targets/control.rs: serde accepted a JSON array

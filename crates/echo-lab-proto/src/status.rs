@@ -64,6 +64,19 @@ pub struct Status {
     /// writer's queue was full).
     #[serde(default)]
     pub log_lines_dropped: u64,
+    /// The name this instance answers with (`instance`, else the host name).
+    #[serde(default)]
+    pub instance: String,
+    /// New clients are wanted: what `GET /readyz` answers 200 to.
+    #[serde(default = "ready_default")]
+    pub ready: bool,
+    /// Why not, while not ready (`echo-labctl ready off`, a stop request).
+    #[serde(default)]
+    pub ready_reason: Option<String>,
+}
+
+fn ready_default() -> bool {
+    true
 }
 
 /// Reload counts, for status and metrics.
@@ -105,7 +118,7 @@ pub struct Snapshot {
     #[serde(default)]
     pub bytes_sent: u64,
     /// Connections closed since start, by reason (`client`, `disconnect`,
-    /// `idle`, `error`, `drain`, `proxy`), in the daemon's order of reasons.
+    /// `idle`, `error`, `drain`, `proxy`, `who`), in the daemon's order of reasons.
     #[serde(default)]
     pub closed: Vec<(String, u64)>,
     /// Connections closed for idleness.
@@ -183,6 +196,10 @@ pub struct UdpSnapshot {
     pub send_calls: u64,
     /// Sources tracked by the rate limit now.
     pub sources: u64,
+    /// On a `mode = "who"` address: dropped for being smaller than the
+    /// reply (a reply is never larger than the datagram that asked).
+    #[serde(default)]
+    pub dropped_who_too_small: u64,
 }
 
 /// Refusals by reason and the source table's state, in `status`.
@@ -281,6 +298,9 @@ mod tests {
             reloads: Reloads::default(),
             metrics: Some("127.0.0.1:9107".into()),
             log_lines_dropped: 0,
+            instance: "edge-1".into(),
+            ready: false,
+            ready_reason: Some("taken out of rotation".into()),
         }
     }
 
@@ -318,6 +338,7 @@ mod tests {
         let want = [
             "config",
             "draining",
+            "instance",
             "last_reload",
             "last_reload.applied",
             "last_reload.at_unix",
@@ -326,6 +347,8 @@ mod tests {
             "log_lines_dropped",
             "metrics",
             "pid",
+            "ready",
+            "ready_reason",
             "reloads",
             "reloads.failed",
             "reloads.generation",
@@ -374,6 +397,7 @@ mod tests {
             "udp.dropped_bad_source",
             "udp.dropped_rate",
             "udp.dropped_too_large",
+            "udp.dropped_who_too_small",
             "udp.echoed",
             "udp.received",
             "udp.recv_calls",

@@ -7,6 +7,7 @@
 //! | [`tls`] | the TLS options, client config and session description, for `connect` and `bench` |
 //! | [`client_udp`] | `echo-labctl connect --udp`: one datagram per line |
 //! | [`bench`] | `echo-labctl bench`: ping-pong, fixed-rate and UDP load, with a report |
+//! | [`who`] | `echo-labctl who`: which instance answered, once or as a tally |
 //!
 //! The control commands (`status`, `sources`, `reload`, `stop`) speak the
 //! control protocol of `echo-lab-proto` and live in the binary. Nothing
@@ -19,3 +20,4 @@ pub mod client;
 pub mod client_tls;
 pub mod client_udp;
 pub mod tls;
+pub mod who;

@@ -1,6 +1,6 @@
 //! `echo-labctl`: the control client of echo-lab — an echo session
 //! (`connect`), the daemon's control socket (`status`, `sources`, `reload`,
-//! `stop`),
+//! `stop`, `ready`),
 //! load generation (`bench`) and shell completions.
 //!
 //! Exit codes: 0 ok, 1 the daemon said no (or the session ended badly),
@@ -72,6 +72,34 @@ enum Command {
         #[arg(long, default_value_t = 120, value_name = "SECS")]
         timeout: u64,
     },
+    /// Take the daemon out of a load balancer's rotation (`off`: GET
+    /// /readyz answers 503, every session is still served) or put it back
+    /// (`on`).
+    Ready {
+        /// `on` or `off`.
+        state: OnOff,
+    },
+    /// Ask a `mode = "who"` listener (or a load balancer in front of
+    /// several) which instance answered; with --count, a table of how
+    /// often each did.
+    Who {
+        /// HOST:PORT of the who listener (or of the balancer).
+        addr: String,
+        /// Open this many sessions, one after another, and print a table
+        /// of which instance answered how often.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Print the reply as the daemon sent it (one JSON line).
+        #[arg(long, conflicts_with = "count")]
+        json: bool,
+        /// Over UDP: each session is one 1024-byte datagram, answered by
+        /// one (the per-source rate limit of the daemon applies).
+        #[arg(long)]
+        udp: bool,
+        /// Connect and reply timeout, in seconds.
+        #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+        timeout: f64,
+    },
     /// Load an echo server and report round trips per second and latency.
     Bench(echo_labctl::bench::BenchArgs),
     /// Print a shell completion script.
@@ -79,6 +107,13 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+/// `ready on|off`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 /// Control socket path: --socket, else the config's, else the defaults.
@@ -147,6 +182,7 @@ fn print_either<T: Serialize>(value: &T, json: bool, text: impl FnOnce(&T)) -> i
 fn print_status(s: &Status) {
     let st = &s.stats;
     println!("echo-lab {} (pid {})", s.version, s.pid);
+    println!("  instance:      {}", s.instance);
     println!(
         "  uptime:        {}",
         humantime::format_duration(Duration::from_secs(st.uptime_secs))
@@ -169,6 +205,11 @@ fn print_status(s: &Status) {
         "  state:         {}",
         if s.draining { "draining" } else { "serving" }
     );
+    match &s.ready_reason {
+        _ if s.ready => println!("  ready:         yes"),
+        Some(why) => println!("  ready:         no: {why}"),
+        None => println!("  ready:         no"),
+    }
     println!("  pool size:     {}", st.pool_size);
     for (i, w) in st.workers.iter().enumerate() {
         let cpu = match w.cpu {
@@ -304,6 +345,21 @@ fn control(socket: Option<PathBuf>, command: Command) -> i32 {
             Err(code) => code,
         },
         Command::Stop { wait, timeout } => stop(&path, wait, timeout),
+        Command::Ready { state } => {
+            let on = matches!(state, OnOff::On);
+            match ask(&path, Request::Ready { on }) {
+                Ok(Response::Readiness { ready, reason }) => {
+                    match (ready, reason) {
+                        (true, _) => println!("ready: yes"),
+                        (false, Some(why)) => println!("ready: no: {why}"),
+                        (false, None) => println!("ready: no"),
+                    }
+                    0
+                }
+                Ok(r) => refused(&r),
+                Err(code) => code,
+            }
+        }
         _ => EX_USAGE,
     }
 }
@@ -375,6 +431,16 @@ fn main() {
                 }
             }
         }
+        Command::Who {
+            addr,
+            count,
+            json,
+            udp,
+            timeout,
+        } => {
+            let timeout = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(5));
+            echo_labctl::who::run(&addr, udp, count, json, timeout)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -387,7 +453,8 @@ fn main() {
         c @ (Command::Status { .. }
         | Command::Sources { .. }
         | Command::Reload
-        | Command::Stop { .. }) => control(cli.socket, c),
+        | Command::Stop { .. }
+        | Command::Ready { .. }) => control(cli.socket, c),
         Command::Bench(args) => match echo_labctl::bench::run(&args, &default_addr()) {
             Ok(code) => code,
             Err(e) => {

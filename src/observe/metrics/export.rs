@@ -231,6 +231,7 @@ impl Collector for Export {
             None,
             ConstCounter::new(self.status.log_lines_dropped),
         )?;
+        self.encode_instance(&mut e)?;
         self.encode_latency(&mut e)?;
         self.encode_udp(&mut e)?;
         self.encode_reloads(&mut e)?;
@@ -242,6 +243,29 @@ impl Collector for Export {
 }
 
 impl Export {
+    /// `echo_lab_info{instance,version} 1`, which names the instance a
+    /// series comes from, and `echo_lab_ready` (what `/readyz` says).
+    fn encode_instance(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut fam = e.encode_descriptor(
+            "echo_lab_info",
+            "Always 1; the labels name this instance and its version.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let labels = [
+            ("instance", self.status.instance.as_str()),
+            ("version", self.status.version.as_str()),
+        ];
+        ConstGauge::new(1).encode(fam.encode_family(&labels)?)?;
+        one(
+            e,
+            "echo_lab_ready",
+            "1 while new clients are wanted (GET /readyz answers 200), else 0.",
+            None,
+            ConstGauge::new(i64::from(self.status.ready)),
+        )
+    }
+
     fn encode_latency(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = &self.status.stats;
         let bounds = crate::observe::stats::LATENCY_BOUNDS_US
@@ -280,7 +304,7 @@ impl Export {
         counters(
             e,
             "echo_lab_udp_datagrams",
-            "UDP datagrams by outcome: echoed, or dropped (bad source, an access rule, over its rate, too large), or an echo the kernel refused.",
+            "UDP datagrams by outcome: echoed (or answered, on a who address), or dropped (bad source, an access rule, over its rate, too large, smaller than a who reply), or an echo the kernel refused.",
             "outcome",
             &[
                 ("echoed", u.echoed),
@@ -288,6 +312,7 @@ impl Export {
                 ("access", u.dropped_access),
                 ("rate_limited", u.dropped_rate),
                 ("too_large", u.dropped_too_large),
+                ("who_too_small", u.dropped_who_too_small),
                 ("send_error", u.send_errors),
             ],
         )?;

@@ -1,5 +1,7 @@
 //! The metrics endpoint: an optional HTTP listener (`metrics_listen`)
-//! answering `GET /metrics` for Prometheus, and a 404 to anything else.
+//! answering `GET /metrics` for Prometheus, `GET /healthz` and
+//! `GET /readyz` for load balancers and Kubernetes probes, and a 404 to
+//! anything else.
 //!
 //! It is deliberately small and out of the way of the echo service: one
 //! thread of its own (mio, with a waker to stop it) accepts connections
@@ -31,6 +33,16 @@
 //! [`MetricsServer::start`]), so a bind failure fails the reload and
 //! changes nothing ([`MetricsError`]).
 //!
+//! The probes (`/healthz`, `/readyz`) are answered by the accepting
+//! thread itself, from the shared [`Probes`] (see
+//! [`crate::observe::probe`] for why they do not ask the supervisor):
+//! the answer is one short line, written with one non-blocking write
+//! (which a fresh socket's send buffer always takes whole; a short write
+//! just closes), so a probe never waits behind a slow scrape on the
+//! handler threads, and a wedged supervisor is reported, not waited for.
+//! Like `/metrics` they are under the top-level access rules and are not
+//! sessions: nothing is logged or counted for them.
+//!
 //! The accepting thread is watched ([`crate::watch`]): the endpoint
 //! keeps its own duplicate of the listening socket, so when the thread
 //! dies [`MetricsServer::revive`] starts a new one on the same socket (no
@@ -49,6 +61,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::admission::Gate;
+use crate::observe::probe::Probes;
 use crate::watch::{Watched, Watcher};
 use echo_lab_proto::status::Status;
 use export::{Export, Format};
@@ -100,6 +113,7 @@ pub struct MetricsServer {
     status: StatusSource,
     watcher: Watcher,
     gate: Arc<Gate>,
+    probes: Arc<Probes>,
 }
 
 /// Where a scrape gets the status document: the supervisor's answer (a
@@ -108,18 +122,19 @@ pub(crate) type StatusSource = Arc<dyn Fn() -> Result<Status, String> + Send + S
 
 impl MetricsServer {
     /// Serves `GET /metrics` on `listener` (from [`bind`]), asking
-    /// `status` for the counters on each scrape; the thread's death goes
-    /// to `watcher`. Clients the top-level `access` rules refuse are
-    /// closed at once.
-    pub fn start(
+    /// `status` for the counters on each scrape, and the probes from
+    /// `probes`; the thread's death goes to `watcher`. Clients the
+    /// top-level `access` rules refuse are closed at once.
+    pub(crate) fn start(
         listener: TcpListener,
         status: StatusSource,
         watcher: Watcher,
         gate: Arc<Gate>,
+        probes: Arc<Probes>,
     ) -> Result<MetricsServer, MetricsError> {
         let addr = listener.local_addr().map_err(MetricsError::Start)?;
         let (waker, thread) =
-            launch(&listener, &status, &watcher, &gate).map_err(MetricsError::Start)?;
+            launch(&listener, &status, &watcher, &gate, &probes).map_err(MetricsError::Start)?;
         Ok(MetricsServer {
             addr,
             waker,
@@ -128,6 +143,7 @@ impl MetricsServer {
             status,
             watcher,
             gate,
+            probes,
         })
     }
 
@@ -137,7 +153,13 @@ impl MetricsServer {
         if self.thread.as_ref().map(Watched::id) != Some(id) {
             return Ok(false);
         }
-        let (waker, thread) = launch(&self.listener, &self.status, &self.watcher, &self.gate)?;
+        let (waker, thread) = launch(
+            &self.listener,
+            &self.status,
+            &self.watcher,
+            &self.gate,
+            &self.probes,
+        )?;
         self.waker = waker;
         if let Some(old) = self.thread.replace(thread) {
             old.join();
@@ -168,6 +190,7 @@ fn launch(
     status: &StatusSource,
     watcher: &Watcher,
     gate: &Arc<Gate>,
+    probes: &Arc<Probes>,
 ) -> io::Result<(Arc<Waker>, Watched)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -179,6 +202,7 @@ fn launch(
         listener,
         status: status.clone(),
         gate: gate.clone(),
+        probes: probes.clone(),
         pool: threadpool::Builder::new()
             .num_threads(HANDLERS)
             .thread_name("metrics".into())
@@ -203,6 +227,8 @@ struct Acceptor {
     status: StatusSource,
     /// The access rules: the top-level list applies to scrapers too.
     gate: Arc<Gate>,
+    /// Readiness and health, answered here.
+    probes: Arc<Probes>,
     pool: threadpool::ThreadPool,
     /// Connections reading their request head, by token.
     pending: slab::Slab<Pending>,
@@ -326,6 +352,7 @@ impl Acceptor {
         let _ = self.poll.registry().deregister(&mut p.stream);
         let stream: TcpStream = std::os::fd::OwnedFd::from(p.stream).into();
         match outcome {
+            Ok(req @ (Request::Health | Request::Ready)) => self.probe(stream, &req),
             Ok(req) => self.dispatch(stream, req),
             Err(io::ErrorKind::InvalidData) => {
                 let mut stream = stream;
@@ -355,6 +382,21 @@ impl Acceptor {
         }
     }
 
+    /// Answers a probe at once, with one non-blocking write (see the
+    /// module docs).
+    fn probe(&self, mut stream: TcpStream, req: &Request) {
+        let verdict = match req {
+            Request::Health => self.probes.health(),
+            _ => self.probes.readiness().map_err(str::to_string),
+        };
+        let answer = match verdict {
+            Ok(()) => response("200 OK", "text/plain", "ok\n"),
+            Err(why) => response("503 Service Unavailable", "text/plain", &format!("{why}\n")),
+        };
+        let _ = stream.write(&answer);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+
     /// Hands a whole request to a handler thread.
     fn dispatch(&self, stream: TcpStream, req: Request) {
         self.in_flight.fetch_add(1, Relaxed);
@@ -374,6 +416,10 @@ impl Acceptor {
 enum Request {
     /// `GET /metrics`, in this format.
     Metrics(Format),
+    /// `GET /healthz`.
+    Health,
+    /// `GET /readyz`.
+    Ready,
     /// Anything else.
     Other,
 }
@@ -387,8 +433,11 @@ fn parse(bytes: &[u8]) -> io::Result<Option<Request>> {
         Ok(httparse::Status::Complete(_)) => {
             let path = req.path.unwrap_or("");
             let path = path.split('?').next().unwrap_or("");
-            if req.method != Some("GET") || path != "/metrics" {
-                return Ok(Some(Request::Other));
+            match (req.method, path) {
+                (Some("GET"), "/metrics") => {}
+                (Some("GET"), "/healthz") => return Ok(Some(Request::Health)),
+                (Some("GET"), "/readyz") => return Ok(Some(Request::Ready)),
+                _ => return Ok(Some(Request::Other)),
             }
             let accept = req
                 .headers
@@ -409,7 +458,11 @@ fn answer(mut stream: TcpStream, req: Request, status: &StatusSource) -> io::Res
             Ok(body) => response("200 OK", format.content_type(), &body),
             Err(e) => response("503 Service Unavailable", "text/plain", &format!("{e}\n")),
         },
-        Request::Other => response("404 Not Found", "text/plain", "only GET /metrics here\n"),
+        Request::Health | Request::Ready | Request::Other => response(
+            "404 Not Found",
+            "text/plain",
+            "only GET /metrics, /healthz and /readyz here\n",
+        ),
     };
     write_all(&mut stream, &answer)
 }
@@ -458,6 +511,12 @@ mod tests {
             Some(Request::Metrics(Format::OpenMetrics))
         );
         assert_eq!(get("GET / HTTP/1.1\r\n\r\n"), Some(Request::Other));
+        assert_eq!(get("GET /healthz HTTP/1.1\r\n\r\n"), Some(Request::Health));
+        assert_eq!(
+            get("GET /readyz?v=1 HTTP/1.0\r\n\r\n"),
+            Some(Request::Ready)
+        );
+        assert_eq!(get("HEAD /readyz HTTP/1.1\r\n\r\n"), Some(Request::Other));
         assert_eq!(get("POST /metrics HTTP/1.1\r\n\r\n"), Some(Request::Other));
         assert_eq!(get("GET /metrics HTTP/1.1\r\nHost"), None);
         assert!(parse(b"\x00\x01 garbage\r\n\r\n").is_err());
