@@ -38,6 +38,7 @@ use crate::systemd::activation::{self, Inherited};
 use crate::systemd::notify::Notifier;
 use crate::tcp::server::Server;
 use crate::tcp::sockets::{SocketError, TcpSockets};
+use crate::tls::PreparedTls;
 use crate::udp::listeners::{self, UdpError, UdpListeners};
 use crate::udp::RateLimit;
 use crate::{net, EX_CONFIG, EX_OSERR};
@@ -164,6 +165,7 @@ fn run(options: &Options) -> Result<i32, StartupError> {
         return Ok(0);
     }
     let (config, source) = loaded.map_err(StartupError::Config)?;
+    let tls = PreparedTls::load_located(&config, source.path()).map_err(StartupError::Config)?;
     if options.print_config {
         let mut effective = config;
         effective.log.target = effective.log.target.or(Some(target));
@@ -175,7 +177,7 @@ fn run(options: &Options) -> Result<i32, StartupError> {
     if options.daemon {
         daemonize(options.pidfile.as_deref())?;
     }
-    let started = launch(config, source, bound, target);
+    let started = launch(config, source, (bound, tls), target);
     let code = match started {
         Ok((daemon, events)) => Ok(daemon.run(events)),
         Err(e) => Err(e),
@@ -194,6 +196,11 @@ fn check(
     target: LogTarget,
 ) -> Result<ConfigSource, StartupError> {
     let (config, source) = loaded.map_err(StartupError::CheckConfig)?;
+    let tls =
+        PreparedTls::load_located(&config, source.path()).map_err(StartupError::CheckConfig)?;
+    for warning in tls.warnings() {
+        eprintln!("warning: {warning}");
+    }
     if let Err(error) = net::resolve(&config.host, config.port) {
         return Err(StartupError::CheckHost {
             source_name: source.describe(),
@@ -307,10 +314,13 @@ fn daemonize(pidfile: Option<&Path>) -> Result<(), StartupError> {
 fn launch(
     config: Config,
     source: ConfigSource,
-    bound: Bound,
+    (bound, tls): (Bound, PreparedTls),
     target: LogTarget,
 ) -> Result<(Daemon, Receiver<Event>), StartupError> {
     logging::install(bound.log);
+    for warning in tls.warnings() {
+        log::warn!("{warning}");
+    }
     if source == ConfigSource::Embedded {
         log::info!(
             "no config file at {}; using the embedded defaults",
@@ -330,7 +340,8 @@ fn launch(
     // status at once (the supervisor answers once it runs).
     let control = open_control(&control_path, access, tx.clone());
     let watcher = supervisor::event::watcher(&tx);
-    let server = Server::start(config, bound.tcp, watcher.clone()).map_err(StartupError::Start)?;
+    let server =
+        Server::start(config, bound.tcp, tls, watcher.clone()).map_err(StartupError::Start)?;
     let rules = supervisor::listener_rules(server.config(), &bound.udp.addresses());
     server.gate().set_overrides(true, rules);
     let mut udp = UdpListeners::new(bound.udp_limit);

@@ -36,8 +36,10 @@ use crate::admission::{Admission, Gate, Listener};
 use crate::observe::stats::{self, ServerStats};
 use crate::protocol::Notice;
 use crate::tcp::affinity;
-use crate::tcp::connection::{Connection, Ends};
+use crate::tcp::connection::{Connection, Ends, Stream};
 use crate::tcp::pool::{Batch, Dealer};
+use crate::tls::stream::TlsStream;
+use crate::tls::TlsSlot;
 use crate::watch::{Watched, Watcher};
 
 /// The accept loop's thread name (what its death is reported as).
@@ -65,16 +67,28 @@ pub(crate) struct Listening {
     /// PROXY protocol on: the proxies trusted to send a header; a
     /// connection from anyone else is closed at once.
     pub proxy: Option<Arc<Vec<IpNet>>>,
+    /// TLS on: the listener's certificate slot (swapped on reload).
+    pub tls: Option<Arc<TlsSlot>>,
 }
 
 /// A listening socket as the loop holds it.
 struct Open {
     socket: TcpListener,
     proxy: Option<Arc<Vec<IpNet>>>,
+    tls: Option<Arc<TlsSlot>>,
     /// Its address, named in each connection's ends.
     local: Option<std::net::SocketAddr>,
     /// Its connections open now (the metrics' per-listener gauge).
     count: Option<Arc<std::sync::atomic::AtomicUsize>>,
+}
+
+/// Where an accepted connection came in.
+struct Arrival {
+    ends: Ends,
+    /// Its listener's open-connection gauge.
+    count: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// Its listener's TLS, if any.
+    tls: Option<Arc<TlsSlot>>,
 }
 
 /// Messages to the accept loop.
@@ -192,6 +206,7 @@ impl Acceptor {
             new.push(Open {
                 socket,
                 proxy: l.proxy,
+                tls: l.tls,
                 local,
                 count: local.map(|a| self.stats.listener_count(a)),
             });
@@ -285,7 +300,9 @@ impl Acceptor {
                     };
                     let proxy = listener.proxy.clone();
                     let count = listener.count.clone();
-                    self.admit(stream, ends, count, proxy.as_deref(), pinned, &mut batch);
+                    let tls = listener.tls.clone();
+                    let on = Arrival { ends, count, tls };
+                    self.admit(stream, on, proxy.as_deref(), pinned, &mut batch);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     drained = true;
@@ -314,15 +331,18 @@ impl Acceptor {
     /// arrive on, when workers are pinned). On a PROXY listener the peer
     /// is the proxy: the rules and limits judge the client once its header
     /// names it (`Connection::expect_proxy_header`), in the worker.
+    ///
+    /// All of that before any TLS work: a TLS session is set up only for
+    /// a connection about to be dealt.
     fn admit(
         &mut self,
         mut stream: mio::net::TcpStream,
-        ends: Ends,
-        count: Option<Arc<std::sync::atomic::AtomicUsize>>,
+        on: Arrival,
         proxy: Option<&Vec<IpNet>>,
         pinned: bool,
         batch: &mut Batch<'_>,
     ) {
+        let Arrival { ends, count, tls } = on;
         self.stats.accepted.fetch_add(1, Relaxed);
         if let Some(trusted) = proxy {
             if !trusted.iter().any(|net| net.contains(&ends.peer.ip())) {
@@ -365,6 +385,19 @@ impl Acceptor {
             affinity::incoming_cpu(&stream)
         } else {
             None
+        };
+        let stream = match tls {
+            None => Stream::Plain(stream),
+            Some(slot) => {
+                let config = slot.current().config.clone();
+                match TlsStream::new(stream, config, slot.handshakes.clone()) {
+                    Ok(t) => Stream::Tls(Box::new(t)),
+                    Err(e) => {
+                        log::error!("cannot start a TLS session: {e}");
+                        return;
+                    }
+                }
+            }
         };
         let open = stats::Open::on_listener(&self.stats, count);
         let mut conn = Connection::new(stream, open, ends);

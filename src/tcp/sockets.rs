@@ -30,6 +30,7 @@ use crate::config::{Config, Endpoint, Protocol, Rule};
 use crate::net;
 use crate::systemd::activation::{self, Candidate, Role};
 use crate::tcp::listener::Listening;
+use crate::tls::TlsSet;
 
 /// One TCP address the config asks for, and what its connections get.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,14 +257,16 @@ impl TcpSockets {
         out
     }
 
-    /// Duplicates of every socket with its options, for the accept loop.
-    pub(crate) fn listening(&self) -> io::Result<Vec<Listening>> {
+    /// Duplicates of every socket with its options, for the accept loop;
+    /// a TLS listener's certificate slot comes from `tls`.
+    pub(crate) fn listening(&self, tls: &TlsSet) -> io::Result<Vec<Listening>> {
         let mut out = Vec::new();
         for (want, sockets) in &self.bound {
             for s in sockets {
                 out.push(Listening {
                     socket: s.try_clone()?,
                     proxy: want.proxy.clone(),
+                    tls: tls.slot(&want.endpoint),
                 });
             }
         }

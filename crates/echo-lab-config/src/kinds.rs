@@ -389,19 +389,25 @@ impl Kind<Vec<String>> for Protocols {
         r: &mut Reader<'_>,
     ) -> Option<Vec<String>> {
         let mut seen: Vec<String> = Vec::new();
-        read_array(value, key, r, "an array of protocol names", |item, at, r| {
-            let name = r.deserialize::<String>(item, at)?;
-            if name.is_empty() || name.len() > 255 {
-                r.fail(item, at, "a protocol name is 1 to 255 bytes".into());
-                return None;
-            }
-            if seen.contains(&name) {
-                r.fail(item, at, format!("\"{name}\" is listed twice"));
-                return None;
-            }
-            seen.push(name.clone());
-            Some(name)
-        })
+        read_array(
+            value,
+            key,
+            r,
+            "an array of protocol names",
+            |item, at, r| {
+                let name = r.deserialize::<String>(item, at)?;
+                if name.is_empty() || name.len() > 255 {
+                    r.fail(item, at, "a protocol name is 1 to 255 bytes".into());
+                    return None;
+                }
+                if seen.contains(&name) {
+                    r.fail(item, at, format!("\"{name}\" is listed twice"));
+                    return None;
+                }
+                seen.push(name.clone());
+                Some(name)
+            },
+        )
     }
 
     fn render(&self, value: &Vec<String>) -> Rendered {

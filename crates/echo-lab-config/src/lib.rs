@@ -275,7 +275,10 @@ impl Listen {
 pub fn locate(path: &Path, key: &str, message: String) -> Diagnostic {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let src = Source { text: &text, file: &file };
+    let src = Source {
+        text: &text,
+        file: &file,
+    };
     let offset = DeTable::parse(&text)
         .ok()
         .and_then(|t| find_key(t.get_ref(), key))
@@ -757,15 +760,41 @@ mod tests {
         assert_eq!(c.listen[0].tls_alpn, ["echo"]);
         assert_eq!(Config::parse(&c.to_toml(), "p").unwrap(), c);
         for (text, key, needle) in [
-            ("tls_cert = \"/c.pem\"", "listen[0].tls_cert", "needs tls_key"),
-            ("tls_key = \"/k.pem\"", "listen[0].tls_key", "needs tls_cert"),
-            ("tls_client_ca = \"/ca.pem\"", "listen[0].tls_client_ca", "mutual TLS is TLS first"),
+            (
+                "tls_cert = \"/c.pem\"",
+                "listen[0].tls_cert",
+                "needs tls_key",
+            ),
+            (
+                "tls_key = \"/k.pem\"",
+                "listen[0].tls_key",
+                "needs tls_cert",
+            ),
+            (
+                "tls_client_ca = \"/ca.pem\"",
+                "listen[0].tls_client_ca",
+                "mutual TLS is TLS first",
+            ),
             ("tls_alpn = [\"x\"]", "listen[0].tls_alpn", "needs tls_cert"),
-            ("protocol = \"udp\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"", "listen[0].tls_cert", "TCP listeners only"),
-            ("tls_cert = \"c.pem\"", "listen[0].tls_cert", "absolute path"),
-            ("tls_alpn = [\"a\", \"a\"]", "listen[0].tls_alpn[1]", "listed twice"),
+            (
+                "protocol = \"udp\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"",
+                "listen[0].tls_cert",
+                "TCP listeners only",
+            ),
+            (
+                "tls_cert = \"c.pem\"",
+                "listen[0].tls_cert",
+                "absolute path",
+            ),
+            (
+                "tls_alpn = [\"a\", \"a\"]",
+                "listen[0].tls_alpn[1]",
+                "listed twice",
+            ),
         ] {
-            let d = err(&format!("[[listen]]\naddress = \"127.0.0.1:7443\"\n{text}\n"));
+            let d = err(&format!(
+                "[[listen]]\naddress = \"127.0.0.1:7443\"\n{text}\n"
+            ));
             let hit = d.iter().find(|d| d.key.as_deref() == Some(key));
             let hit = hit.unwrap_or_else(|| panic!("{text}: no diagnostic at {key}: {d:?}"));
             assert!(hit.line >= 3, "{text}: {hit}");

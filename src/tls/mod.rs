@@ -1,0 +1,543 @@
+//! TLS listeners: what a `[[listen]]` table with `tls_cert`/`tls_key`
+//! serves, loaded from its files, swapped on reload, counted.
+//!
+//! rustls 0.23 does the protocol, with the *ring* crypto provider: ring
+//! builds with a C compiler alone, which a fresh Debian 12 machine with
+//! what `tests/run.sh` installs has, while aws-lc-rs (rustls's default)
+//! needs cmake (and clang for some targets) to build. PEM is read through
+//! `rustls-pki-types`' `PemObject` (not `rustls-pemfile`, unmaintained:
+//! RUSTSEC-2025-0134), and what status shows of a certificate (subject,
+//! names, expiry, serial) through `x509-parser`.
+//!
+//! This module owns three things:
+//!
+//! * **loading** ([`load`]): a listener's files read and checked whole —
+//!   unreadable, not PEM, no certificate, no key, a key that does not
+//!   match the certificate, a CA file with no certificate — each a
+//!   [`TlsError`] naming the key (`listen[2].tls_key`), which the caller
+//!   turns into a located diagnostic (`config::locate`). It runs where
+//!   everything that may fail runs: `--check-config`, startup before any
+//!   thread, and a reload's prepare, so a file that does not load fails the
+//!   reload and the old certificate serves on.
+//! * **the slot** ([`TlsSlot`]): per TLS listener, the `ServerConfig` in
+//!   force behind a lock the accept loop reads once per accepted
+//!   connection (never on the echo path) and a reload's commit replaces.
+//!   A new connection takes the `Arc` of the config in force; established
+//!   sessions keep theirs, untouched by a swap. Every reload re-reads the
+//!   files even when the paths did not change (certificates renewed in
+//!   place), and the slot also keeps the handshake counters of its
+//!   listener across reloads.
+//! * **the session** ([`stream::TlsStream`]): a rustls `ServerConnection`
+//!   over the socket as a connection's transport.
+//!
+//! It must never block a thread that serves clients: nothing here reads a
+//! file outside `load`, and the slot's lock is held only to clone an `Arc`.
+
+pub(crate) mod stream;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{Config, Listen, Protocol};
+
+/// How long a client has, from its connection, to finish its handshake.
+pub(crate) const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A listener's TLS file that does not load; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {path}: {why}", path = .path.display())]
+pub struct TlsError {
+    /// The key naming the file (`listen[1].tls_cert`).
+    pub key: String,
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// What status, metrics and the log show of a listener's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The leaf's subject (`CN=echo.example`).
+    pub subject: String,
+    /// Its subject alternative names (`DNS:echo.example`, `IP:127.0.0.1`).
+    pub sans: Vec<String>,
+    /// Valid from, Unix seconds.
+    pub not_before: i64,
+    /// Valid until, Unix seconds.
+    pub not_after: i64,
+    /// Its serial number, upper-case hex (as `openssl x509 -serial`).
+    pub serial: String,
+}
+
+impl CertInfo {
+    /// True if the certificate is expired or not yet valid at `now`.
+    pub fn out_of_date(&self, now: i64) -> bool {
+        now > self.not_after || now < self.not_before
+    }
+
+    /// One line for the log and the reload report.
+    pub fn describe(&self) -> String {
+        let sans = if self.sans.is_empty() {
+            "no SANs".to_string()
+        } else {
+            self.sans.join(", ")
+        };
+        format!(
+            "subject {}, {sans}, serial {}, expires {}",
+            self.subject,
+            self.serial,
+            humantime::format_rfc3339_seconds(unix_time(self.not_after))
+        )
+    }
+}
+
+fn unix_time(secs: i64) -> SystemTime {
+    let secs = u64::try_from(secs).unwrap_or(0);
+    UNIX_EPOCH + std::time::Duration::from_secs(secs)
+}
+
+/// Seconds since the Unix epoch, now.
+pub(crate) fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// A listener's loaded TLS: the rustls config new handshakes use, and
+/// what it serves.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Given to each new `ServerConnection`.
+    pub(crate) config: Arc<ServerConfig>,
+    /// The leaf certificate, described.
+    pub info: CertInfo,
+}
+
+/// How a handshake ended: the label of `echo_lab_tls_handshakes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Finished: the session echoes.
+    Ok,
+    /// Not finished within [`HANDSHAKE_TIMEOUT`].
+    Timeout,
+    /// The client left (or the socket failed) before it finished.
+    Closed,
+    /// Mutual TLS: the client presented no certificate.
+    NoClientCert,
+    /// Mutual TLS: the client's certificate does not chain to the CA (or
+    /// is expired, revoked, not for client use).
+    BadClientCert,
+    /// Anything else the client got wrong (not TLS, no shared version,
+    /// cipher or ALPN protocol, a bad record).
+    ProtocolError,
+}
+
+impl Outcome {
+    /// Every outcome, in the order of their counters.
+    pub(crate) const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::Timeout,
+        Outcome::Closed,
+        Outcome::NoClientCert,
+        Outcome::BadClientCert,
+        Outcome::ProtocolError,
+    ];
+
+    /// The metrics label.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Timeout => "timeout",
+            Outcome::Closed => "closed",
+            Outcome::NoClientCert => "no_client_cert",
+            Outcome::BadClientCert => "bad_client_cert",
+            Outcome::ProtocolError => "protocol_error",
+        }
+    }
+
+    /// The outcome a rustls error ends a handshake with.
+    pub(crate) fn of(e: &rustls::Error) -> Outcome {
+        match e {
+            rustls::Error::NoCertificatesPresented => Outcome::NoClientCert,
+            rustls::Error::InvalidCertificate(_) => Outcome::BadClientCert,
+            _ => Outcome::ProtocolError,
+        }
+    }
+}
+
+/// A listener's handshake counters, by [`Outcome`].
+#[derive(Debug, Default)]
+pub(crate) struct Handshakes([AtomicU64; 6]);
+
+impl Handshakes {
+    /// Counts one handshake that ended with `outcome`.
+    pub(crate) fn count(&self, outcome: Outcome) {
+        self.0[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// The counts, in [`Outcome::ALL`] order.
+    pub(crate) fn get(&self) -> [u64; 6] {
+        std::array::from_fn(|i| self.0[i].load(Relaxed))
+    }
+}
+
+/// A TLS listener's config in force, swapped whole on reload.
+#[derive(Debug)]
+pub struct TlsSlot {
+    current: RwLock<Arc<Loaded>>,
+    /// Its handshakes, across reloads.
+    pub(crate) handshakes: Arc<Handshakes>,
+}
+
+impl TlsSlot {
+    fn new(loaded: Loaded) -> Self {
+        TlsSlot {
+            current: RwLock::new(Arc::new(loaded)),
+            handshakes: Arc::default(),
+        }
+    }
+
+    /// The config in force (new handshakes use it).
+    pub(crate) fn current(&self) -> Arc<Loaded> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn replace(&self, loaded: Arc<Loaded>) -> Arc<Loaded> {
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *cur, loaded)
+    }
+}
+
+/// Every TLS listener of a config, by its `[[listen]]` address as
+/// configured.
+#[derive(Debug, Default)]
+pub struct TlsSet {
+    slots: Vec<(crate::config::Endpoint, Arc<TlsSlot>)>,
+}
+
+/// The TLS listeners of a new config, loaded, not yet in force
+/// ([`TlsSet::commit`]).
+#[derive(Debug, Default)]
+pub struct PreparedTls {
+    loaded: Vec<(crate::config::Endpoint, Loaded)>,
+}
+
+impl PreparedTls {
+    /// Loads every TLS listener of `config`; the first file that does not
+    /// load is the error.
+    pub fn load(config: &Config) -> Result<PreparedTls, TlsError> {
+        let mut loaded = Vec::new();
+        for (i, listen) in config.listen.iter().enumerate() {
+            if listen.protocol == Protocol::Tcp && listen.tls() {
+                loaded.push((listen.address.clone(), load(listen, i)?));
+            }
+        }
+        Ok(PreparedTls { loaded })
+    }
+
+    /// Loads as [`PreparedTls::load`] does; a file that does not load is
+    /// a config error located at its key in `file` (the config file).
+    pub fn load_located(
+        config: &Config,
+        file: Option<&Path>,
+    ) -> Result<PreparedTls, crate::config::ConfigError> {
+        PreparedTls::load(config).map_err(|e| {
+            let message = format!("{}: {}", e.path.display(), e.why);
+            let diag = match file {
+                Some(path) => crate::config::locate(path, &e.key, message),
+                None => crate::config::Diagnostic {
+                    file: "embedded defaults".into(),
+                    line: 1,
+                    column: 1,
+                    key: Some(e.key.clone()),
+                    message,
+                },
+            };
+            crate::config::ConfigError::Invalid(vec![diag])
+        })
+    }
+
+    /// A warning per certificate expired or not yet valid (served all the
+    /// same, as nginx does).
+    pub fn warnings(&self) -> Vec<String> {
+        let now = now_unix();
+        self.loaded
+            .iter()
+            .filter(|(_, l)| l.info.out_of_date(now))
+            .map(|(e, l)| {
+                let when = if now > l.info.not_after {
+                    "expired"
+                } else {
+                    "not yet valid"
+                };
+                format!(
+                    "the TLS certificate of {e} is {when} ({}); serving it anyway",
+                    l.info.describe()
+                )
+            })
+            .collect()
+    }
+}
+
+impl TlsSet {
+    /// The slot serving `endpoint`, if it is a TLS listener.
+    pub(crate) fn slot(&self, endpoint: &crate::config::Endpoint) -> Option<Arc<TlsSlot>> {
+        self.slots
+            .iter()
+            .find(|(e, _)| e == endpoint)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// The slots `prepared` will fill: the same slot for a listener
+    /// already TLS (swapped at commit), a new one otherwise. Changes
+    /// nothing in service.
+    pub(crate) fn stage(&self, prepared: &PreparedTls) -> TlsSet {
+        let slots = prepared
+            .loaded
+            .iter()
+            .map(|(e, l)| {
+                let slot = self.slot(e).unwrap_or_else(|| {
+                    Arc::new(TlsSlot::new(Loaded {
+                        config: l.config.clone(),
+                        info: l.info.clone(),
+                    }))
+                });
+                (e.clone(), slot)
+            })
+            .collect();
+        TlsSet { slots }
+    }
+
+    /// Puts `prepared` in force in `staged` (from [`TlsSet::stage`]),
+    /// which becomes this set; returns per listener the certificate it
+    /// served before (if it was TLS) and serves now. Cannot fail.
+    pub(crate) fn commit(&mut self, staged: TlsSet, prepared: PreparedTls) -> Vec<Swap> {
+        let mut swaps = Vec::new();
+        for ((endpoint, loaded), (_, slot)) in prepared.loaded.into_iter().zip(&staged.slots) {
+            let new = loaded.info.clone();
+            let old = slot.replace(Arc::new(loaded));
+            let was_tls = self.slots.iter().any(|(_, s)| Arc::ptr_eq(s, slot));
+            swaps.push(Swap {
+                listener: endpoint.to_string(),
+                old: was_tls.then(|| old.info.clone()),
+                new,
+            });
+        }
+        *self = staged;
+        swaps
+    }
+
+    /// Each TLS listener's address as configured, certificate and
+    /// handshake counters (status and metrics).
+    pub(crate) fn each(&self) -> impl Iterator<Item = (String, CertInfo, [u64; 6])> + '_ {
+        self.slots
+            .iter()
+            .map(|(e, s)| (e.to_string(), s.current().info.clone(), s.handshakes.get()))
+    }
+
+    /// A set in force from the start (no reload before).
+    pub(crate) fn start(prepared: PreparedTls) -> TlsSet {
+        let slots = prepared
+            .loaded
+            .into_iter()
+            .map(|(e, l)| (e, Arc::new(TlsSlot::new(l))))
+            .collect();
+        TlsSet { slots }
+    }
+}
+
+/// One listener's certificate before and after a reload.
+#[derive(Debug, Clone)]
+pub(crate) struct Swap {
+    pub listener: String,
+    pub old: Option<CertInfo>,
+    pub new: CertInfo,
+}
+
+impl Swap {
+    /// `tls 127.0.0.1:7443: subject ... -> subject ...`.
+    pub(crate) fn describe(&self) -> String {
+        match &self.old {
+            Some(old) if *old == self.new => {
+                format!("tls {}: unchanged ({})", self.listener, self.new.describe())
+            }
+            Some(old) => format!(
+                "tls {}: {} -> {}",
+                self.listener,
+                old.describe(),
+                self.new.describe()
+            ),
+            None => format!("tls {}: {}", self.listener, self.new.describe()),
+        }
+    }
+}
+
+/// The crypto provider: *ring* (see the module docs for why). rustls
+/// 0.23.48 marks it deprecated for want of post-quantum key exchange,
+/// which only aws-lc-rs offers; X25519 and the NIST curves remain.
+fn provider() -> Arc<CryptoProvider> {
+    #[allow(deprecated)]
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Loads `[[listen]]` table `index`'s TLS files into a rustls config.
+pub fn load(listen: &Listen, index: usize) -> Result<Loaded, TlsError> {
+    let at = |key: &str| format!("listen[{index}].{key}");
+    let (Some(cert_path), Some(key_path)) = (&listen.tls_cert, &listen.tls_key) else {
+        return Err(TlsError {
+            key: at("tls_cert"),
+            path: PathBuf::new(),
+            why: "tls_cert and tls_key are both needed".into(),
+        });
+    };
+    let fail = |key: &str, path: &Path, why: String| TlsError {
+        key: at(key),
+        path: path.to_path_buf(),
+        why,
+    };
+    let chain = read_certs(cert_path).map_err(|why| fail("tls_cert", cert_path, why))?;
+    let info = describe(&chain[0]).map_err(|why| fail("tls_cert", cert_path, why))?;
+    let key = read_key(key_path).map_err(|why| fail("tls_key", key_path, why))?;
+    let provider = provider();
+    let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+        let why = match e {
+            rustls::Error::InconsistentKeys(_) => {
+                "the key does not match the certificate in tls_cert".to_string()
+            }
+            other => format!("cannot use this key: {other}"),
+        };
+        fail("tls_key", key_path, why)
+    })?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| fail("tls_cert", cert_path, e.to_string()))?;
+    let builder = match &listen.tls_client_ca {
+        Some(ca) => {
+            let roots = read_roots(ca).map_err(|why| fail("tls_client_ca", ca, why))?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| fail("tls_client_ca", ca, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(Fixed(Arc::new(certified))));
+    config.alpn_protocols = listen
+        .tls_alpn
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+    Ok(Loaded {
+        config: Arc::new(config),
+        info,
+    })
+}
+
+/// Serves one certificate whatever the client asks (SNI is logged, not
+/// matched).
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err("not a PEM file (no -----BEGIN line)".into());
+    }
+    Ok(bytes)
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = read_pem(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate (no BEGIN CERTIFICATE block)".into());
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let bytes = read_pem(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => {
+            "no private key (PKCS#8, PKCS#1 or SEC1 PEM block)".to_string()
+        }
+        other => format!("bad PEM: {other}"),
+    })
+}
+
+fn read_roots(path: &Path) -> Result<RootCertStore, String> {
+    let certs = read_certs(path)?;
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    Ok(roots)
+}
+
+/// Subject, SANs, validity and serial of a DER certificate.
+fn describe(der: &CertificateDer<'_>) -> Result<CertInfo, String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let sans = match cert.subject_alternative_name() {
+        Ok(Some(ext)) => ext
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::DNSName(d) => format!("DNS:{d}"),
+                GeneralName::IPAddress(ip) => format!("IP:{}", ip_text(ip)),
+                GeneralName::RFC822Name(m) => format!("email:{m}"),
+                GeneralName::URI(u) => format!("URI:{u}"),
+                other => format!("{other:?}"),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    // As openssl prints it: no leading zero bytes (DER adds one to keep
+    // the number positive).
+    let raw = cert.raw_serial();
+    let first = raw
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    let serial = raw[first..].iter().map(|b| format!("{b:02X}")).collect();
+    Ok(CertInfo {
+        subject: cert.subject().to_string(),
+        sans,
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        serial,
+    })
+}
+
+fn ip_text(bytes: &[u8]) -> String {
+    match bytes.len() {
+        4 => std::net::Ipv4Addr::from(<[u8; 4]>::try_from(bytes).unwrap_or_default()).to_string(),
+        16 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).unwrap_or_default()).to_string(),
+        _ => format!("{bytes:02x?}"),
+    }
+}
