@@ -17,7 +17,7 @@ step() { printf '\n==== %s ====\n' "$*"; }
 # prometheus: /usr/bin/prometheus and promtool (tests/metrics.rs, the rules);
 # logrotate: tests/log_file.rs runs the shipped snippet; haproxy: tests/proxy.rs.
 # g++: libfuzzer-sys builds libFuzzer (C++) for the fuzz targets.
-apt_pkgs=(mandoc man-db lintian debootstrap systemd-container python3 netcat-openbsd procps util-linux iproute2 git prometheus logrotate g++ haproxy)
+apt_pkgs=(mandoc man-db lintian debootstrap systemd-container python3 netcat-openbsd procps util-linux iproute2 git prometheus logrotate g++ haproxy openssl)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -702,6 +702,7 @@ impl Daemon {
             reloads: self.reloads.clone(),
             metrics: self.metrics.as_ref().map(|m| m.local_addr().to_string()),
             log_lines_dropped: crate::observe::logging::lines_dropped(),
+            tls: crate::tls::status(self.server.tls()),
         }
     }
 }

@@ -41,6 +41,9 @@ pub(crate) struct Want {
     pub proxy: Option<Arc<Vec<IpNet>>>,
     /// The table's own access rules, replacing the top-level ones.
     pub access: Option<Vec<Rule>>,
+    /// A TLS listener: its `[[listen]]` table's index (its certificate
+    /// slot's key: two tables on port 0 share an endpoint).
+    pub tls: Option<usize>,
 }
 
 /// The TCP addresses `config` asks for, `host`/`port` first.
@@ -52,15 +55,18 @@ pub(crate) fn wanted(config: &Config) -> Vec<Want> {
         },
         proxy: None,
         access: None,
+        tls: None,
     };
     let extra = config
         .listen
         .iter()
-        .filter(|l| l.protocol == Protocol::Tcp)
-        .map(|l| Want {
+        .enumerate()
+        .filter(|(_, l)| l.protocol == Protocol::Tcp)
+        .map(|(i, l)| Want {
             endpoint: l.address.clone(),
             proxy: l.proxy_protocol.then(|| Arc::new(l.proxy_trusted.clone())),
             access: l.access.clone(),
+            tls: l.tls().then_some(i),
         });
     std::iter::once(main).chain(extra).collect()
 }
@@ -266,7 +272,7 @@ impl TcpSockets {
                 out.push(Listening {
                     socket: s.try_clone()?,
                     proxy: want.proxy.clone(),
-                    tls: tls.slot(&want.endpoint),
+                    tls: want.tls.and_then(|i| tls.slot(i)),
                 });
             }
         }

@@ -1,10 +1,15 @@
 //! TLS listeners: what a `[[listen]]` table with `tls_cert`/`tls_key`
 //! serves, loaded from its files, swapped on reload, counted.
 //!
-//! rustls 0.23 does the protocol, with the *ring* crypto provider: ring
-//! builds with a C compiler alone, which a fresh Debian 12 machine with
-//! what `tests/run.sh` installs has, while aws-lc-rs (rustls's default)
-//! needs cmake (and clang for some targets) to build. PEM is read through
+//! rustls 0.23 does the protocol, with the aws-lc-rs crypto provider
+//! (rustls's default). Both providers were weighed: *ring* builds with a
+//! C compiler alone; so, it turned out, does aws-lc-sys 0.47 on a fresh
+//! Debian 12 x86_64 machine with what `tests/run.sh` installs (built there
+//! with neither cmake nor clang present, in about 2.5 minutes against
+//! ring's 20 seconds). aws-lc-rs won: it has the post-quantum hybrid key
+//! exchange (X25519MLKEM768, preferred here) for want of which rustls
+//! 0.23.48 deprecates the *ring* provider, and it is what a tokio-rustls
+//! server uses by default, so the figures compare like with like. PEM is read through
 //! `rustls-pki-types`' `PemObject` (not `rustls-pemfile`, unmaintained:
 //! RUSTSEC-2025-0134), and what status shows of a certificate (subject,
 //! names, expiry, serial) through `x509-parser`.
@@ -221,18 +226,19 @@ impl TlsSlot {
     }
 }
 
-/// Every TLS listener of a config, by its `[[listen]]` address as
-/// configured.
+/// Every TLS listener of a config, by its `[[listen]]` table's index
+/// (the address as configured is not a key: two tables may say port 0),
+/// with that address for messages.
 #[derive(Debug, Default)]
 pub struct TlsSet {
-    slots: Vec<(crate::config::Endpoint, Arc<TlsSlot>)>,
+    slots: Vec<(usize, crate::config::Endpoint, Arc<TlsSlot>)>,
 }
 
 /// The TLS listeners of a new config, loaded, not yet in force
 /// ([`TlsSet::commit`]).
 #[derive(Debug, Default)]
 pub struct PreparedTls {
-    loaded: Vec<(crate::config::Endpoint, Loaded)>,
+    loaded: Vec<(usize, crate::config::Endpoint, Loaded)>,
 }
 
 impl PreparedTls {
@@ -242,7 +248,7 @@ impl PreparedTls {
         let mut loaded = Vec::new();
         for (i, listen) in config.listen.iter().enumerate() {
             if listen.protocol == Protocol::Tcp && listen.tls() {
-                loaded.push((listen.address.clone(), load(listen, i)?));
+                loaded.push((i, listen.address.clone(), load(listen, i)?));
             }
         }
         Ok(PreparedTls { loaded })
@@ -276,8 +282,8 @@ impl PreparedTls {
         let now = now_unix();
         self.loaded
             .iter()
-            .filter(|(_, l)| l.info.out_of_date(now))
-            .map(|(e, l)| {
+            .filter(|(_, _, l)| l.info.out_of_date(now))
+            .map(|(_, e, l)| {
                 let when = if now > l.info.not_after {
                     "expired"
                 } else {
@@ -293,12 +299,20 @@ impl PreparedTls {
 }
 
 impl TlsSet {
-    /// The slot serving `endpoint`, if it is a TLS listener.
-    pub(crate) fn slot(&self, endpoint: &crate::config::Endpoint) -> Option<Arc<TlsSlot>> {
+    /// The slot of `[[listen]]` table `index`, if it is a TLS listener.
+    pub(crate) fn slot(&self, index: usize) -> Option<Arc<TlsSlot>> {
         self.slots
             .iter()
-            .find(|(e, _)| e == endpoint)
-            .map(|(_, s)| s.clone())
+            .find(|(i, _, _)| *i == index)
+            .map(|(_, _, s)| s.clone())
+    }
+
+    /// The slot of table `index` if it serves `endpoint` still.
+    fn same(&self, index: usize, endpoint: &crate::config::Endpoint) -> Option<Arc<TlsSlot>> {
+        self.slots
+            .iter()
+            .find(|(i, e, _)| *i == index && e == endpoint)
+            .map(|(_, _, s)| s.clone())
     }
 
     /// The slots `prepared` will fill: the same slot for a listener
@@ -308,14 +322,14 @@ impl TlsSet {
         let slots = prepared
             .loaded
             .iter()
-            .map(|(e, l)| {
-                let slot = self.slot(e).unwrap_or_else(|| {
+            .map(|(i, e, l)| {
+                let slot = self.same(*i, e).unwrap_or_else(|| {
                     Arc::new(TlsSlot::new(Loaded {
                         config: l.config.clone(),
                         info: l.info.clone(),
                     }))
                 });
-                (e.clone(), slot)
+                (*i, e.clone(), slot)
             })
             .collect();
         TlsSet { slots }
@@ -326,10 +340,11 @@ impl TlsSet {
     /// served before (if it was TLS) and serves now. Cannot fail.
     pub(crate) fn commit(&mut self, staged: TlsSet, prepared: PreparedTls) -> Vec<Swap> {
         let mut swaps = Vec::new();
-        for ((endpoint, loaded), (_, slot)) in prepared.loaded.into_iter().zip(&staged.slots) {
+        for ((_, endpoint, loaded), (_, _, slot)) in prepared.loaded.into_iter().zip(&staged.slots)
+        {
             let new = loaded.info.clone();
             let old = slot.replace(Arc::new(loaded));
-            let was_tls = self.slots.iter().any(|(_, s)| Arc::ptr_eq(s, slot));
+            let was_tls = self.slots.iter().any(|(_, _, s)| Arc::ptr_eq(s, slot));
             swaps.push(Swap {
                 listener: endpoint.to_string(),
                 old: was_tls.then(|| old.info.clone()),
@@ -345,7 +360,7 @@ impl TlsSet {
     pub(crate) fn each(&self) -> impl Iterator<Item = (String, CertInfo, [u64; 6])> + '_ {
         self.slots
             .iter()
-            .map(|(e, s)| (e.to_string(), s.current().info.clone(), s.handshakes.get()))
+            .map(|(_, e, s)| (e.to_string(), s.current().info.clone(), s.handshakes.get()))
     }
 
     /// A set in force from the start (no reload before).
@@ -353,7 +368,7 @@ impl TlsSet {
         let slots = prepared
             .loaded
             .into_iter()
-            .map(|(e, l)| (e, Arc::new(TlsSlot::new(l))))
+            .map(|(i, e, l)| (i, e, Arc::new(TlsSlot::new(l))))
             .collect();
         TlsSet { slots }
     }
@@ -385,12 +400,9 @@ impl Swap {
     }
 }
 
-/// The crypto provider: *ring* (see the module docs for why). rustls
-/// 0.23.48 marks it deprecated for want of post-quantum key exchange,
-/// which only aws-lc-rs offers; X25519 and the NIST curves remain.
+/// The crypto provider: aws-lc-rs (see the module docs for why).
 fn provider() -> Arc<CryptoProvider> {
-    #[allow(deprecated)]
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Loads `[[listen]]` table `index`'s TLS files into a rustls config.
@@ -540,4 +552,27 @@ fn ip_text(bytes: &[u8]) -> String {
         16 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).unwrap_or_default()).to_string(),
         _ => format!("{bytes:02x?}"),
     }
+}
+
+/// The status document's view of the TLS listeners.
+pub(crate) fn status(set: &TlsSet) -> Vec<echo_lab_proto::status::TlsListener> {
+    let now = now_unix();
+    set.each()
+        .map(
+            |(listener, info, counts)| echo_lab_proto::status::TlsListener {
+                listener,
+                expired: info.out_of_date(now),
+                subject: info.subject,
+                sans: info.sans,
+                serial: info.serial,
+                not_before_unix: info.not_before,
+                not_after_unix: info.not_after,
+                handshakes: Outcome::ALL
+                    .iter()
+                    .zip(counts)
+                    .map(|(o, n)| (o.as_str().to_string(), n))
+                    .collect(),
+            },
+        )
+        .collect()
 }
