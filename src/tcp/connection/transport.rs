@@ -5,9 +5,9 @@
 //! when it cannot go on) plus the two things a connection needs beyond
 //! that: shutting its sending direction (the lingering close), and saying
 //! whether it has bytes of its own to write. The connection is generic over
-//! it, so the echo path is monomorphised for `mio::net::TcpStream` and a
-//! call through the trait costs what a direct call does; no trait object
-//! sits on the hot path.
+//! it, so the echo path is monomorphised for the worker's [`Stream`] (a
+//! plain socket or a TLS session: an enum, one branch on its tag, then the
+//! very socket call); no trait object sits on the hot path.
 //!
 //! Registration with the poller is not here: the worker owns the poller
 //! and registers the concrete type it holds. This module must never block,
@@ -15,8 +15,9 @@
 //! [`Transport::wants_write`] reports them, and never decide anything about
 //! the echo protocol.
 //!
-//! It is also where an encrypting transport plugs in. A TLS session
-//! (e.g. a rustls `ServerConnection` over the socket) reads and writes
+//! It is also where the encrypting transport plugs in
+//! (`crate::tls::stream::TlsStream`). A TLS session (a rustls
+//! `ServerConnection` over the socket) reads and writes
 //! plaintext through `Read`/`Write`, but has records to send that the
 //! connection never queued — handshake messages, `close_notify` — and can
 //! hold decrypted bytes that no readiness edge will announce again. The
