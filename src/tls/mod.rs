@@ -478,8 +478,11 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = read_pem(path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    certs_from(&read_pem(path)?)
+}
+
+fn certs_from(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("bad PEM: {e}"))?;
     if certs.is_empty() {
@@ -489,8 +492,11 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let bytes = read_pem(path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+    key_from(&read_pem(path)?)
+}
+
+fn key_from(bytes: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => {
             "no private key (PKCS#8, PKCS#1 or SEC1 PEM block)".to_string()
         }
@@ -575,4 +581,103 @@ pub(crate) fn status(set: &TlsSet) -> Vec<echo_lab_proto::status::TlsListener> {
             },
         )
         .collect()
+}
+
+/// Serves `client_bytes` — everything a TLS client sends, then the end of
+/// its input — to a connection on a TLS listener with the certificate and
+/// key given (PEM), over a real loopback socket, driving the connection
+/// state machine as a worker does until it closes (at most 64 turns).
+/// Returns the bytes the server wrote back, and how many handshake
+/// outcomes were counted (the fuzz target's entry: whatever the bytes, no
+/// panic, and a closed connection's handshake counted once).
+pub fn serve_client_bytes(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_bytes: &[u8],
+) -> std::io::Result<(Vec<u8>, bool, u64)> {
+    use std::io::{Read, Write};
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let chain = certs_from(cert_pem).map_err(bad)?;
+    let key = key_from(key_pem).map_err(bad)?;
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| bad(e.to_string()))?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| bad(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Fixed(Arc::new(certified))));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (server, peer) = listener.accept()?;
+    client.write_all(client_bytes)?;
+    client.shutdown(std::net::Shutdown::Write)?;
+    server.set_nonblocking(true)?;
+    let handshakes = Arc::new(Handshakes::default());
+    let tls = stream::TlsStream::new(
+        mio::net::TcpStream::from_std(server),
+        Arc::new(config),
+        handshakes.clone(),
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let stats = Arc::new(crate::observe::stats::ServerStats::default());
+    let ends = crate::tcp::connection::Ends { peer, local: None };
+    let stream = crate::tcp::connection::Stream::Tls(Box::new(tls));
+    let mut conn = crate::tcp::connection::Connection::new(
+        stream,
+        crate::observe::stats::Open::new(&stats),
+        ends,
+    );
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut closed = false;
+    for _ in 0..64 {
+        use crate::tcp::connection::Step;
+        let (step, _) = conn.on_readable(&mut buf, 64 * 1024, true);
+        if step == Step::Close || conn.on_writable(64 * 1024) == Step::Close {
+            closed = true;
+            break;
+        }
+    }
+    drop(conn);
+    client.set_nonblocking(true)?;
+    let mut back = Vec::new();
+    let _ = client.read_to_end(&mut back);
+    Ok((back, closed, handshakes.get().iter().sum()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CERT: &[u8] = include_bytes!("../../fuzz/tls/cert.pem");
+    const KEY: &[u8] = include_bytes!("../../fuzz/tls/key.pem");
+
+    #[test]
+    fn garbage_from_a_client_closes_the_connection_and_counts_one_handshake() {
+        for bytes in [
+            &b""[..],
+            b"\x16",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00",
+            &[0xff; 3000],
+        ] {
+            let (_, closed, counted) = serve_client_bytes(CERT, KEY, bytes).expect("served");
+            assert!(closed, "{bytes:?}: not closed");
+            assert_eq!(counted, 1, "{bytes:?}: handshakes counted");
+        }
+    }
+
+    #[test]
+    fn an_outcome_is_named_by_the_rustls_error() {
+        assert_eq!(
+            Outcome::of(&rustls::Error::NoCertificatesPresented),
+            Outcome::NoClientCert
+        );
+        let bad = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
+        assert_eq!(Outcome::of(&bad), Outcome::BadClientCert);
+        assert_eq!(Outcome::of(&rustls::Error::DecryptError), Outcome::ProtocolError);
+        let names: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(
+            names,
+            ["ok", "timeout", "closed", "no_client_cert", "bad_client_cert", "protocol_error"]
+        );
+    }
 }

@@ -188,10 +188,17 @@ impl Read for TlsStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.tls.reader().read(buf) {
+                Ok(0) => {
+                    self.end_handshake(Outcome::Closed);
+                    return Ok(0);
+                }
                 Ok(n) => return Ok(n),
                 // The socket closed without close_notify: for an echo, the
                 // end of input all the same.
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                    self.end_handshake(Outcome::Closed);
+                    return Ok(0);
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
