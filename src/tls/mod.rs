@@ -583,6 +583,22 @@ pub(crate) fn status(set: &TlsSet) -> Vec<echo_lab_proto::status::TlsListener> {
         .collect()
 }
 
+/// A TLS server config from PEM bytes, no client authentication (for
+/// [`serve_client_bytes`]).
+fn config_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> std::io::Result<Arc<ServerConfig>> {
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let chain = certs_from(cert_pem).map_err(bad)?;
+    let key = key_from(key_pem).map_err(bad)?;
+    let certified =
+        CertifiedKey::from_der(chain, key, &provider()).map_err(|e| bad(e.to_string()))?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| bad(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Fixed(Arc::new(certified))));
+    Ok(Arc::new(config))
+}
+
 /// Serves `client_bytes` — everything a TLS client sends, then the end of
 /// its input — to a connection on a TLS listener with the certificate and
 /// key given (PEM), over a real loopback socket, driving the connection
@@ -596,15 +612,7 @@ pub fn serve_client_bytes(
     client_bytes: &[u8],
 ) -> std::io::Result<(Vec<u8>, bool, u64)> {
     use std::io::{Read, Write};
-    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-    let chain = certs_from(cert_pem).map_err(bad)?;
-    let key = key_from(key_pem).map_err(bad)?;
-    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| bad(e.to_string()))?;
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| bad(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Fixed(Arc::new(certified))));
+    let config = config_from_pem(cert_pem, key_pem)?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
     let (server, peer) = listener.accept()?;
@@ -614,10 +622,10 @@ pub fn serve_client_bytes(
     let handshakes = Arc::new(Handshakes::default());
     let tls = stream::TlsStream::new(
         mio::net::TcpStream::from_std(server),
-        Arc::new(config),
+        config,
         handshakes.clone(),
     )
-    .map_err(|e| bad(e.to_string()))?;
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
     let stats = Arc::new(crate::observe::stats::ServerStats::default());
     let ends = crate::tcp::connection::Ends { peer, local: None };
     let stream = crate::tcp::connection::Stream::Tls(Box::new(tls));
@@ -673,11 +681,21 @@ mod tests {
         );
         let bad = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
         assert_eq!(Outcome::of(&bad), Outcome::BadClientCert);
-        assert_eq!(Outcome::of(&rustls::Error::DecryptError), Outcome::ProtocolError);
+        assert_eq!(
+            Outcome::of(&rustls::Error::DecryptError),
+            Outcome::ProtocolError
+        );
         let names: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
         assert_eq!(
             names,
-            ["ok", "timeout", "closed", "no_client_cert", "bad_client_cert", "protocol_error"]
+            [
+                "ok",
+                "timeout",
+                "closed",
+                "no_client_cert",
+                "bad_client_cert",
+                "protocol_error"
+            ]
         );
     }
 }
