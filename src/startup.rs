@@ -318,6 +318,9 @@ fn launch(
     target: LogTarget,
 ) -> Result<(Daemon, Receiver<Event>), StartupError> {
     logging::install(bound.log);
+    for line in tls.describe() {
+        log::info!("{line}");
+    }
     for warning in tls.warnings() {
         log::warn!("{warning}");
     }

@@ -276,6 +276,15 @@ impl PreparedTls {
         })
     }
 
+    /// One line per TLS listener: its address and certificate (the log at
+    /// start).
+    pub fn describe(&self) -> Vec<String> {
+        self.loaded
+            .iter()
+            .map(|(_, e, l)| format!("tls {e}: {}", l.info.describe()))
+            .collect()
+    }
+
     /// A warning per certificate expired or not yet valid (served all the
     /// same, as nginx does).
     pub fn warnings(&self) -> Vec<String> {
