@@ -700,3 +700,31 @@ fn haproxy_as_a_verifying_tls_client_with_and_without_send_proxy_v2() {
         }
     }
 }
+
+#[test]
+fn a_tls_client_that_does_not_read_is_held_to_the_pending_cap() {
+    let pki = Pki::new("test CA");
+    pki.issue("server", "echo.test", 0xa001, false, false);
+    let d = Daemon::start(&tls_config(
+        &pki,
+        "server",
+        "max_pending_bytes = 4096\n",
+        "",
+    ));
+    let before = d.rss_kib();
+    let got = py(tls_addr(&d), &pki.path("ca.pem"), &["hog"]);
+    let sent = got["sent"].as_u64().expect("sent");
+    eprintln!(
+        "tls hog: {got}, rss {before} KiB before, {} KiB after",
+        d.rss_kib()
+    );
+    // The daemon stopped reading: what it took is kernel buffers, the cap
+    // and at most one write's worth of records inside rustls, not 256 MiB.
+    assert!(sent < 32 << 20, "the daemon kept reading: {got}");
+    assert_eq!(got["echoed"], sent, "{got}");
+    assert_eq!(got["same"], true, "{got}");
+    assert!(
+        d.rss_kib() < before + 16 * 1024,
+        "RSS grew by more than 16 MiB"
+    );
+}

@@ -12,6 +12,9 @@ MODE
                 and read to the end (the goodbye, then close_notify).
   wait          one session: read until the server closes it (notices).
   loop STOPFILE round trips on fresh sessions until STOPFILE exists.
+  hog           one session: send without reading until the server stops
+                taking bytes (3 s without progress), then read the echo
+                of all that was sent and compare it.
 
 Prints one JSON object on stdout; exits 0 unless the mode failed.
 """
@@ -116,6 +119,23 @@ def loop(args, stopfile):
     return {"ok": ok, "failures": failures, "serials": serials, "errors": errors[:5]}
 
 
+def hog(args):
+    ctx = context(args)
+    block = bytes(range(256)) * 256
+    with connect(args, ctx) as s:
+        s.settimeout(3)
+        sent = 0
+        while sent < 256 << 20:
+            try:
+                sent += s.send(block)
+            except (socket.timeout, ssl.SSLWantWriteError):
+                break
+        s.settimeout(20)
+        got = read_n(s, sent)
+    want = (block * (sent // len(block) + 1))[:sent]
+    return {"sent": sent, "echoed": len(got), "same": got == want}
+
+
 def main(argv):
     args = {"port": int(argv[0]), "ca": argv[1]}
     mode, rest = argv[2], argv[3:]
@@ -137,6 +157,8 @@ def main(argv):
             out = echo(args, positional[0])
         elif mode == "wait":
             out = wait(args)
+        elif mode == "hog":
+            out = hog(args)
         elif mode == "loop":
             out = loop(args, positional[0])
         else:
