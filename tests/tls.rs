@@ -728,3 +728,35 @@ fn a_tls_client_that_does_not_read_is_held_to_the_pending_cap() {
         "RSS grew by more than 16 MiB"
     );
 }
+
+#[test]
+fn the_per_source_cap_refuses_before_any_tls_work() {
+    let pki = Pki::new("test CA");
+    pki.issue("server", "echo.test", 0xb001, false, false);
+    let d = Daemon::start(&tls_config(
+        &pki,
+        "server",
+        "max_connections_per_source = 2\n",
+        "",
+    ));
+    let held: Vec<TcpStream> = (0..2).map(|_| connect(tls_addr(&d))).collect();
+    wait_until(IO_TIMEOUT, "both held", || d.stat("active") == 2);
+    // The third from the same source hears the per-source notice in the
+    // clear and is closed: no TLS session was ever started for it.
+    let mut third = connect(tls_addr(&d));
+    let got = read_to_eof(&mut third);
+    assert!(
+        String::from_utf8_lossy(&got).contains("connections from your address"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let st = ctl_status(&d);
+    let counted: u64 = st["tls"][0]["handshakes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 0, "a refused connection reached TLS: {st}");
+    drop(held);
+}
