@@ -172,6 +172,10 @@ fn python_ssl_echoes_bytes_as_sent_and_negotiates_alpn() {
     assert_eq!(got["alpn"], "echo");
     assert_eq!(got["serial"], "1002");
     assert!(got["rest"].as_str().unwrap().contains("goodbye"), "{got}");
+    assert_eq!(
+        got["close_notify"], true,
+        "no close_notify after the goodbye: {got}"
+    );
     let line = d.wait_for_log("tls_alpn=echo", IO_TIMEOUT);
     assert!(line.contains("tls_client=-"), "{line}");
     // Status shows the certificate.
@@ -463,11 +467,20 @@ fn a_stalled_handshake_times_out_and_a_slow_flood_leaves_others_served() {
 fn drain_and_idle_notices_arrive_inside_tls_before_close_notify() {
     let pki = Pki::new("test CA");
     pki.issue("server", "echo.test", 0x6001, false, false);
-    let d = Daemon::start(&tls_config(&pki, "server", "idle_timeout = 1\n", ""));
+    let d = Daemon::start(&tls_config(
+        &pki,
+        "server",
+        "idle_timeout = 1\ndrain_timeout = 2\n",
+        "",
+    ));
     let ca = pki.path("ca.pem");
     let got = py(tls_addr(&d), &ca, &["wait"]);
     let rest = got["rest"].as_str().unwrap_or_default();
     assert!(rest.contains("[echo-lab] idle"), "{got}");
+    assert_eq!(
+        got["close_notify"], true,
+        "no close_notify after the idle notice: {got}"
+    );
     let mut d = d;
     let addr = tls_addr(&d);
     let waiter = std::thread::spawn(move || py(addr, &ca, &["wait", "--tls12"]));
@@ -689,9 +702,18 @@ fn haproxy_as_a_verifying_tls_client_with_and_without_send_proxy_v2() {
             String::from_utf8_lossy(&rest)
         );
         let mine = c.local_addr().expect("local");
-        // (HAProxy's own connection for the readiness probe failed its
-        // handshake: a `protocol=tcp` line.)
-        let line = d.wait_for_log(&format!("listener={back} protocol=tls"), IO_TIMEOUT);
+        // HAProxy's own connection for the readiness probe has a session
+        // line too (received=0): find ours by what it received.
+        let received = format!("through haproxy {extra}\n").len() + b"disconnect\n".len();
+        let ours = |l: &&str| {
+            l.contains(&format!("listener={back} protocol=tls"))
+                && l.contains(&format!(" received={received} "))
+        };
+        wait_until(IO_TIMEOUT, "our session line", || {
+            d.log_text().lines().any(|l| ours(&l))
+        });
+        let text = d.log_text();
+        let line = text.lines().find(ours).expect("our session line");
         if extra.is_empty() {
             assert!(!line.contains(&format!("client={mine}")), "{line}");
         } else {

@@ -42,15 +42,28 @@ def context(args):
 
 def connect(args, ctx):
     raw = socket.create_connection(("127.0.0.1", args["port"]), timeout=10)
-    return ctx.wrap_socket(raw, server_hostname=args.get("sni", "localhost"))
+    # Not suppressing ragged EOFs: a TCP close without close_notify then
+    # raises SSLEOFError, which read_all reports as an unclean end.
+    return ctx.wrap_socket(
+        raw, server_hostname=args.get("sni", "localhost"), suppress_ragged_eofs=False
+    )
+
+
+CLEAN = {}
 
 
 def read_all(s):
+    """Reads to the end; CLEAN["close_notify"] says whether the server
+    ended with close_notify (True) or just closed TCP (False)."""
     got = b""
+    CLEAN["close_notify"] = True
     while True:
         try:
             chunk = s.recv(65536)
-        except (ssl.SSLZeroReturnError, ConnectionResetError):
+        except ssl.SSLZeroReturnError:
+            break
+        except (ssl.SSLEOFError, ConnectionResetError):
+            CLEAN["close_notify"] = False
             break
         if not chunk:
             break
@@ -87,6 +100,7 @@ def echo(args, text):
         out["echoed"] = read_n(s, len(data)).decode(errors="replace")
         s.sendall(b"disconnect\n")
         out["rest"] = read_all(s).decode(errors="replace")
+        out["close_notify"] = CLEAN["close_notify"]
     return out
 
 
@@ -95,6 +109,7 @@ def wait(args):
     with connect(args, ctx) as s:
         out = describe(s)
         out["rest"] = read_all(s).decode(errors="replace")
+        out["close_notify"] = CLEAN["close_notify"]
     return out
 
 
