@@ -165,13 +165,13 @@ fn run(options: &Options) -> Result<i32, StartupError> {
         return Ok(0);
     }
     let (config, source) = loaded.map_err(StartupError::Config)?;
-    let tls = PreparedTls::load_located(&config, source.path()).map_err(StartupError::Config)?;
     if options.print_config {
         let mut effective = config;
         effective.log.target = effective.log.target.or(Some(target));
         print!("{}", effective.to_toml());
         return Ok(0);
     }
+    let tls = PreparedTls::load_located(&config, source.path()).map_err(StartupError::Config)?;
     logging::init(config.log.level.filter());
     let bound = bind(&config, target)?;
     if options.daemon {
