@@ -21,7 +21,7 @@ cd "$(dirname "$0")"
 secs=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
 shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config protocol control proxy udp_guard)
+[ ${#targets[@]} -gt 0 ] || targets=(config protocol control proxy udp_guard tls)
 
 export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do cargo fuzz build -O "$t"; done

@@ -21,6 +21,7 @@
 //! | `admission` | who may connect: access rules, per-source limits, the source table |
 //! | `observe` | what the daemon tells: the log (and its writer thread), counters, session lines, the Prometheus endpoint |
 //! | [`net`] | binding listening sockets (TCP, UDP, metrics) with a backlog |
+//! | [`tls`] | TLS listeners: certificates loaded and swapped on reload, handshake counters, the TLS transport |
 //! | `throttle` | at most one log line per interval about a recurring event |
 //! | `watch` | watched threads: a long-lived thread's death logged and reported, never silent |
 //! | `who` | the `mode = "who"` reply: its fields and the instance's identity it carries |
@@ -41,6 +42,7 @@ pub(crate) mod supervisor;
 pub(crate) mod systemd;
 pub mod tcp;
 pub(crate) mod throttle;
+pub mod tls;
 pub mod udp;
 pub(crate) mod watch;
 pub(crate) mod who;

@@ -39,6 +39,7 @@ use crate::systemd::activation::{self, Inherited};
 use crate::systemd::notify::Notifier;
 use crate::tcp::server::Server;
 use crate::tcp::sockets::{SocketError, TcpSockets};
+use crate::tls::PreparedTls;
 use crate::udp::listeners::{self, UdpError, UdpListeners};
 use crate::udp::RateLimit;
 use crate::{net, EX_CONFIG, EX_OSERR};
@@ -171,12 +172,13 @@ fn run(options: &Options) -> Result<i32, StartupError> {
         print!("{}", effective.to_toml());
         return Ok(0);
     }
+    let tls = PreparedTls::load_located(&config, source.path()).map_err(StartupError::Config)?;
     logging::init(config.log.level.filter());
     let bound = bind(&config, target)?;
     if options.daemon {
         daemonize(options.pidfile.as_deref())?;
     }
-    let started = launch(config, source, bound, target);
+    let started = launch(config, source, (bound, tls), target);
     let code = match started {
         Ok((daemon, events)) => Ok(daemon.run(events)),
         Err(e) => Err(e),
@@ -195,6 +197,11 @@ fn check(
     target: LogTarget,
 ) -> Result<ConfigSource, StartupError> {
     let (config, source) = loaded.map_err(StartupError::CheckConfig)?;
+    let tls =
+        PreparedTls::load_located(&config, source.path()).map_err(StartupError::CheckConfig)?;
+    for warning in tls.warnings() {
+        eprintln!("warning: {warning}");
+    }
     if let Err(error) = net::resolve(&config.host, config.port) {
         return Err(StartupError::CheckHost {
             source_name: source.describe(),
@@ -308,7 +315,7 @@ fn daemonize(pidfile: Option<&Path>) -> Result<(), StartupError> {
 fn launch(
     config: Config,
     source: ConfigSource,
-    bound: Bound,
+    (bound, tls): (Bound, PreparedTls),
     target: LogTarget,
 ) -> Result<(Daemon, Receiver<Event>), StartupError> {
     // Every JSON line names the instance, from the first one on.
@@ -319,6 +326,12 @@ fn launch(
             .unwrap_or_else(crate::observe::probe::host_name),
     );
     logging::install(bound.log);
+    for line in tls.describe() {
+        log::info!("{line}");
+    }
+    for warning in tls.warnings() {
+        log::warn!("{warning}");
+    }
     if source == ConfigSource::Embedded {
         log::info!(
             "no config file at {}; using the embedded defaults",
@@ -338,7 +351,8 @@ fn launch(
     // status at once (the supervisor answers once it runs).
     let control = open_control(&control_path, access, tx.clone());
     let watcher = supervisor::event::watcher(&tx);
-    let server = Server::start(config, bound.tcp, watcher.clone()).map_err(StartupError::Start)?;
+    let server =
+        Server::start(config, bound.tcp, tls, watcher.clone()).map_err(StartupError::Start)?;
     let rules = supervisor::listener_rules(server.config(), &bound.udp.addresses());
     let udp_who = supervisor::udp_who(server.config(), &bound.udp.addresses());
     server.gate().set_overrides(true, rules);

@@ -22,6 +22,7 @@ use std::time::Instant;
 use std::net::SocketAddr;
 
 use crate::observe::stats::CloseReason;
+use crate::tls::stream::TlsSummary;
 
 /// The `log` target of session lines (what JSON calls `"event"`).
 pub const TARGET: &str = "session";
@@ -93,9 +94,35 @@ impl Session {
         self.reason.unwrap_or(CloseReason::Error)
     }
 
-    /// Writes the session line (at `info`) of the session between `ends`.
-    pub(crate) fn log(&self, client: SocketAddr, listener: Option<SocketAddr>) {
+    /// Writes the session line (at `info`) of the session between `ends`;
+    /// a TLS session's line also says its version, cipher suite, SNI, ALPN
+    /// and client certificate subject.
+    pub(crate) fn log(
+        &self,
+        client: SocketAddr,
+        listener: Option<SocketAddr>,
+        tls: Option<&TlsSummary>,
+    ) {
         let secs = self.started.elapsed().as_secs_f64();
+        if let Some(tls) = tls {
+            log::info!(
+                target: TARGET,
+                client:% = client,
+                listener:% = Listener(listener),
+                protocol = "tls",
+                duration_s = (secs * 1e3).round() / 1e3,
+                received = self.received,
+                sent = self.sent,
+                reason = self.reason().as_str(),
+                tls_version = tls.version.as_str(),
+                tls_cipher = tls.cipher.as_str(),
+                tls_sni = tls.sni.as_str(),
+                tls_alpn = tls.alpn.as_str(),
+                tls_client = tls.client.as_str();
+                "session"
+            );
+            return;
+        }
         log::info!(
             target: TARGET,
             client:% = client,

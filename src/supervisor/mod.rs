@@ -97,6 +97,7 @@ use crate::supervisor::reload::{reason_of, ReloadError, Reloaded};
 use crate::supervisor::signals::Signals;
 use crate::systemd::notify::{borrow_all, Notifier};
 use crate::tcp::server::{PreparedReload, Server};
+use crate::tls::PreparedTls;
 use crate::udp::listeners::{self, describe_limit, UdpListeners, UdpSpec};
 use crate::udp::RateLimit;
 use crate::watch::Death;
@@ -150,6 +151,14 @@ pub enum ConfigSource {
 }
 
 impl ConfigSource {
+    /// The file, if there is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ConfigSource::File(p) => Some(p),
+            ConfigSource::Embedded => None,
+        }
+    }
+
     /// For logs and status: the path, or "embedded defaults".
     pub fn describe(&self) -> String {
         match self {
@@ -629,9 +638,12 @@ impl Daemon {
         };
         let result = match load_config(explicit.as_deref()) {
             Err(e) => Err(ReloadError::Config(e)),
-            Ok((config, source)) => self.apply(config).inspect(|_| {
-                self.source = source;
-            }),
+            Ok((config, source)) => match PreparedTls::load_located(&config, source.path()) {
+                Err(e) => Err(ReloadError::Config(e)),
+                Ok(tls) => self.apply(config, tls).inspect(|_| {
+                    self.source = source;
+                }),
+            },
         };
         self.count_reload(&result);
         self.log_moves(&before, &udp_before);
@@ -697,8 +709,11 @@ impl Daemon {
 
     /// Applies a valid config: every part prepared (any failure changes
     /// nothing), then every part committed (nothing can fail).
-    fn apply(&mut self, config: Config) -> Result<Reloaded, ReloadError> {
-        let plan = self.prepare(config)?;
+    fn apply(&mut self, config: Config, tls: PreparedTls) -> Result<Reloaded, ReloadError> {
+        for warning in tls.warnings() {
+            log::warn!("{warning}");
+        }
+        let plan = self.prepare(config, tls)?;
         Ok(self.commit(plan))
     }
 
@@ -706,7 +721,7 @@ impl Daemon {
     /// metrics address bound and served, the UDP sockets bound (and a UDP
     /// thread started if none ran), then the TCP side (workers built,
     /// addresses bound). What was made is dropped on failure.
-    fn prepare(&mut self, config: Config) -> Result<Plan, ReloadError> {
+    fn prepare(&mut self, config: Config, tls: PreparedTls) -> Result<Plan, ReloadError> {
         let tcp_port = self.server.local_addrs().first().map(|a| a.port());
         let (wanted, limit) = udp_plan(&config, tcp_port);
         let (was, _) = udp_plan(self.server.config(), tcp_port);
@@ -719,7 +734,7 @@ impl Daemon {
         let udp_rules = listener_rules(&config, &bound.addresses());
         let udp_who = udp_who(&config, &bound.addresses());
         let udp = self.udp.ready(bound).map_err(ReloadError::Udp)?;
-        let mut tcp = self.server.prepare(config).map_err(ReloadError::Tcp)?;
+        let mut tcp = self.server.prepare(config, tls).map_err(ReloadError::Tcp)?;
         if self.udp.is_activated() && wanted != was {
             tcp.report_mut()
                 .deferred
@@ -808,6 +823,7 @@ impl Daemon {
             instance: self.instance(),
             ready: self.probes.readiness().is_ok(),
             ready_reason: self.probes.readiness().err().map(str::to_string),
+            tls: crate::tls::status(self.server.tls()),
         }
     }
 }

@@ -19,8 +19,9 @@
 //!
 //! The connection is generic over its [`Transport`] (see that module for
 //! what it asks of one, and where TLS fits): the worker serves
-//! `Connection<mio::net::TcpStream>`, the default, monomorphised so the
-//! echo path costs what a direct socket call does, and the unit tests here
+//! `Connection<Stream>`, the default: a plain socket or a TLS session
+//! (`crate::tls::stream`), an enum, so the echo path is static dispatch (one
+//! branch on the tag, then the very socket call), and the unit tests here
 //! drive the same code over an in-memory transport that returns short
 //! reads, `WouldBlock`, the end of stream and errors when a test says.
 //!
@@ -51,8 +52,6 @@ mod tests;
 use std::io::{self, ErrorKind, Write};
 use std::sync::Arc;
 
-use mio::net::TcpStream;
-
 use crate::admission::{Admission, Gate, Listener, SourceHold};
 use crate::observe::session::Session;
 use crate::observe::stats::{CloseReason, Open};
@@ -60,7 +59,7 @@ use crate::protocol::{Detector, Notice, Scan};
 use crate::tcp::affinity::Steer;
 use crate::tcp::proxy::{self, Parsed};
 
-pub(crate) use transport::Transport;
+pub(crate) use transport::{Stream, Transport};
 
 /// At most this many reads per readiness event before yielding to other
 /// connections (fairness: one fast client cannot monopolise a worker).
@@ -231,7 +230,7 @@ enum Input {
 /// A client connection owned by one worker, over transport `T` (the
 /// worker's is the TCP socket).
 #[derive(Debug)]
-pub(crate) struct Connection<T: Transport = TcpStream> {
+pub(crate) struct Connection<T: Transport = Stream> {
     /// The client's transport (non-blocking; the worker registers it).
     stream: T,
     /// Where the connection is in its life.
@@ -411,7 +410,8 @@ impl<T: Transport> Connection<T> {
 
     /// Logs the session line (see [`Session::log`]).
     pub(crate) fn log_session(&self) {
-        self.session.log(self.ends.peer, self.ends.local);
+        let tls = self.stream.tls_summary();
+        self.session.log(self.ends.peer, self.ends.local, tls);
     }
 
     /// The current phase (the worker's view of the state).
@@ -497,7 +497,7 @@ impl<T: Transport> Connection<T> {
                     // A short read drained the socket; with edge-triggered
                     // readiness a later arrival raises a new event. When the
                     // peer has closed, read on to see the end of stream.
-                    if T::SHORT_READ_DRAINS && n < want && !end_reported {
+                    if self.stream.short_read_drains() && n < want && !end_reported {
                         return Step::Wait;
                     }
                 }
@@ -586,7 +586,7 @@ impl<T: Transport> Connection<T> {
                 return None;
             };
             let want = (proxy::MAX_HEADER - got.len()).min(buf.len());
-            match self.stream.read(&mut buf[..want]) {
+            match self.stream.read_raw(&mut buf[..want]) {
                 Ok(0) => return Some(Step::Close),
                 Ok(n) => got.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Some(Step::Wait),
@@ -637,7 +637,15 @@ impl<T: Transport> Connection<T> {
         if rest.is_empty() {
             return None;
         }
-        self.take(&rest, report)
+        // Behind the header, TLS takes its first records itself.
+        match self.stream.take_early(&rest) {
+            Ok(true) => None,
+            Ok(false) => self.take(&rest, report),
+            Err(_) => {
+                self.session.end(CloseReason::Error);
+                Some(Step::Close)
+            }
+        }
     }
 
     /// The access rules and the per-source limits for the client a PROXY

@@ -36,8 +36,10 @@ use crate::admission::{Admission, Gate, Listener};
 use crate::observe::stats::{self, ServerStats};
 use crate::protocol::Notice;
 use crate::tcp::affinity;
-use crate::tcp::connection::{Connection, Ends};
+use crate::tcp::connection::{Connection, Ends, Stream};
 use crate::tcp::pool::{Batch, Dealer};
+use crate::tls::stream::TlsStream;
+use crate::tls::TlsSlot;
 use crate::watch::{Watched, Watcher};
 
 /// The accept loop's thread name (what its death is reported as).
@@ -67,6 +69,8 @@ pub(crate) struct Listening {
     pub proxy: Option<Arc<Vec<IpNet>>>,
     /// `mode = "who"`: each connection gets the `who` reply, not echo.
     pub who: bool,
+    /// TLS on: the listener's certificate slot (swapped on reload).
+    pub tls: Option<Arc<TlsSlot>>,
 }
 
 /// What a listener asks of its connections, and where they may go.
@@ -84,10 +88,20 @@ struct Open {
     socket: TcpListener,
     proxy: Option<Arc<Vec<IpNet>>>,
     who: bool,
+    tls: Option<Arc<TlsSlot>>,
     /// Its address, named in each connection's ends.
     local: Option<std::net::SocketAddr>,
     /// Its connections open now (the metrics' per-listener gauge).
     count: Option<Arc<std::sync::atomic::AtomicUsize>>,
+}
+
+/// Where an accepted connection came in.
+struct Arrival {
+    ends: Ends,
+    /// Its listener's open-connection gauge.
+    count: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// Its listener's TLS, if any.
+    tls: Option<Arc<TlsSlot>>,
 }
 
 /// Messages to the accept loop.
@@ -206,6 +220,7 @@ impl Acceptor {
                 socket,
                 proxy: l.proxy,
                 who: l.who,
+                tls: l.tls,
                 local,
                 count: local.map(|a| self.stats.listener_count(a)),
             });
@@ -299,12 +314,14 @@ impl Acceptor {
                     };
                     let proxy = listener.proxy.clone();
                     let count = listener.count.clone();
+                    let tls = listener.tls.clone();
+                    let on = Arrival { ends, count, tls };
                     let how = How {
                         proxy: proxy.as_deref(),
                         who: listener.who,
                         pinned,
                     };
-                    self.admit(stream, ends, count, how, &mut batch);
+                    self.admit(stream, on, how, &mut batch);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     drained = true;
@@ -333,14 +350,17 @@ impl Acceptor {
     /// arrive on, when workers are pinned). On a PROXY listener the peer
     /// is the proxy: the rules and limits judge the client once its header
     /// names it (`Connection::expect_proxy_header`), in the worker.
+    ///
+    /// All of that before any TLS work: a TLS session is set up only for
+    /// a connection about to be dealt.
     fn admit(
         &mut self,
         mut stream: mio::net::TcpStream,
-        ends: Ends,
-        count: Option<Arc<std::sync::atomic::AtomicUsize>>,
+        on: Arrival,
         how: How<'_>,
         batch: &mut Batch<'_>,
     ) {
+        let Arrival { ends, count, tls } = on;
         let How { proxy, who, pinned } = how;
         self.stats.accepted.fetch_add(1, Relaxed);
         if let Some(trusted) = proxy {
@@ -384,6 +404,19 @@ impl Acceptor {
             affinity::incoming_cpu(&stream)
         } else {
             None
+        };
+        let stream = match tls {
+            None => Stream::Plain(stream),
+            Some(slot) => {
+                let config = slot.current().config.clone();
+                match TlsStream::new(stream, config, slot.handshakes.clone()) {
+                    Ok(t) => Stream::Tls(Box::new(t)),
+                    Err(e) => {
+                        log::error!("cannot start a TLS session: {e}");
+                        return;
+                    }
+                }
+            }
         };
         let open = stats::Open::on_listener(&self.stats, count);
         let mut conn = Connection::new(stream, open, ends);

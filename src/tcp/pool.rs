@@ -451,7 +451,7 @@ mod tests {
             local: server.local_addr().ok(),
         };
         let conn = Connection::new(
-            mio::net::TcpStream::from_std(server),
+            mio::net::TcpStream::from_std(server).into(),
             Open::new(stats),
             ends,
         );

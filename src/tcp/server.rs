@@ -46,6 +46,7 @@ use crate::tcp::listener::{self, AcceptCommand, AcceptorHandle, Listening};
 use crate::tcp::pool::{Pool, Prepared};
 use crate::tcp::sockets::{SocketError, TcpSockets};
 use crate::tcp::worker::Settings;
+use crate::tls::{PreparedTls, TlsSet};
 use crate::watch::Watcher;
 
 /// A reload that could not be applied; the server is unchanged.
@@ -120,6 +121,8 @@ pub struct Server {
     draining: Option<Instant>,
     /// Where the accept loop reports its death.
     watcher: Watcher,
+    /// The TLS listeners' certificates in force.
+    tls: TlsSet,
 }
 
 /// Everything a reload needs that could fail, done and not yet applied
@@ -136,6 +139,9 @@ pub struct PreparedReload {
     config: Config,
     /// What differs.
     report: ReloadReport,
+    /// The TLS listeners' slots after the reload and their certificates,
+    /// loaded.
+    tls: (TlsSet, PreparedTls),
 }
 
 impl PreparedReload {
@@ -171,9 +177,16 @@ fn settings_of(config: &Config) -> Settings {
 }
 
 impl Server {
-    /// Starts workers and the accept loop on already-bound listeners; the
+    /// Starts workers and the accept loop on already-bound listeners, the
+    /// TLS ones with the certificates in `tls` (loaded from `config`); the
     /// accept loop reports its death to `watcher`.
-    pub fn start(config: Config, sockets: TcpSockets, watcher: Watcher) -> io::Result<Server> {
+    pub fn start(
+        config: Config,
+        sockets: TcpSockets,
+        tls: PreparedTls,
+        watcher: Watcher,
+    ) -> io::Result<Server> {
+        let tls = TlsSet::start(tls);
         let stats = Arc::new(ServerStats::default());
         let gate = Arc::new(Gate::new(config.access.clone(), limits_of(&config)));
         gate.set_overrides(false, sockets.access_rules());
@@ -182,7 +195,7 @@ impl Server {
         // connections already queued on inherited sockets (socket
         // activation) have somewhere to go at once.
         let acceptor = listener::spawn(
-            sockets.listening()?,
+            sockets.listening(&tls)?,
             pool.dealer(),
             stats.clone(),
             gate.clone(),
@@ -198,6 +211,7 @@ impl Server {
             gate,
             draining: None,
             watcher,
+            tls,
         })
     }
 
@@ -208,7 +222,7 @@ impl Server {
             return Ok(false);
         }
         let acceptor = listener::spawn(
-            self.sockets.listening()?,
+            self.sockets.listening(&self.tls)?,
             self.pool.dealer(),
             self.stats.clone(),
             self.gate.clone(),
@@ -243,6 +257,11 @@ impl Server {
         self.sockets.all().collect()
     }
 
+    /// The TLS listeners: address, certificate, handshakes by outcome.
+    pub(crate) fn tls(&self) -> &TlsSet {
+        &self.tls
+    }
+
     /// Merged counters.
     pub fn snapshot(&self) -> Snapshot {
         let mut s = self.pool.snapshot(&self.stats);
@@ -267,8 +286,14 @@ impl Server {
     /// Does everything of a reload that can fail, changing nothing that
     /// serves clients (but a new backlog, see the module docs): builds the
     /// new workers from the new settings, binds new addresses, re-listens
-    /// with a new backlog, duplicates the sockets for the accept loop.
-    pub fn prepare(&mut self, new: Config) -> Result<PreparedReload, ReloadError> {
+    /// with a new backlog, duplicates the sockets for the accept loop. The
+    /// TLS listeners' files were loaded already (`tls`, from `new`).
+    pub fn prepare(
+        &mut self,
+        new: Config,
+        tls: PreparedTls,
+    ) -> Result<PreparedReload, ReloadError> {
+        let staged = self.tls.stage(&tls);
         let mut report = ReloadReport::between(&self.config, &new);
         if self.activated() && self.sockets.addresses_differ(&new) {
             report
@@ -286,7 +311,7 @@ impl Server {
             None
         } else {
             let sockets = self.sockets.prepare(&new, old.backlog)?;
-            let theirs = sockets.listening().map_err(ReloadError::Duplicate)?;
+            let theirs = sockets.listening(&staged).map_err(ReloadError::Duplicate)?;
             Some((sockets, theirs))
         };
         Ok(PreparedReload {
@@ -294,6 +319,7 @@ impl Server {
             pool,
             config: new,
             report,
+            tls: (staged, tls),
         })
     }
 
@@ -303,8 +329,14 @@ impl Server {
             sockets,
             pool,
             config: new,
-            report,
+            mut report,
+            tls: (staged, tls),
         } = prepared;
+        // New handshakes get the new certificates from here on (the
+        // accept loop reads the slot per connection); sessions keep theirs.
+        for swap in self.tls.commit(staged, tls) {
+            report.changes.push(swap.describe());
+        }
         // The new rules are in force before new sockets are served.
         self.gate.set_default(new.access.clone(), limits_of(&new));
         let rules = match &sockets {

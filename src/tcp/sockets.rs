@@ -30,6 +30,7 @@ use crate::config::{Config, Endpoint, ListenMode, Protocol, Rule};
 use crate::net;
 use crate::systemd::activation::{self, Candidate, Role};
 use crate::tcp::listener::Listening;
+use crate::tls::TlsSet;
 
 /// One TCP address the config asks for, and what its connections get.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,9 @@ pub(crate) struct Want {
     pub access: Option<Vec<Rule>>,
     /// `mode = "who"`.
     pub who: bool,
+    /// A TLS listener: its `[[listen]]` table's index (its certificate
+    /// slot's key: two tables on port 0 share an endpoint).
+    pub tls: Option<usize>,
 }
 
 /// The TCP addresses `config` asks for, `host`/`port` first.
@@ -54,16 +58,19 @@ pub(crate) fn wanted(config: &Config) -> Vec<Want> {
         proxy: None,
         access: None,
         who: false,
+        tls: None,
     };
     let extra = config
         .listen
         .iter()
-        .filter(|l| l.protocol == Protocol::Tcp)
-        .map(|l| Want {
+        .enumerate()
+        .filter(|(_, l)| l.protocol == Protocol::Tcp)
+        .map(|(i, l)| Want {
             endpoint: l.address.clone(),
             proxy: l.proxy_protocol.then(|| Arc::new(l.proxy_trusted.clone())),
             access: l.access.clone(),
             who: l.mode == ListenMode::Who,
+            tls: l.tls().then_some(i),
         });
     std::iter::once(main).chain(extra).collect()
 }
@@ -260,8 +267,9 @@ impl TcpSockets {
         out
     }
 
-    /// Duplicates of every socket with its options, for the accept loop.
-    pub(crate) fn listening(&self) -> io::Result<Vec<Listening>> {
+    /// Duplicates of every socket with its options, for the accept loop;
+    /// a TLS listener's certificate slot comes from `tls`.
+    pub(crate) fn listening(&self, tls: &TlsSet) -> io::Result<Vec<Listening>> {
         let mut out = Vec::new();
         for (want, sockets) in &self.bound {
             for s in sockets {
@@ -269,6 +277,7 @@ impl TcpSockets {
                     socket: s.try_clone()?,
                     proxy: want.proxy.clone(),
                     who: want.who,
+                    tls: want.tls.and_then(|i| tls.slot(i)),
                 });
             }
         }

@@ -42,10 +42,11 @@ use slab::Slab;
 use crate::observe::stats::{CloseReason, WorkerStats};
 use crate::protocol::Notice;
 use crate::tcp::affinity;
-use crate::tcp::connection::{Connection, Ends, HeaderOutcome, Phase, Step};
+use crate::tcp::connection::{Connection, Ends, HeaderOutcome, Phase, Step, Stream};
 use crate::tcp::proxy::HEADER_TIMEOUT;
 use crate::tcp::timeouts::TimeoutQueue;
 use crate::tcp::wake_timer::WakeTimer;
+use crate::tls::HANDSHAKE_TIMEOUT;
 
 /// Token of the waker; connection tokens are slab keys.
 const WAKER: Token = Token(usize::MAX);
@@ -259,6 +260,9 @@ pub(crate) struct Worker {
     /// Connections on a PROXY listener still waiting for their header, by
     /// when they arrived.
     header_wait: TimeoutQueue,
+    /// TLS connections whose handshake has not ended, by when they
+    /// arrived.
+    handshake_wait: TimeoutQueue,
     /// Connections that used up their read budget and may have more input.
     again: Vec<usize>,
     /// Commands from the rest of the daemon.
@@ -322,6 +326,7 @@ impl Worker {
             idle: TimeoutQueue::default(),
             linger: TimeoutQueue::default(),
             header_wait: TimeoutQueue::default(),
+            handshake_wait: TimeoutQueue::default(),
             again: Vec::new(),
             inbox,
             mailbox: mailbox.clone(),
@@ -466,6 +471,9 @@ impl Worker {
         if let Some(d) = self.header_wait.next_deadline(HEADER_TIMEOUT) {
             until = until.min(d);
         }
+        if let Some(d) = self.handshake_wait.next_deadline(HANDSHAKE_TIMEOUT) {
+            until = until.min(d);
+        }
         if let Some(d) = self.drain_deadline {
             until = until.min(d);
         }
@@ -482,6 +490,11 @@ impl Worker {
             let sent = conn.session_mut().take_sent();
             if sent > 0 {
                 self.stats.bytes_sent.fetch_add(sent, Relaxed);
+            }
+            // A TLS handshake that ended leaves its deadline (one tag
+            // compare for a plain connection).
+            if matches!(conn.stream(), Stream::Tls(t) if !t.handshaking()) {
+                self.handshake_wait.remove(slot);
             }
         }
         if let Err(panic) = result {
@@ -595,6 +608,7 @@ impl Worker {
         self.idle.remove(slot);
         self.linger.remove(slot);
         self.header_wait.remove(slot);
+        self.handshake_wait.remove(slot);
         self.stats.connections.fetch_sub(1, Relaxed);
         Some(conn)
     }
@@ -656,9 +670,13 @@ impl Worker {
         }
         conn.placed(now);
         let waits_for_header = conn.awaiting_header();
+        let handshaking = conn.stream().handshaking();
         entry.insert(conn);
         if waits_for_header {
             self.header_wait.touch(slot, now);
+        }
+        if handshaking {
+            self.handshake_wait.touch(slot, now);
         }
         self.idle.touch(slot, now);
         // A `who` connection answers now (or after its PROXY header).
@@ -731,6 +749,27 @@ impl Worker {
             }
             self.close(slot);
         }
+        while let Some(slot) = self.handshake_wait.pop_expired(now, HANDSHAKE_TIMEOUT) {
+            self.handshake_timed_out(slot);
+        }
+    }
+
+    /// A TLS client that did not finish its handshake in time: closed,
+    /// counted (`timeout`); logged at debug only, so a flood of them
+    /// cannot flood the log.
+    fn handshake_timed_out(&mut self, slot: usize) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            if let Some(tls) = conn.stream_mut().tls_mut() {
+                tls.timed_out();
+            }
+            conn.session_mut().end(CloseReason::Error);
+            log::debug!(
+                "closed a connection from {}: no TLS handshake within {}s",
+                conn.ends().peer,
+                HANDSHAKE_TIMEOUT.as_secs()
+            );
+        }
+        self.close(slot);
     }
 
     fn close(&mut self, slot: usize) {
@@ -740,6 +779,7 @@ impl Worker {
             self.idle.remove(slot);
             self.linger.remove(slot);
             self.header_wait.remove(slot);
+            self.handshake_wait.remove(slot);
             self.stats.connections.fetch_sub(1, Relaxed);
             self.finished(&mut conn);
         }

@@ -377,6 +377,45 @@ impl Kind<Vec<ipnet::IpNet>> for Cidrs {
     }
 }
 
+/// ALPN protocol names (`["echo", "h2"]`): each 1 to 255 bytes, no
+/// repeats. Element `i` is named `key[i]` in diagnostics.
+pub(super) struct Protocols;
+
+impl Kind<Vec<String>> for Protocols {
+    fn read(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+        r: &mut Reader<'_>,
+    ) -> Option<Vec<String>> {
+        let mut seen: Vec<String> = Vec::new();
+        read_array(
+            value,
+            key,
+            r,
+            "an array of protocol names",
+            |item, at, r| {
+                let name = r.deserialize::<String>(item, at)?;
+                if name.is_empty() || name.len() > 255 {
+                    r.fail(item, at, "a protocol name is 1 to 255 bytes".into());
+                    return None;
+                }
+                if seen.contains(&name) {
+                    r.fail(item, at, format!("\"{name}\" is listed twice"));
+                    return None;
+                }
+                seen.push(name.clone());
+                Some(name)
+            },
+        )
+    }
+
+    fn render(&self, value: &Vec<String>) -> Rendered {
+        let list: Vec<toml::Value> = value.iter().map(|n| n.clone().into()).collect();
+        Rendered::Value(toml::Value::Array(list))
+    }
+}
+
 /// An address or CIDR; a bare address is a single-address network.
 fn parse_net(text: &str) -> Option<ipnet::IpNet> {
     text.parse::<ipnet::IpNet>().ok().or_else(|| {

@@ -60,8 +60,8 @@ use toml::de::DeTable;
 
 use diagnostic::Source;
 use kinds::{
-    AbsPath, Address, Cidrs, Flag, Host, Int, ListenAddr, Micros, NonEmpty, Optional, Rate, Rules,
-    Seconds, SocketPath, Table, Tables, Word,
+    AbsPath, Address, Cidrs, Flag, Host, Int, ListenAddr, Micros, NonEmpty, Optional, Protocols,
+    Rate, Rules, Seconds, SocketPath, Table, Tables, Word,
 };
 
 pub use crate::rate::ConnRate;
@@ -208,6 +208,17 @@ section! {
         /// instance answered, then the connection closes; each UDP datagram
         /// gets it instead of its echo, if it fits in the datagram.
         mode: ListenMode = ListenMode::Echo, Word, Live;
+        /// TLS: the certificate chain (PEM, leaf first); with `tls_key`,
+        /// the listener speaks TLS 1.2 and 1.3 (TCP only). Re-read on
+        /// every reload.
+        tls_cert: Option<PathBuf> = None, Optional(AbsPath), Live;
+        /// TLS: the certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+        tls_key: Option<PathBuf> = None, Optional(AbsPath), Live;
+        /// Mutual TLS: a client must present a certificate chaining to one
+        /// of these CAs (PEM), or its handshake fails.
+        tls_client_ca: Option<PathBuf> = None, Optional(AbsPath), Live;
+        /// ALPN protocols offered, in preference order; empty = no ALPN.
+        tls_alpn: Vec<String> = Vec::new(), Protocols, Live;
     }
 }
 
@@ -227,6 +238,88 @@ impl Listen {
             return Some("proxy_trusted is set but proxy_protocol is not true");
         }
         None
+    }
+
+    /// What is wrong with the table's TLS keys, if anything, and the key
+    /// it belongs to.
+    fn tls_problem(&self) -> Option<(&'static str, &'static str)> {
+        let any = self.tls_cert.is_some()
+            || self.tls_key.is_some()
+            || self.tls_client_ca.is_some()
+            || !self.tls_alpn.is_empty();
+        if self.protocol == Protocol::Udp && any {
+            let key = if self.tls_cert.is_some() {
+                "tls_cert"
+            } else if self.tls_key.is_some() {
+                "tls_key"
+            } else if self.tls_client_ca.is_some() {
+                "tls_client_ca"
+            } else {
+                "tls_alpn"
+            };
+            return Some((key, "TLS is for TCP listeners only"));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => Some(("tls_cert", "tls_cert needs tls_key (its private key)")),
+            (None, Some(_)) => Some(("tls_key", "tls_key needs tls_cert (its certificate)")),
+            (None, None) if self.tls_client_ca.is_some() => Some((
+                "tls_client_ca",
+                "tls_client_ca needs tls_cert and tls_key: mutual TLS is TLS first",
+            )),
+            (None, None) if !self.tls_alpn.is_empty() => {
+                Some(("tls_alpn", "tls_alpn needs tls_cert and tls_key"))
+            }
+            _ => None,
+        }
+    }
+
+    /// True if the listener speaks TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+}
+
+/// A located diagnostic for `key` (a dotted path such as
+/// `listen[1].tls_cert`) of the config file at `path`: the daemon's own
+/// checks of what a key names (a certificate that will not load) are
+/// reported where the key is, as the file's own errors are. If the key is
+/// not found (the file changed meanwhile), the diagnostic points at the
+/// file's start.
+pub fn locate(path: &Path, key: &str, message: String) -> Diagnostic {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let src = Source {
+        text: &text,
+        file: &file,
+    };
+    let offset = DeTable::parse(&text)
+        .ok()
+        .and_then(|t| find_key(t.get_ref(), key))
+        .unwrap_or(0);
+    src.diag(offset, Some(key.to_string()), message)
+}
+
+/// The byte offset of the value of dotted `key` (`a.b`, `listen[1].c`).
+fn find_key(table: &DeTable<'_>, key: &str) -> Option<usize> {
+    let (head, rest) = match key.split_once('.') {
+        Some((h, r)) => (h, Some(r)),
+        None => (key, None),
+    };
+    let (name, index) = match head.split_once('[') {
+        Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+        None => (head, None),
+    };
+    let (_, mut value) = table.iter().find(|(k, _)| k.get_ref() == name)?;
+    if let Some(i) = index {
+        match value.get_ref() {
+            toml::de::DeValue::Array(items) => value = items.get(i)?,
+            _ => return None,
+        }
+    }
+    match (rest, value.get_ref()) {
+        (None, _) => Some(value.span().start),
+        (Some(rest), toml::de::DeValue::Table(t)) => find_key(t, rest),
+        _ => None,
     }
 }
 
@@ -420,6 +513,16 @@ impl Config {
             }
             if let Some(why) = listen.proxy_problem() {
                 r.fail(item, &at, format!("{at}: {why}"));
+            }
+            if let Some((key, why)) = listen.tls_problem() {
+                let value = match item.get_ref() {
+                    toml::de::DeValue::Table(t) => t
+                        .iter()
+                        .find(|(k, _)| k.get_ref() == key)
+                        .map_or(item, |(_, v)| v),
+                    _ => item,
+                };
+                r.fail(value, &format!("{at}.{key}"), why.to_string());
             }
             let endpoints = self.endpoints();
             let clash = endpoints[..main + i]
@@ -670,6 +773,72 @@ mod tests {
     }
 
     #[test]
+    fn tls_keys_parse_and_their_mistakes_are_located_at_the_key() {
+        let c = Config::parse(
+            "[[listen]]\naddress = \"127.0.0.1:7443\"\ntls_cert = \"/etc/c.pem\"\ntls_key = \"/etc/k.pem\"\n\
+             tls_client_ca = \"/etc/ca.pem\"\ntls_alpn = [\"echo\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert!(c.listen[0].tls());
+        assert_eq!(c.listen[0].tls_alpn, ["echo"]);
+        assert_eq!(Config::parse(&c.to_toml(), "p").unwrap(), c);
+        for (text, key, needle) in [
+            (
+                "tls_cert = \"/c.pem\"",
+                "listen[0].tls_cert",
+                "needs tls_key",
+            ),
+            (
+                "tls_key = \"/k.pem\"",
+                "listen[0].tls_key",
+                "needs tls_cert",
+            ),
+            (
+                "tls_client_ca = \"/ca.pem\"",
+                "listen[0].tls_client_ca",
+                "mutual TLS is TLS first",
+            ),
+            ("tls_alpn = [\"x\"]", "listen[0].tls_alpn", "needs tls_cert"),
+            (
+                "protocol = \"udp\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"",
+                "listen[0].tls_cert",
+                "TCP listeners only",
+            ),
+            (
+                "tls_cert = \"c.pem\"",
+                "listen[0].tls_cert",
+                "absolute path",
+            ),
+            (
+                "tls_alpn = [\"a\", \"a\"]",
+                "listen[0].tls_alpn[1]",
+                "listed twice",
+            ),
+        ] {
+            let d = err(&format!(
+                "[[listen]]\naddress = \"127.0.0.1:7443\"\n{text}\n"
+            ));
+            let hit = d.iter().find(|d| d.key.as_deref() == Some(key));
+            let hit = hit.unwrap_or_else(|| panic!("{text}: no diagnostic at {key}: {d:?}"));
+            assert!(hit.line >= 3, "{text}: {hit}");
+            assert!(hit.message.contains(needle), "{text}: {hit}");
+        }
+    }
+
+    #[test]
+    fn locate_finds_a_key_in_an_array_of_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let text = "port = 1\n[[listen]]\naddress = \"127.0.0.1:9\"\n[[listen]]\naddress = \"127.0.0.1:8\"\n  tls_cert = \"/x\"\n";
+        std::fs::write(&path, text).unwrap();
+        let d = locate(&path, "listen[1].tls_cert", "bad".into());
+        assert_eq!((d.line, d.column), (6, 14), "{d}");
+        let d = locate(&path, "listen[5].tls_cert", "bad".into());
+        assert_eq!((d.line, d.column), (1, 1));
+    }
+
+    #[test]
     fn syntax_error_is_located() {
         let d = err("port = 7007\nhost = \n");
         assert_eq!(d[0].line, 2);
@@ -909,6 +1078,7 @@ mod change_report {
                 name: None,
                 access: Some(vec![Rule::parse("deny ::1").unwrap()]),
                 mode: ListenMode::Echo,
+                ..Listen::default()
             }],
             metrics_listen: Some("127.0.0.1:9707".parse().unwrap()),
             shutdown_delay: Duration::from_secs(2),
@@ -970,7 +1140,7 @@ mod change_report {
                 (
                     "listen",
                     "[]",
-                    "[{ address = \"[::1]:9\", protocol = \"udp\", proxy_protocol = false, proxy_trusted = [], access = [\"deny ::1\"], mode = \"echo\" }]",
+                    "[{ address = \"[::1]:9\", protocol = \"udp\", proxy_protocol = false, proxy_trusted = [], access = [\"deny ::1\"], mode = \"echo\", tls_alpn = [] }]",
                     Live
                 ),
                 ("metrics_listen", "unset", "127.0.0.1:9707", Live),

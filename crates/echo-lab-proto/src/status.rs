@@ -73,10 +73,35 @@ pub struct Status {
     /// Why not, while not ready (`echo-labctl ready off`, a stop request).
     #[serde(default)]
     pub ready_reason: Option<String>,
+    /// Each TLS listener: its certificate and its handshakes.
+    #[serde(default)]
+    pub tls: Vec<TlsListener>,
 }
 
 fn ready_default() -> bool {
     true
+}
+
+/// One TLS listener as status shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TlsListener {
+    /// The `[[listen]]` address as configured.
+    pub listener: String,
+    /// The certificate's subject (`CN=echo.example`).
+    pub subject: String,
+    /// Its subject alternative names (`DNS:echo.example`, `IP:127.0.0.1`).
+    pub sans: Vec<String>,
+    /// Its serial number, upper-case hex.
+    pub serial: String,
+    /// Valid from, Unix seconds.
+    pub not_before_unix: i64,
+    /// Valid until, Unix seconds.
+    pub not_after_unix: i64,
+    /// Expired or not yet valid now (served all the same).
+    pub expired: bool,
+    /// Handshakes by outcome (`ok`, `timeout`, `closed`, `no_client_cert`,
+    /// `bad_client_cert`, `protocol_error`).
+    pub handshakes: Vec<(String, u64)>,
 }
 
 /// Reload counts, for status and metrics.
@@ -301,6 +326,7 @@ mod tests {
             instance: "edge-1".into(),
             ready: false,
             ready_reason: Some("taken out of rotation".into()),
+            tls: vec![TlsListener::default()],
         }
     }
 
@@ -391,6 +417,15 @@ mod tests {
             "stats.workers[].connections",
             "stats.workers[].cpu",
             "stats.workers[].moved_out",
+            "tls",
+            "tls[].expired",
+            "tls[].handshakes",
+            "tls[].listener",
+            "tls[].not_after_unix",
+            "tls[].not_before_unix",
+            "tls[].sans",
+            "tls[].serial",
+            "tls[].subject",
             "udp",
             "udp.bytes_echoed",
             "udp.dropped_access",

@@ -269,6 +269,28 @@ fn print_status(s: &Status) {
         "  log:           {} lines dropped (sink not keeping up)",
         s.log_lines_dropped
     );
+    for t in &s.tls {
+        let until = std::time::UNIX_EPOCH + Duration::from_secs(t.not_after_unix.max(0) as u64);
+        let flag = if t.expired {
+            " EXPIRED OR NOT YET VALID"
+        } else {
+            ""
+        };
+        println!(
+            "  tls {}: {} [{}] serial {}, expires {}{flag}",
+            t.listener,
+            t.subject,
+            t.sans.join(", "),
+            t.serial,
+            humantime::format_rfc3339_seconds(until)
+        );
+        let counts: Vec<String> = t
+            .handshakes
+            .iter()
+            .map(|(o, n)| format!("{n} {o}"))
+            .collect();
+        println!("      handshakes: {}", counts.join(", "));
+    }
     match &s.last_reload {
         None => println!("  last reload:   never"),
         Some(r) => {

@@ -234,6 +234,7 @@ impl Collector for Export {
         self.encode_instance(&mut e)?;
         self.encode_latency(&mut e)?;
         self.encode_udp(&mut e)?;
+        self.encode_tls(&mut e)?;
         self.encode_reloads(&mut e)?;
         if let Some(p) = &self.process {
             encode_process(&mut e, p)?;
@@ -287,6 +288,54 @@ impl Export {
             &buckets,
             None,
         )
+    }
+
+    /// Each TLS listener's handshakes by outcome and its certificate's
+    /// validity (the alert on expiry reads `not_after`).
+    fn encode_tls(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let listeners = &self.status.tls;
+        if listeners.is_empty() {
+            return Ok(());
+        }
+        let mut fam = e.encode_descriptor(
+            "echo_lab_tls_handshakes",
+            "TLS handshakes ended, by listener and outcome (ok, timeout, closed, no_client_cert, bad_client_cert, protocol_error).",
+            None,
+            MetricType::Counter,
+        )?;
+        for l in listeners {
+            for (outcome, n) in &l.handshakes {
+                let labels = [
+                    ("listener", l.listener.as_str()),
+                    ("outcome", outcome.as_str()),
+                ];
+                ConstCounter::new(*n).encode(fam.encode_family(&labels)?)?;
+            }
+        }
+        let mut fam = e.encode_descriptor(
+            "echo_lab_tls_cert_not_after",
+            "When each TLS listener's certificate expires (Unix time).",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for l in listeners {
+            let labels = [
+                ("listener", l.listener.as_str()),
+                ("subject", l.subject.as_str()),
+            ];
+            ConstGauge::new(l.not_after_unix).encode(fam.encode_family(&labels)?)?;
+        }
+        let mut fam = e.encode_descriptor(
+            "echo_lab_tls_cert_expired",
+            "1 if a TLS listener's certificate is expired or not yet valid (it is served all the same).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for l in listeners {
+            let labels = [("listener", l.listener.as_str())];
+            ConstGauge::new(i64::from(l.expired)).encode(fam.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 
     /// The UDP service's counters, when it runs.

@@ -5,9 +5,9 @@
 //! when it cannot go on) plus the two things a connection needs beyond
 //! that: shutting its sending direction (the lingering close), and saying
 //! whether it has bytes of its own to write. The connection is generic over
-//! it, so the echo path is monomorphised for `mio::net::TcpStream` and a
-//! call through the trait costs what a direct call does; no trait object
-//! sits on the hot path.
+//! it, so the echo path is monomorphised for the worker's [`Stream`] (a
+//! plain socket or a TLS session: an enum, one branch on its tag, then the
+//! very socket call); no trait object sits on the hot path.
 //!
 //! Registration with the poller is not here: the worker owns the poller
 //! and registers the concrete type it holds. This module must never block,
@@ -15,8 +15,9 @@
 //! [`Transport::wants_write`] reports them, and never decide anything about
 //! the echo protocol.
 //!
-//! It is also where an encrypting transport plugs in. A TLS session
-//! (e.g. a rustls `ServerConnection` over the socket) reads and writes
+//! It is also where the encrypting transport plugs in
+//! (`crate::tls::stream::TlsStream`). A TLS session (a rustls
+//! `ServerConnection` over the socket) reads and writes
 //! plaintext through `Read`/`Write`, but has records to send that the
 //! connection never queued — handshake messages, `close_notify` — and can
 //! hold decrypted bytes that no readiness edge will announce again. The
@@ -27,8 +28,11 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use mio::net::TcpStream;
+
+use crate::tls::stream::{TlsStream, TlsSummary};
 
 /// A non-blocking byte stream a connection can serve.
 ///
@@ -57,6 +61,31 @@ pub(crate) trait Transport: Read + Write {
     fn wants_write(&self) -> bool {
         false
     }
+
+    /// [`Transport::SHORT_READ_DRAINS`] for this very transport (a
+    /// transport that is one of several kinds answers per value).
+    #[inline(always)]
+    fn short_read_drains(&self) -> bool {
+        Self::SHORT_READ_DRAINS
+    }
+
+    /// Reads bytes that come before the transport's own protocol (a PROXY
+    /// header before TLS): the socket itself. A plain socket: `read`.
+    fn read_raw(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read(buf)
+    }
+
+    /// Bytes read by [`Transport::read_raw`] past the PROXY header: true
+    /// if the transport took them as its own input (TLS records); false if
+    /// they are the client's data, for the connection to echo.
+    fn take_early(&mut self, _bytes: &[u8]) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    /// What the session log says of a TLS session (none for plain TCP).
+    fn tls_summary(&self) -> Option<&TlsSummary> {
+        None
+    }
 }
 
 impl Transport for TcpStream {
@@ -64,5 +93,164 @@ impl Transport for TcpStream {
 
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
+    }
+}
+
+/// What a worker holds: a plain socket or a TLS session over one.
+///
+/// One enum rather than a trait object, so the plain path stays static
+/// dispatch: each call is one well-predicted branch on the tag and then
+/// the very `TcpStream` call (measured in docs/PERFORMANCE.md, "TLS").
+/// The TLS side is boxed: a rustls session is a few hundred bytes that a
+/// plain connection's slot should not carry.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// A TLS session over TCP.
+    Tls(Box<TlsStream>),
+}
+
+impl Stream {
+    /// The TCP socket underneath.
+    pub(crate) fn socket(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => t.socket(),
+        }
+    }
+
+    /// The TLS session, if it is one.
+    pub(crate) fn tls_mut(&mut self) -> Option<&mut TlsStream> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(t) => Some(t),
+        }
+    }
+
+    /// True while a TLS handshake has not ended.
+    pub(crate) fn handshaking(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(t) => t.handshaking(),
+        }
+    }
+}
+
+impl From<TcpStream> for Stream {
+    fn from(s: TcpStream) -> Self {
+        Stream::Plain(s)
+    }
+}
+
+impl Read for Stream {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(t) => t.flush(),
+        }
+    }
+}
+
+impl Transport for Stream {
+    /// Not used: [`Transport::short_read_drains`] answers per value.
+    const SHORT_READ_DRAINS: bool = false;
+
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.shutdown_write(),
+            Stream::Tls(t) => t.shutdown_write(),
+        }
+    }
+
+    #[inline]
+    fn wants_write(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(t) => t.wants_write(),
+        }
+    }
+
+    #[inline(always)]
+    fn short_read_drains(&self) -> bool {
+        matches!(self, Stream::Plain(_))
+    }
+
+    fn read_raw(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(t) => t.read_raw(buf),
+        }
+    }
+
+    fn take_early(&mut self, bytes: &[u8]) -> io::Result<bool> {
+        match self {
+            Stream::Plain(_) => Ok(false),
+            Stream::Tls(t) => t.take_early(bytes),
+        }
+    }
+
+    fn tls_summary(&self) -> Option<&TlsSummary> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(t) => t.summary(),
+        }
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket().as_fd()
+    }
+}
+
+impl mio::event::Source for Stream {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        self.socket_mut().register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        self.socket_mut().reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        self.socket_mut().deregister(registry)
+    }
+}
+
+impl Stream {
+    fn socket_mut(&mut self) -> &mut TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => t.socket_mut(),
+        }
     }
 }
