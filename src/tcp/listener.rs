@@ -37,6 +37,7 @@ use crate::observe::stats::{self, ServerStats};
 use crate::protocol::Notice;
 use crate::tcp::affinity;
 use crate::tcp::connection::{Connection, Ends};
+use crate::tcp::faults::TcpFaults;
 use crate::tcp::pool::{Batch, Dealer};
 use crate::watch::{Watched, Watcher};
 
@@ -65,12 +66,15 @@ pub(crate) struct Listening {
     /// PROXY protocol on: the proxies trusted to send a header; a
     /// connection from anyone else is closed at once.
     pub proxy: Option<Arc<Vec<IpNet>>>,
+    /// The listener's faults, given to each connection it accepts.
+    pub faults: Option<Arc<TcpFaults>>,
 }
 
 /// A listening socket as the loop holds it.
 struct Open {
     socket: TcpListener,
     proxy: Option<Arc<Vec<IpNet>>>,
+    faults: Option<Arc<TcpFaults>>,
     /// Its address, named in each connection's ends.
     local: Option<std::net::SocketAddr>,
     /// Its connections open now (the metrics' per-listener gauge).
@@ -192,6 +196,7 @@ impl Acceptor {
             new.push(Open {
                 socket,
                 proxy: l.proxy,
+                faults: l.faults,
                 local,
                 count: local.map(|a| self.stats.listener_count(a)),
             });
@@ -285,7 +290,11 @@ impl Acceptor {
                     };
                     let proxy = listener.proxy.clone();
                     let count = listener.count.clone();
-                    self.admit(stream, ends, count, proxy.as_deref(), pinned, &mut batch);
+                    let faults = listener.faults.clone();
+                    let Some(conn) = self.admit(stream, ends, count, proxy.as_deref()) else {
+                        continue;
+                    };
+                    self.deal(conn, faults, pinned, &mut batch);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     drained = true;
@@ -310,8 +319,8 @@ impl Acceptor {
 
     /// Closes a connection the access rules refuse (at once, without a
     /// word), refuses one past `max_connections` or its source's limits
-    /// with the busy notice, else deals it (with the CPU its packets
-    /// arrive on, when workers are pinned). On a PROXY listener the peer
+    /// with the busy notice, else wraps it in a `Connection` to be dealt
+    /// (`None`: it was closed or refused). On a PROXY listener the peer
     /// is the proxy: the rules and limits judge the client once its header
     /// names it (`Connection::expect_proxy_header`), in the worker.
     fn admit(
@@ -320,21 +329,19 @@ impl Acceptor {
         ends: Ends,
         count: Option<Arc<std::sync::atomic::AtomicUsize>>,
         proxy: Option<&Vec<IpNet>>,
-        pinned: bool,
-        batch: &mut Batch<'_>,
-    ) {
+    ) -> Option<Connection> {
         self.stats.accepted.fetch_add(1, Relaxed);
         if let Some(trusted) = proxy {
             if !trusted.iter().any(|net| net.contains(&ends.peer.ip())) {
                 self.stats.untrusted_proxy.fetch_add(1, Relaxed);
                 self.log_untrusted(&ends);
-                return;
+                return None;
             }
         } else if !self
             .gate
             .allows(ends.peer.ip(), ends.local.map(Listener::Tcp))
         {
-            return; // dropping the stream closes it
+            return None; // dropping the stream closes it
         }
         if self.stats.active.load(Relaxed) >= self.max_connections {
             self.stats.refused.fetch_add(1, Relaxed);
@@ -344,7 +351,7 @@ impl Acceptor {
             );
             let _ = Connection::send_last_words(&mut stream, Notice::Busy(self.max_connections));
             let _ = stream.shutdown(std::net::Shutdown::Write);
-            return;
+            return None;
         }
         let hold = if proxy.is_some() {
             None
@@ -354,24 +361,40 @@ impl Acceptor {
                 Admission::Refuse(notice) => {
                     let _ = Connection::send_last_words(&mut stream, notice);
                     let _ = stream.shutdown(std::net::Shutdown::Write);
-                    return;
+                    return None;
                 }
             }
         };
         // Echo is interactive: never hold back a small write.
         let _ = stream.set_nodelay(true);
-        // Asking the kernel costs a system call: only when workers are pinned.
-        let hint = if pinned {
-            affinity::incoming_cpu(&stream)
-        } else {
-            None
-        };
         let open = stats::Open::on_listener(&self.stats, count);
         let mut conn = Connection::new(stream, open, ends);
         match hold {
             Some(hold) => conn.hold_source(hold),
             None => conn.expect_proxy_header(self.gate.clone()),
         }
+        Some(conn)
+    }
+
+    /// Gives an admitted connection its listener's faults, if any, and
+    /// deals it (with the CPU its packets arrive on, when workers are
+    /// pinned).
+    fn deal(
+        &mut self,
+        mut conn: Connection,
+        faults: Option<Arc<TcpFaults>>,
+        pinned: bool,
+        batch: &mut Batch<'_>,
+    ) {
+        if let Some(plan) = faults {
+            conn.impair(plan, Instant::now());
+        }
+        // Asking the kernel costs a system call: only when workers are pinned.
+        let hint = if pinned {
+            affinity::incoming_cpu(conn.stream())
+        } else {
+            None
+        };
         batch.deal(Box::new(conn), hint);
     }
 

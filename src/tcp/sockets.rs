@@ -29,6 +29,7 @@ use crate::admission::Listener;
 use crate::config::{Config, Endpoint, Protocol, Rule};
 use crate::net;
 use crate::systemd::activation::{self, Candidate, Role};
+use crate::tcp::faults::TcpFaults;
 use crate::tcp::listener::Listening;
 
 /// One TCP address the config asks for, and what its connections get.
@@ -40,6 +41,8 @@ pub(crate) struct Want {
     pub proxy: Option<Arc<Vec<IpNet>>>,
     /// The table's own access rules, replacing the top-level ones.
     pub access: Option<Vec<Rule>>,
+    /// Its faults (none: `None`).
+    pub faults: Option<Arc<TcpFaults>>,
 }
 
 /// The TCP addresses `config` asks for, `host`/`port` first.
@@ -51,6 +54,7 @@ pub(crate) fn wanted(config: &Config) -> Vec<Want> {
         },
         proxy: None,
         access: None,
+        faults: TcpFaults::of(&config.main_faults()),
     };
     let extra = config
         .listen
@@ -60,6 +64,7 @@ pub(crate) fn wanted(config: &Config) -> Vec<Want> {
             endpoint: l.address.clone(),
             proxy: l.proxy_protocol.then(|| Arc::new(l.proxy_trusted.clone())),
             access: l.access.clone(),
+            faults: TcpFaults::of(&l.faults()),
         });
     std::iter::once(main).chain(extra).collect()
 }
@@ -229,7 +234,10 @@ impl TcpSockets {
         let mut bound = Vec::with_capacity(self.bound.len());
         for (i, (old, sockets)) in self.bound.iter().enumerate() {
             let want = match i {
-                0 => old.clone(),
+                0 => Want {
+                    faults: wants[0].faults.clone(),
+                    ..old.clone()
+                },
                 _ => wants[1..]
                     .iter()
                     .find(|w| w.endpoint == old.endpoint)
@@ -264,6 +272,7 @@ impl TcpSockets {
                 out.push(Listening {
                     socket: s.try_clone()?,
                     proxy: want.proxy.clone(),
+                    faults: want.faults.clone(),
                 });
             }
         }
