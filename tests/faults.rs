@@ -181,3 +181,72 @@ fn a_reload_applies_faults_to_new_sessions_not_open_ones() {
         "the open session was delayed ({rtt:?})"
     );
 }
+
+/// One plain HTTP GET; the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = connect(addr);
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read answer");
+    out.split_once("\r\n\r\n")
+        .map_or(out.clone(), |(_, b)| b.to_string())
+}
+
+#[test]
+fn faults_in_force_are_logged_shown_and_exported_and_a_reload_updates_them() {
+    let d = Daemon::start(
+        "pool_size = 2\nmetrics_listen = \"127.0.0.1:0\"\ndelay = \"20ms\"\n\
+         [[listen]]\naddress = \"127.0.0.1:0\"\nprotocol = \"udp\"\nloss = 0.25\n",
+    );
+    let line = d.wait_for_log("faults in force on tcp://", IO_TIMEOUT);
+    assert!(line.contains("WARN") || line.contains("warn"), "{line}");
+    assert!(line.contains("delay=20ms"), "{line}");
+    let line = d.wait_for_log("faults in force on udp://", IO_TIMEOUT);
+    assert!(line.contains("loss=0.25"), "{line}");
+
+    let status = ctl_status(&d);
+    let faults = status["faults"].as_array().expect("a faults list");
+    assert_eq!(faults.len(), 2, "{status}");
+    assert_eq!(faults[0]["listener"], "tcp://127.0.0.1:0");
+    assert_eq!(faults[0]["active"][0]["kind"], "delay");
+    assert_eq!(faults[0]["active"][0]["value"], "20ms");
+    assert_eq!(faults[1]["active"][0]["kind"], "loss");
+    let human = ctl(&d, &["status"]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("FAULTS:        tcp://127.0.0.1:0 delay=20ms"),
+        "{human}"
+    );
+
+    let line = d.wait_for_log("metrics on http://", IO_TIMEOUT);
+    let addr: std::net::SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.trim_end().trim_end_matches("/metrics").parse().ok())
+        .expect("metrics address");
+    let text = http_get(addr, "/metrics");
+    assert!(
+        text.contains("echo_lab_faults_active{listener=\"tcp://127.0.0.1:0\",kind=\"delay\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("echo_lab_faults_active{listener=\"udp://127.0.0.1:0\",kind=\"loss\"} 1"),
+        "{text}"
+    );
+
+    // A reload that turns them off says so, and the status follows.
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    let text = text
+        .replace("delay = \"20ms\"\n", "")
+        .replace("loss = 0.25\n", "");
+    std::fs::write(d.config_path(), text).unwrap();
+    let out = ctl(&d, &["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    d.wait_for_log("faults: none in force any more", IO_TIMEOUT);
+    let status = ctl_status(&d);
+    assert_eq!(status["faults"], serde_json::json!([]), "{status}");
+}

@@ -61,6 +61,7 @@
 
 pub(crate) mod control;
 pub(crate) mod event;
+pub(crate) mod faults;
 pub(crate) mod limits;
 pub(crate) mod reload;
 
@@ -361,6 +362,7 @@ impl Daemon {
                 format_duration(c.idle_timeout)
             },
         );
+        faults::log(c, false);
     }
 
     /// Serves events until the drain completes; returns the exit code.
@@ -511,6 +513,7 @@ impl Daemon {
         self.notifier.reloading();
         let before = self.server.local_addrs();
         let udp_before = self.udp.local_addrs();
+        let faults_before = !faults::in_force(self.server.config()).is_empty();
         let explicit = match &self.source {
             ConfigSource::File(p) => Some(p.clone()),
             ConfigSource::Embedded => None,
@@ -522,6 +525,9 @@ impl Daemon {
             }),
         };
         self.count_reload(&result);
+        if result.is_ok() {
+            faults::log(self.server.config(), faults_before);
+        }
         self.log_moves(&before, &udp_before);
         let status = match &result {
             Ok(done) => format!("reload applied: {done}; {}", self.status_line()),
@@ -687,6 +693,7 @@ impl Daemon {
             reloads: self.reloads.clone(),
             metrics: self.metrics.as_ref().map(|m| m.local_addr().to_string()),
             log_lines_dropped: crate::observe::logging::lines_dropped(),
+            faults: faults::in_force(self.server.config()),
         }
     }
 }

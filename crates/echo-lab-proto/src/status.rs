@@ -64,6 +64,29 @@ pub struct Status {
     /// writer's queue was full).
     #[serde(default)]
     pub log_lines_dropped: u64,
+    /// The faults in force (`delay`, `bandwidth`, ...), per listener that
+    /// has any; empty when none is.
+    #[serde(default)]
+    pub faults: Vec<ListenerFaults>,
+}
+
+/// One listener's faults in force.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListenerFaults {
+    /// The listener: `tcp://HOST:PORT` or `udp://HOST:PORT`, as configured.
+    pub listener: String,
+    /// Each fault, as its config key and value (`delay`, `20ms`).
+    pub active: Vec<FaultSetting>,
+}
+
+/// One fault in force.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FaultSetting {
+    /// The config key (`delay`, `jitter`, `bandwidth`, `reset_after_bytes`,
+    /// `stall_after_bytes`, `close_after`, `banner`, `loss`).
+    pub kind: String,
+    /// Its value as the config file says it.
+    pub value: String,
 }
 
 /// Reload counts, for status and metrics.
@@ -281,6 +304,10 @@ mod tests {
             reloads: Reloads::default(),
             metrics: Some("127.0.0.1:9107".into()),
             log_lines_dropped: 0,
+            faults: vec![ListenerFaults {
+                listener: "tcp://127.0.0.1:7007".into(),
+                active: vec![FaultSetting::default()],
+            }],
         }
     }
 
@@ -318,6 +345,11 @@ mod tests {
         let want = [
             "config",
             "draining",
+            "faults",
+            "faults[].active",
+            "faults[].active[].kind",
+            "faults[].active[].value",
+            "faults[].listener",
             "last_reload",
             "last_reload.applied",
             "last_reload.at_unix",

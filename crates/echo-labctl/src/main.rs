@@ -226,6 +226,14 @@ fn print_status(s: &Status) {
         "  log:           {} lines dropped (sink not keeping up)",
         s.log_lines_dropped
     );
+    for f in &s.faults {
+        let active: Vec<String> = f
+            .active
+            .iter()
+            .map(|a| format!("{}={}", a.kind, a.value))
+            .collect();
+        println!("  FAULTS:        {} {}", f.listener, active.join(" "));
+    }
     match &s.last_reload {
         None => println!("  last reload:   never"),
         Some(r) => {

@@ -231,6 +231,18 @@ impl Collector for Export {
             None,
             ConstCounter::new(self.status.log_lines_dropped),
         )?;
+        let mut fam = e.encode_descriptor(
+            "echo_lab_faults_active",
+            "1 for each fault in force (delay, bandwidth, ...), by listener and kind.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for f in &self.status.faults {
+            for a in &f.active {
+                let labels = [("listener", f.listener.as_str()), ("kind", a.kind.as_str())];
+                ConstGauge::new(1).encode(fam.encode_family(&labels)?)?;
+            }
+        }
         self.encode_latency(&mut e)?;
         self.encode_udp(&mut e)?;
         self.encode_reloads(&mut e)?;
