@@ -250,3 +250,80 @@ fn faults_in_force_are_logged_shown_and_exported_and_a_reload_updates_them() {
     let status = ctl_status(&d);
     assert_eq!(status["faults"], serde_json::json!([]), "{status}");
 }
+
+/// A daemon with one UDP `[[listen]]` table with `faults` (no rate
+/// limit); returns it and the table's address.
+fn udp_listener(faults: &str) -> (Daemon, std::net::SocketAddr) {
+    let d = Daemon::start(&format!(
+        "pool_size = 1\nudp_rate_packets = 0\nudp_rate_bytes = 0\n\
+         [[listen]]\naddress = \"127.0.0.1:0\"\nprotocol = \"udp\"\n{faults}"
+    ));
+    let line = d.wait_for_log("udp echo on ", IO_TIMEOUT);
+    let addr = line
+        .split("udp echo on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.trim_end_matches(',').parse().ok())
+        .unwrap_or_else(|| panic!("no UDP address in {line:?}"));
+    (d, addr)
+}
+
+/// Sends datagrams `0..count` (each its number), in groups small enough
+/// for the socket buffers, and returns the numbers that came back.
+fn udp_echoed(addr: std::net::SocketAddr, count: u32) -> Vec<u32> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.connect(addr).unwrap();
+    let mut back = Vec::new();
+    let mut buf = [0u8; 16];
+    for group in (0..count).collect::<Vec<_>>().chunks(100) {
+        for i in group {
+            s.send(&i.to_be_bytes()).unwrap();
+        }
+        // Echoes of this group until a quiet spell.
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        while let Ok(n) = s.recv(&mut buf) {
+            assert_eq!(n, 4);
+            back.push(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+        }
+    }
+    back
+}
+
+#[test]
+fn udp_loss_with_a_seed_drops_the_same_datagrams_every_run() {
+    let run = || {
+        let (d, a) = udp_listener("loss = 0.3\nfault_seed = 11\n");
+        let back = udp_echoed(a, 1000);
+        let status = ctl_status(&d);
+        let dropped = status["udp"]["dropped_loss"].as_u64().unwrap();
+        assert_eq!(back.len() as u64 + dropped, 1000, "{status}");
+        back
+    };
+    let first = run();
+    // Near the share (99.99 % interval for n = 1000, p = 0.3: 300 ± 57)...
+    let lost = 1000 - first.len();
+    assert!((243..=357).contains(&lost), "{lost} of 1000 lost");
+    // ... and exactly the same datagrams on a second run.
+    assert_eq!(first, run());
+}
+
+#[test]
+fn a_udp_echo_leaves_no_earlier_than_the_delay() {
+    let (_d, a) = udp_listener("delay = \"100ms\"\n");
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.connect(a).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut buf = [0u8; 64];
+    for i in 0..5u8 {
+        let t0 = Instant::now();
+        s.send(&[i; 10]).unwrap();
+        let n = s.recv(&mut buf).expect("an echo");
+        let rtt = t0.elapsed();
+        assert_eq!(&buf[..n], &[i; 10]);
+        assert!(
+            rtt >= Duration::from_millis(100),
+            "datagram {i} came back after {rtt:?}"
+        );
+    }
+}

@@ -6,8 +6,13 @@
 //! This module only describes the config in force; it never changes a
 //! listener or a connection.
 
+use std::net::SocketAddr;
+
 use echo_lab_config::{Config, Protocol};
 use echo_lab_proto::status::{FaultSetting, ListenerFaults};
+
+use crate::udp::faults::UdpFaults;
+use crate::udp::listeners::UdpSpec;
 
 /// Every listener with faults, and its faults (none: empty).
 pub(crate) fn in_force(config: &Config) -> Vec<ListenerFaults> {
@@ -88,4 +93,26 @@ mod tests {
         );
         assert!(in_force(&Config::default()).is_empty());
     }
+}
+
+/// Each UDP socket's faults by its local address: `addresses` is each UDP
+/// address served, in `udp_plan` order (host/port with `udp = true`
+/// first, then the UDP `[[listen]]` tables), with its sockets' addresses.
+pub(crate) fn udp_faults(
+    config: &Config,
+    addresses: &[(UdpSpec, Vec<SocketAddr>)],
+) -> Vec<(SocketAddr, UdpFaults)> {
+    let main = config.udp.then(|| config.main_faults());
+    let tables = config
+        .listen
+        .iter()
+        .filter(|l| l.protocol == Protocol::Udp)
+        .map(|l| l.faults());
+    let mut out = Vec::new();
+    for (faults, (_, addrs)) in main.into_iter().chain(tables).zip(addresses) {
+        if let Some(f) = UdpFaults::of(&faults) {
+            out.extend(addrs.iter().map(|a| (*a, f.clone())));
+        }
+    }
+    out
 }

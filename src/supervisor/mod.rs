@@ -220,6 +220,8 @@ struct Plan {
     udp: listeners::Ready,
     /// The access rules of the new UDP sockets.
     udp_rules: Vec<(Listener, Vec<Rule>)>,
+    /// The faults of the new UDP sockets.
+    udp_faults: Vec<(std::net::SocketAddr, crate::udp::faults::UdpFaults)>,
     /// The TCP side.
     tcp: PreparedReload,
 }
@@ -610,6 +612,7 @@ impl Daemon {
             .map_err(ReloadError::Metrics)?;
         let bound = self.udp.prepare(&wanted, limit).map_err(ReloadError::Udp)?;
         let udp_rules = listener_rules(&config, &bound.addresses());
+        let udp_faults = faults::udp_faults(&config, &bound.addresses());
         let udp = self.udp.ready(bound).map_err(ReloadError::Udp)?;
         let mut tcp = self.server.prepare(config).map_err(ReloadError::Tcp)?;
         if self.udp.is_activated() && wanted != was {
@@ -622,6 +625,7 @@ impl Daemon {
             metrics,
             udp,
             udp_rules,
+            udp_faults,
             tcp,
         })
     }
@@ -632,6 +636,7 @@ impl Daemon {
         // The new sockets' own rules are in force before they serve.
         self.server.gate().set_overrides(true, plan.udp_rules);
         self.udp.commit(plan.udp);
+        self.udp.post_faults(plan.udp_faults);
         logging::install(plan.log);
         if let Some(new) = plan.metrics {
             // The old endpoint (if any) stops as it is replaced.

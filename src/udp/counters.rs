@@ -32,6 +32,10 @@ pub struct UdpStats {
     pub sources: AtomicU64,
     /// Loop turns; the watchdog checks that it moves.
     pub heartbeat: AtomicU64,
+    /// Dropped by the `loss` fault.
+    pub fault_loss: AtomicU64,
+    /// Dropped because the delayed echoes' queue was full.
+    pub fault_overflow: AtomicU64,
 }
 
 impl UdpStats {
@@ -56,6 +60,8 @@ impl UdpStats {
             recv_calls: self.recv_calls.load(Relaxed),
             send_calls: self.send_calls.load(Relaxed),
             sources: self.sources.load(Relaxed),
+            dropped_loss: self.fault_loss.load(Relaxed),
+            dropped_delay_queue: self.fault_overflow.load(Relaxed),
         }
     }
 }

@@ -206,6 +206,12 @@ pub struct UdpSnapshot {
     pub send_calls: u64,
     /// Sources tracked by the rate limit now.
     pub sources: u64,
+    /// Not echoed by the `loss` fault.
+    #[serde(default)]
+    pub dropped_loss: u64,
+    /// Dropped because the queue of delayed echoes (`delay` fault) was full.
+    #[serde(default)]
+    pub dropped_delay_queue: u64,
 }
 
 /// Refusals by reason and the source table's state, in `status`.
@@ -404,6 +410,8 @@ mod tests {
             "udp.bytes_echoed",
             "udp.dropped_access",
             "udp.dropped_bad_source",
+            "udp.dropped_delay_queue",
+            "udp.dropped_loss",
             "udp.dropped_rate",
             "udp.dropped_too_large",
             "udp.echoed",

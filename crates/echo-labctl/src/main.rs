@@ -221,6 +221,12 @@ fn print_status(s: &Status) {
             "  udp dropped:   {} bad source, {} over rate, {} too large, {} access rule; {} sources tracked",
             u.dropped_bad_source, u.dropped_rate, u.dropped_too_large, u.dropped_access, u.sources
         );
+        if u.dropped_loss + u.dropped_delay_queue > 0 {
+            println!(
+                "  udp faults:    {} lost (loss), {} dropped (delay queue full)",
+                u.dropped_loss, u.dropped_delay_queue
+            );
+        }
     }
     println!(
         "  log:           {} lines dropped (sink not keeping up)",

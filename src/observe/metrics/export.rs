@@ -292,7 +292,7 @@ impl Export {
         counters(
             e,
             "echo_lab_udp_datagrams",
-            "UDP datagrams by outcome: echoed, or dropped (bad source, an access rule, over its rate, too large), or an echo the kernel refused.",
+            "UDP datagrams by outcome: echoed, or dropped (bad source, an access rule, over its rate, too large, the loss fault, the delay fault's full queue), or an echo the kernel refused.",
             "outcome",
             &[
                 ("echoed", u.echoed),
@@ -300,6 +300,8 @@ impl Export {
                 ("access", u.dropped_access),
                 ("rate_limited", u.dropped_rate),
                 ("too_large", u.dropped_too_large),
+                ("fault_loss", u.dropped_loss),
+                ("fault_delay_queue", u.dropped_delay_queue),
                 ("send_error", u.send_errors),
             ],
         )?;
