@@ -43,12 +43,11 @@ start_lab() {
         grep -q 'listening on' "$tmp/$name.log" && break
         sleep 0.1
     done
-    ADDRS=$(sed -nE 's/.*listening on ([^ ]+( and [^ ]+)*) \(pool.*/\1/p' "$tmp/$name.log" | sed 's/ and /\n/g; s/, /\n/g')
+    ADDRS=$(sed -nE 's/.*listening on (.*) \(pool.*/\1/p' "$tmp/$name.log" | sed 's/, /\n/g')
     [ -n "$ADDRS" ] || { cat "$tmp/$name.log" >&2; exit 1; }
 }
 stop_lab() { kill "$LAB_PID"; wait "$LAB_PID" 2>/dev/null || true; }
 nth() { sed -n "${1}p" <<<"$ADDRS"; }
-jq_() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 echo "# echo-lab faults accuracy, $(date -u +%FT%TZ), $(nproc) CPUs, loopback"
 
@@ -60,12 +59,21 @@ echo
 echo "## 1. delay 20 ms: observed RTT - (20 ms + undelayed RTT), ms"
 start_lab delay "$delay_cfg"
 plain=$(nth 1); delayed=$(nth 2)
-for conns in 50 1000; do
-    p=$("$ctl" bench "$plain" --connections "$conns" --size 64 --duration "$secs" --warmup 1 --json)
-    d=$("$ctl" bench "$delayed" --connections "$conns" --size 64 --duration "$secs" --warmup 1 --json)
-    pp50=$(jq_ 'd["latency_us"]["p50"]/1000' <<<"$p"); pp99=$(jq_ 'd["latency_us"]["p99"]/1000' <<<"$p")
-    dp50=$(jq_ 'd["latency_us"]["p50"]/1000' <<<"$d"); dp99=$(jq_ 'd["latency_us"]["p99"]/1000' <<<"$d")
-    python3 -c "print(f'echo-labctl bench, {$conns} conns: undelayed p50 {$pp50:.3f} p99 {$pp99:.3f}; delayed p50 {$dp50:.3f} p99 {$dp99:.3f}; error p50 {$dp50-20-$pp50:+.3f} p99 {$dp99-20-$pp99:+.3f}')"
+# At a fixed rate (the same load with and without the delay: closed-loop
+# ping-pong would load the undelayed listener far more), latency measured
+# from each message's scheduled send time.
+for spec in "50 2000" "1000 20000"; do
+    set -- $spec; conns=$1; rate=$2
+    p=$("$ctl" bench "$plain" --connections "$conns" --size 64 --duration "$secs" --warmup 1 --rate "$rate" --json)
+    d=$("$ctl" bench "$delayed" --connections "$conns" --size 64 --duration "$secs" --warmup 1 --rate "$rate" --json)
+    python3 - "$p" "$d" "$conns" "$rate" <<'PY'
+import json, sys
+p, d = (json.loads(a)["latency_us"] for a in sys.argv[1:3])
+ms = lambda v: v / 1000
+print(f"echo-labctl bench, {sys.argv[3]} conns at {sys.argv[4]}/s: undelayed p50 {ms(p['p50']):.3f} p99 {ms(p['p99']):.3f}; "
+      f"delayed p50 {ms(d['p50']):.3f} p99 {ms(d['p99']):.3f} min {ms(d['min']):.3f}; "
+      f"error p50 {ms(d['p50'])-20-ms(p['p50']):+.3f} p99 {ms(d['p99'])-20-ms(p['p99']):+.3f}")
+PY
 done
 p=$(python3 "$py" rtt "$plain" 50 "$secs"); d=$(python3 "$py" rtt "$delayed" 50 "$secs")
 python3 - "$p" "$d" <<'PY'
@@ -80,24 +88,36 @@ echo
 echo "## 2. delay 20 ms, jitter 10 ms: RTT spread, ms (uniform 10..30 expected, plus the undelayed RTT)"
 start_lab jitter "$jitter_cfg"
 j=$(nth 2)
-d=$("$ctl" bench "$j" --connections 50 --size 64 --duration "$secs" --warmup 1 --json)
-jq_ 'f"echo-labctl bench, 50 conns: min {d[\"latency_us\"][\"min\"]/1000:.3f} p50 {d[\"latency_us\"][\"p50\"]/1000:.3f} p99 {d[\"latency_us\"][\"p99\"]/1000:.3f} max {d[\"latency_us\"][\"max\"]/1000:.3f}"' <<<"$d"
-d=$(python3 "$py" rtt "$j" 50 "$secs")
-jq_ 'f"python3 sockets, 50 conns: min {d[\"min_ms\"]:.3f} p1 {d[\"p1_ms\"]:.3f} p50 {d[\"p50_ms\"]:.3f} p99 {d[\"p99_ms\"]:.3f} max {d[\"max_ms\"]:.3f}"' <<<"$d"
+d=$("$ctl" bench "$j" --connections 50 --size 64 --duration "$secs" --warmup 1 --rate 2000 --json)
+q=$(python3 "$py" rtt "$j" 50 "$secs")
+python3 - "$d" "$q" <<'PY'
+import json, sys
+d, q = json.loads(sys.argv[1])["latency_us"], json.loads(sys.argv[2])
+print(f"echo-labctl bench, 50 conns at 2000/s: min {d['min']/1000:.3f} p50 {d['p50']/1000:.3f} p90 {d['p90']/1000:.3f} p99 {d['p99']/1000:.3f} max {d['max']/1000:.3f}")
+print(f"python3 sockets, 50 conns: min {q['min_ms']:.3f} p1 {q['p1_ms']:.3f} p50 {q['p50_ms']:.3f} p99 {q['p99_ms']:.3f} max {q['max_ms']:.3f}")
+PY
 stop_lab
 
 echo
 echo "## 3. bandwidth: achieved rate"
 start_lab bw '[[listen]]\naddress = "127.0.0.1:0"\nbandwidth = "1MB/s"\n[[listen]]\naddress = "127.0.0.1:0"\nbandwidth = "100KB/s"\n'
 one=$(nth 2); each=$(nth 3)
-d=$(python3 "$py" rate "$one" 1 10)
-jq_ 'f"python3 sockets, 1 conn at 1MB/s over {d[\"secs\"]:.1f} s: {d[\"median_Bps\"]:.0f} B/s ({(d[\"median_Bps\"]/1e6-1)*100:+.2f} %)"' <<<"$d"
-d=$(python3 "$py" rate "$each" 100 10)
-jq_ 'f"python3 sockets, 100 conns at 100KB/s each over {d[\"secs\"]:.1f} s: min {d[\"min_Bps\"]:.0f} median {d[\"median_Bps\"]:.0f} max {d[\"max_Bps\"]:.0f} B/s (min {(d[\"min_Bps\"]/1e5-1)*100:+.2f} %, max {(d[\"max_Bps\"]/1e5-1)*100:+.2f} %)"' <<<"$d"
-d=$("$ctl" bench "$one" --connections 1 --size 100000 --duration 10 --warmup 1 --timeout 10 --json)
-jq_ 'f"echo-labctl bench, 1 conn, 100 kB ping-pong at 1MB/s: {d[\"round_trips\"]*100000/d[\"elapsed_secs\"]:.0f} B/s ({(d[\"round_trips\"]*100000/d[\"elapsed_secs\"]/1e6-1)*100:+.2f} %)"' <<<"$d"
-d=$("$ctl" bench "$each" --connections 100 --size 10000 --duration 10 --warmup 1 --timeout 10 --json)
-jq_ 'f"echo-labctl bench, 100 conns, 10 kB ping-pong at 100KB/s each: {d[\"round_trips\"]*10000/d[\"elapsed_secs\"]/100:.0f} B/s per conn on average ({(d[\"round_trips\"]*10000/d[\"elapsed_secs\"]/100/1e5-1)*100:+.2f} %)"' <<<"$d"
+r1=$(python3 "$py" rate "$one" 1 10)
+r100=$(python3 "$py" rate "$each" 100 10)
+b1=$("$ctl" bench "$one" --connections 1 --size 100000 --duration 10 --warmup 1 --timeout 10 --json)
+b100=$("$ctl" bench "$each" --connections 100 --size 10000 --duration 10 --warmup 1 --timeout 10 --json)
+python3 - "$r1" "$r100" "$b1" "$b100" <<'PY'
+import json, sys
+r1, r100, b1, b100 = (json.loads(a) for a in sys.argv[1:5])
+pc = lambda v, want: (v / want - 1) * 100
+print(f"python3 sockets, 1 conn at 1MB/s over {r1['secs']:.1f} s: {r1['median_Bps']:.0f} B/s ({pc(r1['median_Bps'], 1e6):+.2f} %)")
+print(f"python3 sockets, 100 conns at 100KB/s each over {r100['secs']:.1f} s: min {r100['min_Bps']:.0f} median {r100['median_Bps']:.0f} max {r100['max_Bps']:.0f} B/s "
+      f"(min {pc(r100['min_Bps'], 1e5):+.2f} %, max {pc(r100['max_Bps'], 1e5):+.2f} %)")
+v = b1["round_trips"] * 100000 / b1["elapsed_secs"]
+print(f"echo-labctl bench, 1 conn, 100 kB ping-pong at 1MB/s: {v:.0f} B/s ({pc(v, 1e6):+.2f} %)")
+v = b100["round_trips"] * 10000 / b100["elapsed_secs"] / 100
+print(f"echo-labctl bench, 100 conns, 10 kB ping-pong at 100KB/s each: {v:.0f} B/s per connection on average ({pc(v, 1e5):+.2f} %)")
+PY
 stop_lab
 
 echo
@@ -116,7 +136,7 @@ PY
 stop_lab
 start_lab loss2 'udp_rate_packets = 0\nudp_rate_bytes = 0\n[[listen]]\naddress = "127.0.0.1:0"\nprotocol = "udp"\nloss = 0.1\nfault_seed = 42\n'
 u=$(sed -nE 's/.*udp echo on ([^ ]+) .*/\1/p' "$tmp/loss2.log" | head -1)
-d=$("$ctl" bench "$u" --udp --connections 10 --requests 100000 --timeout 1 --json || true)
+d=$("$ctl" bench "$u" --udp --connections 100 --requests 20000 --timeout 1 --json || true)
 s=$("$ctl" --socket "$tmp/loss2.sock" status --json)
 python3 - "$d" "$s" <<'PY'
 import json, sys
@@ -138,7 +158,11 @@ for r in 1 2 3; do
     for which in plain delayed; do
         a=$plain; [ $which = delayed ] && a=$delayed
         d=$("$ctl" bench "$a" --connections 50 --size 64 --duration "$secs" --rate 2000 --server-pid "$LAB_PID" --json)
-        jq_ 'f"round '"$r"' '"$which"': {d[\"round_trips_per_sec\"]:.0f} rt/s, server {d[\"server_cpu\"][\"us_per_round_trip\"]:.2f} us CPU per round trip"' <<<"$d"
+        python3 - "$d" "$r" "$which" <<'PY'
+import json, sys
+d = json.loads(sys.argv[1])
+print(f"round {sys.argv[2]} {sys.argv[3]}: {d['round_trips_per_sec']:.0f} rt/s, server {d['server_cpu']['us_per_round_trip']:.2f} us CPU per round trip")
+PY
     done
 done
 stop_lab

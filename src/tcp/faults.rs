@@ -78,8 +78,11 @@ pub(crate) enum AtBudget {
 struct Bucket {
     /// Bytes per second.
     rate: f64,
-    /// The most tokens kept: 10 ms of the rate, at least one byte.
+    /// The most tokens kept: 20 ms of the rate, at least two bytes; twice
+    /// the quantum, so a wakeup up to 10 ms late loses no tokens.
     cap: f64,
+    /// What a write waits for: 10 ms of the rate, at least one byte.
+    quantum: f64,
     tokens: f64,
     last: Instant,
 }
@@ -87,11 +90,12 @@ struct Bucket {
 impl Bucket {
     fn new(rate: u64, now: Instant) -> Bucket {
         let rate = rate as f64;
-        let cap = (rate / 100.0).max(1.0);
+        let quantum = (rate / 100.0).max(1.0).floor();
         Bucket {
             rate,
-            cap,
-            tokens: cap,
+            cap: 2.0 * quantum,
+            quantum,
+            tokens: quantum,
             last: now,
         }
     }
@@ -111,10 +115,10 @@ impl Bucket {
         self.tokens -= n as f64;
     }
 
-    /// When `want` bytes (capped at the bucket's size) will be available;
-    /// `None` if they are now.
+    /// When `want` bytes (at most the quantum) will be available; `None`
+    /// if they are now.
     fn ready_at(&self, want: usize) -> Option<Instant> {
-        let need = (want as f64).min(self.cap.floor().max(1.0));
+        let need = (want as f64).min(self.quantum);
         if self.tokens >= need {
             return None;
         }
