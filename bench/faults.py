@@ -36,8 +36,8 @@ def rtt(target, conns, secs):
     sent_at = {}
     got = {}
     for s in socks:
-        s.send(msg)
         sent_at[s] = time.monotonic()
+        s.send(msg)
         got[s] = 0
         sel.register(s, selectors.EVENT_READ)
     end = time.monotonic() + secs
@@ -52,8 +52,10 @@ def rtt(target, conns, secs):
                 now = time.monotonic()
                 rtts.append(now - sent_at[s])
                 got[s] = 0
-                s.send(msg)
+                # Stamped before the send: a client preempted after it
+                # would otherwise see a round trip shorter than it was.
                 sent_at[s] = time.monotonic()
+                s.send(msg)
     ms = [r * 1000.0 for r in rtts]
     return {
         "client": "python3 sockets",

@@ -330,7 +330,11 @@ fn a_udp_echo_leaves_no_earlier_than_the_delay() {
 
 /// HAProxy (mode tcp, `timeout server 1s`) on `front`, forwarding to
 /// `back`; killed on drop.
-struct Haproxy(std::process::Child, tempfile::NamedTempFile);
+struct Haproxy {
+    child: std::process::Child,
+    /// Its config file, kept while it runs.
+    _cfg: tempfile::NamedTempFile,
+}
 
 impl Haproxy {
     fn start(front: u16, back: std::net::SocketAddr) -> Haproxy {
@@ -351,14 +355,14 @@ impl Haproxy {
         wait_until(IO_TIMEOUT, "haproxy accepting", || {
             TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
         });
-        Haproxy(child, cfg)
+        Haproxy { child, _cfg: cfg }
     }
 }
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -59,6 +59,28 @@ pub(crate) fn log(config: &Config, was_on: bool) {
     }
 }
 
+/// Each UDP socket's faults by its local address: `addresses` is each UDP
+/// address served, in `udp_plan` order (host/port with `udp = true`
+/// first, then the UDP `[[listen]]` tables), with its sockets' addresses.
+pub(crate) fn udp_faults(
+    config: &Config,
+    addresses: &[(UdpSpec, Vec<SocketAddr>)],
+) -> Vec<(SocketAddr, UdpFaults)> {
+    let main = config.udp.then(|| config.main_faults());
+    let tables = config
+        .listen
+        .iter()
+        .filter(|l| l.protocol == Protocol::Udp)
+        .map(|l| l.faults());
+    let mut out = Vec::new();
+    for (faults, (_, addrs)) in main.into_iter().chain(tables).zip(addresses) {
+        if let Some(f) = UdpFaults::of(&faults) {
+            out.extend(addrs.iter().map(|a| (*a, f.clone())));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,26 +115,4 @@ mod tests {
         );
         assert!(in_force(&Config::default()).is_empty());
     }
-}
-
-/// Each UDP socket's faults by its local address: `addresses` is each UDP
-/// address served, in `udp_plan` order (host/port with `udp = true`
-/// first, then the UDP `[[listen]]` tables), with its sockets' addresses.
-pub(crate) fn udp_faults(
-    config: &Config,
-    addresses: &[(UdpSpec, Vec<SocketAddr>)],
-) -> Vec<(SocketAddr, UdpFaults)> {
-    let main = config.udp.then(|| config.main_faults());
-    let tables = config
-        .listen
-        .iter()
-        .filter(|l| l.protocol == Protocol::Udp)
-        .map(|l| l.faults());
-    let mut out = Vec::new();
-    for (faults, (_, addrs)) in main.into_iter().chain(tables).zip(addresses) {
-        if let Some(f) = UdpFaults::of(&faults) {
-            out.extend(addrs.iter().map(|a| (*a, f.clone())));
-        }
-    }
-    out
 }

@@ -299,10 +299,10 @@ impl<T: Transport> Connection<T> {
     }
 
     /// The fault deadline the worker must add to its timers, if any is
-    /// earlier than the one it holds (see [`FaultState::to_arm`]).
+    /// earlier than the one it holds (see [`FaultState::deadline_to_arm`]).
     pub(crate) fn fault_deadline(&mut self) -> Option<std::time::Instant> {
         let pending = self.pending.len();
-        self.faults.as_mut()?.to_arm(pending)
+        self.faults.as_mut()?.deadline_to_arm(pending)
     }
 
     /// The connection arrived on another worker: its timers hold nothing.

@@ -291,7 +291,7 @@ impl FaultState {
 
     /// The deadline the worker must add to its timers, if it is earlier
     /// than the one it holds already (which then counts as armed).
-    pub(crate) fn to_arm(&mut self, pending: usize) -> Option<Instant> {
+    pub(crate) fn deadline_to_arm(&mut self, pending: usize) -> Option<Instant> {
         let next = self.next_deadline(pending)?;
         if self.armed.is_some_and(|a| a <= next) {
             return None;
@@ -426,11 +426,11 @@ mod tests {
     fn a_superseded_timer_is_skipped() {
         let t0 = Instant::now();
         let mut s = FaultState::new(plan("close_after = 100\ndelay = 50\n"), t0);
-        let close = s.to_arm(0).unwrap();
+        let close = s.deadline_to_arm(0).unwrap();
         assert_eq!(close, t0 + Duration::from_millis(100));
         let due = s.due(t0).unwrap();
         s.hold(due, 5);
-        let earlier = s.to_arm(5).unwrap();
+        let earlier = s.deadline_to_arm(5).unwrap();
         assert_eq!(earlier, t0 + Duration::from_millis(50));
         assert!(!s.rang(close));
         assert!(s.rang(earlier));

@@ -76,7 +76,7 @@ impl fmt::Display for Bandwidth {
         }
         let (unit, bytes) = UNITS
             .iter()
-            .filter(|(_, b)| self.0 % b == 0)
+            .filter(|(_, b)| self.0.is_multiple_of(*b))
             .max_by_key(|(_, b)| *b)
             .copied()
             .unwrap_or(("B", 1));

@@ -690,7 +690,7 @@ impl Kind<Duration> for Span {
             },
         };
         let message = match parsed {
-            Ok(d) if d.subsec_nanos() % 1000 != 0 => {
+            Ok(d) if !d.subsec_nanos().is_multiple_of(1000) => {
                 format!("must be a whole number of microseconds; {range}")
             }
             Ok(d) if d <= max => return Some(d),
