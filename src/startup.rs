@@ -355,12 +355,14 @@ fn launch(
         Server::start(config, bound.tcp, tls, watcher.clone()).map_err(StartupError::Start)?;
     let rules = supervisor::listener_rules(server.config(), &bound.udp.addresses());
     let udp_who = supervisor::udp_who(server.config(), &bound.udp.addresses());
+    let udp_faults = supervisor::faults::udp_faults(server.config(), &bound.udp.addresses());
     server.gate().set_overrides(true, rules);
     let mut udp = UdpListeners::new(bound.udp_limit);
     udp.use_gate(server.gate().clone());
     udp.watch(watcher);
     udp.apply(bound.udp).map_err(StartupError::Udp)?;
     udp.set_who(udp_who);
+    udp.post_faults(udp_faults);
     let mut daemon = Daemon::new(server, udp, source, Notifier::from_env())
         .with_default_log_target(target)
         .with_control(control)

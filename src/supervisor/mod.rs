@@ -75,6 +75,7 @@
 
 pub(crate) mod control;
 pub(crate) mod event;
+pub(crate) mod faults;
 pub(crate) mod limits;
 pub(crate) mod reload;
 pub(crate) mod signals;
@@ -234,6 +235,8 @@ struct Plan {
     udp_rules: Vec<(Listener, Vec<Rule>)>,
     /// The local addresses of the new `who` UDP sockets.
     udp_who: Vec<std::net::SocketAddr>,
+    /// The faults of the new UDP sockets.
+    udp_faults: Vec<(std::net::SocketAddr, crate::udp::faults::UdpFaults)>,
     /// The TCP side.
     tcp: PreparedReload,
 }
@@ -408,6 +411,7 @@ impl Daemon {
                 format_duration(c.idle_timeout)
             },
         );
+        faults::log(c, false);
     }
 
     /// Serves events until the drain completes; returns the exit code.
@@ -632,6 +636,7 @@ impl Daemon {
         self.notifier.reloading();
         let before = self.server.local_addrs();
         let udp_before = self.udp.local_addrs();
+        let faults_before = !faults::in_force(self.server.config()).is_empty();
         let explicit = match &self.source {
             ConfigSource::File(p) => Some(p.clone()),
             ConfigSource::Embedded => None,
@@ -646,6 +651,9 @@ impl Daemon {
             },
         };
         self.count_reload(&result);
+        if result.is_ok() {
+            faults::log(self.server.config(), faults_before);
+        }
         self.log_moves(&before, &udp_before);
         let status = match &result {
             Ok(done) => format!("reload applied: {done}; {}", self.status_line()),
@@ -733,6 +741,7 @@ impl Daemon {
         let bound = self.udp.prepare(&wanted, limit).map_err(ReloadError::Udp)?;
         let udp_rules = listener_rules(&config, &bound.addresses());
         let udp_who = udp_who(&config, &bound.addresses());
+        let udp_faults = faults::udp_faults(&config, &bound.addresses());
         let udp = self.udp.ready(bound).map_err(ReloadError::Udp)?;
         let mut tcp = self.server.prepare(config, tls).map_err(ReloadError::Tcp)?;
         if self.udp.is_activated() && wanted != was {
@@ -746,6 +755,7 @@ impl Daemon {
             udp,
             udp_rules,
             udp_who,
+            udp_faults,
             tcp,
         })
     }
@@ -757,6 +767,7 @@ impl Daemon {
         self.server.gate().set_overrides(true, plan.udp_rules);
         self.udp.commit(plan.udp);
         self.udp.set_who(plan.udp_who);
+        self.udp.post_faults(plan.udp_faults);
         logging::install(plan.log);
         logging::set_instance(&self.instance());
         if let Some(new) = plan.metrics {
@@ -824,6 +835,7 @@ impl Daemon {
             ready: self.probes.readiness().is_ok(),
             ready_reason: self.probes.readiness().err().map(str::to_string),
             tls: crate::tls::status(self.server.tls()),
+            faults: faults::in_force(self.server.config()),
         }
     }
 }

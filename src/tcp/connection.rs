@@ -57,6 +57,7 @@ use crate::observe::session::Session;
 use crate::observe::stats::{CloseReason, Open};
 use crate::protocol::{Detector, Notice, Scan};
 use crate::tcp::affinity::Steer;
+use crate::tcp::faults::{AtBudget, FaultState, TcpFaults};
 use crate::tcp::proxy::{self, Parsed};
 
 pub(crate) use transport::{Stream, Transport};
@@ -254,6 +255,10 @@ pub(crate) struct Connection<T: Transport = Stream> {
     /// On a `mode = "who"` listener: what the reply needs that `ends`
     /// will not say (see [`crate::who`]).
     who: Option<Box<WhoWait>>,
+    /// The listener's faults in progress (delay, bandwidth, reset, stall,
+    /// session end); `None` on a listener without faults, which keeps the
+    /// echo path as it is without them.
+    faults: Option<Box<FaultState>>,
 }
 
 /// A `who` connection before its reply: its TCP peer (a PROXY header
@@ -286,6 +291,7 @@ impl<T: Transport> Connection<T> {
             source: None,
             ends,
             who: None,
+            faults: None,
         }
     }
 
@@ -331,6 +337,82 @@ impl<T: Transport> Connection<T> {
             return step;
         }
         self.linger_when_flushed()
+    }
+
+    /// Applies a listener's faults to this connection, accepted `now`:
+    /// its banner is queued first. Call before the first event.
+    pub(crate) fn impair(&mut self, plan: Arc<TcpFaults>, now: std::time::Instant) {
+        if let Some(banner) = plan.banner() {
+            self.pending.push(banner);
+        }
+        self.faults = Some(Box::new(FaultState::new(plan, now)));
+    }
+
+    /// True if it must close with a reset (`reset_after_bytes`).
+    pub(crate) fn resetting(&self) -> bool {
+        self.faults.as_ref().is_some_and(|f| f.resetting())
+    }
+
+    /// The fault deadline the worker must add to its timers, if any is
+    /// earlier than the one it holds (see [`FaultState::deadline_to_arm`]).
+    pub(crate) fn fault_deadline(&mut self) -> Option<std::time::Instant> {
+        let pending = self.pending.len();
+        self.faults.as_mut()?.deadline_to_arm(pending)
+    }
+
+    /// The connection arrived on another worker: its timers hold nothing.
+    pub(crate) fn fault_disarm(&mut self) {
+        if let Some(f) = &mut self.faults {
+            f.disarm();
+        }
+    }
+
+    /// A fault timer for `at` rang: releases the echo due, writes what
+    /// may go, closes the session past `close_after`. `cap` as for
+    /// [`Connection::on_writable`].
+    pub(crate) fn on_fault_timer(&mut self, at: std::time::Instant, cap: usize) -> Step {
+        let now = std::time::Instant::now();
+        let Some(f) = &mut self.faults else {
+            return Step::Wait;
+        };
+        if !f.rang(at) {
+            return Step::Wait;
+        }
+        if f.close_due(now) {
+            f.closing();
+            return self.finish(Notice::SessionLimit);
+        }
+        self.on_writable(cap)
+    }
+
+    /// With a byte budget (`reset_after_bytes`, `stall_after_bytes`): how
+    /// many bytes may still be read, or, spent, what to do instead.
+    #[inline]
+    fn budget(&mut self) -> Option<Result<usize, Step>> {
+        let (left, then) = self.faults.as_ref()?.budget()?;
+        if left > 0 {
+            return Some(Ok(usize::try_from(left).unwrap_or(usize::MAX)));
+        }
+        Some(Err(match then {
+            AtBudget::Stall => Step::Wait,
+            AtBudget::Reset => self.reset_when_flushed(),
+        }))
+    }
+
+    /// Past `reset_after_bytes`: once the echo is out, closes with a reset.
+    fn reset_when_flushed(&mut self) -> Step {
+        let Some(f) = &mut self.faults else {
+            return Step::Wait;
+        };
+        let spent = f
+            .budget()
+            .is_some_and(|(left, then)| left == 0 && then == AtBudget::Reset);
+        if !spent || self.pending.len() > 0 {
+            return Step::Wait;
+        }
+        f.reset();
+        self.session.end(CloseReason::Error);
+        Step::Close
     }
 
     /// Makes the connection wait for a PROXY header before anything is
@@ -482,7 +564,12 @@ impl<T: Transport> Connection<T> {
                 });
                 return Step::Wait;
             }
-            let want = room.min(buf.len());
+            let mut want = room.min(buf.len());
+            match self.budget() {
+                None => {}
+                Some(Ok(left)) => want = want.min(left),
+                Some(Err(step)) => return step,
+            }
             match self.stream.read(&mut buf[..want]) {
                 Ok(0) => {
                     self.set_input(Input::Ended);
@@ -553,6 +640,9 @@ impl<T: Transport> Connection<T> {
     fn take(&mut self, chunk: &[u8], report: &mut ReadReport) -> Option<Step> {
         report.bytes_in += chunk.len();
         self.session.received(chunk.len());
+        if let Some(f) = &mut self.faults {
+            f.took(chunk.len());
+        }
         #[cfg(feature = "fault-injection")]
         crate::fault::check(chunk);
         let State::Echoing(echo) = &mut self.state else {
@@ -674,6 +764,9 @@ impl<T: Transport> Connection<T> {
         if let Err(step) = self.flush() {
             return step;
         }
+        if self.faults.is_some() && self.reset_when_flushed() == Step::Close {
+            return Step::Close;
+        }
         // Echoing with input flowing: the event that comes with each
         // round trip.
         if let State::Echoing(Echo {
@@ -720,7 +813,7 @@ impl<T: Transport> Connection<T> {
         };
         self.session.end(match notice {
             Notice::Goodbye => CloseReason::Disconnect,
-            Notice::Idle(_) => CloseReason::Idle,
+            Notice::Idle(_) | Notice::SessionLimit => CloseReason::Idle,
             Notice::Busy(_)
             | Notice::SourceBusy(_)
             | Notice::SourceRate { .. }
@@ -743,10 +836,16 @@ impl<T: Transport> Connection<T> {
             State::Echoing(echo) => std::mem::replace(&mut echo.at_line_start, true),
             State::Closing { .. } | State::Lingering => return false,
         };
+        let line = notice.line();
+        let mut len = line.len();
         if !at_line_start {
             self.pending.push(b"\r\n");
+            len += 2;
         }
-        self.pending.push(notice.line().as_bytes());
+        self.pending.push(line.as_bytes());
+        if let Some(f) = &mut self.faults {
+            f.follow(len);
+        }
         true
     }
 
@@ -758,6 +857,13 @@ impl<T: Transport> Connection<T> {
         };
         if let State::Echoing(echo) = &mut self.state {
             echo.at_line_start = last == b'\n';
+        }
+        if let Some(f) = &mut self.faults {
+            self.pending.push(data);
+            if let Some(due) = f.due(std::time::Instant::now()) {
+                f.hold(due, data.len());
+            }
+            return self.flush();
         }
         if self.pending.len() > 0 {
             self.pending.push(data);
@@ -784,16 +890,22 @@ impl<T: Transport> Connection<T> {
 
     /// Writes what is pending, then whatever the transport has of its own.
     fn flush(&mut self) -> Result<(), Step> {
-        while self.pending.len() > 0 {
-            match self.stream.write(self.pending.bytes()) {
-                Ok(0) => return Err(Step::Close),
-                Ok(n) => {
-                    self.pending.consume(n);
-                    self.session.sent(n);
+        if self.faults.is_some() {
+            if self.flush_impaired()? {
+                return Ok(());
+            }
+        } else {
+            while self.pending.len() > 0 {
+                match self.stream.write(self.pending.bytes()) {
+                    Ok(0) => return Err(Step::Close),
+                    Ok(n) => {
+                        self.pending.consume(n);
+                        self.session.sent(n);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => return Err(Step::Close),
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return Err(Step::Close),
             }
         }
         while self.stream.wants_write() {
@@ -805,6 +917,35 @@ impl<T: Transport> Connection<T> {
             }
         }
         Ok(())
+    }
+
+    /// [`Connection::flush`]'s writes with faults: only what is not held,
+    /// within the bandwidth's tokens. `Ok(true)` when the transport would
+    /// block; bytes held or waiting for tokens stay pending (a fault
+    /// deadline releases them).
+    #[cold]
+    fn flush_impaired(&mut self) -> Result<bool, Step> {
+        let Some(f) = &mut self.faults else {
+            return Ok(false);
+        };
+        loop {
+            let n = f.writable(self.pending.len(), std::time::Instant::now());
+            if n == 0 {
+                break;
+            }
+            match self.stream.write(&self.pending.bytes()[..n]) {
+                Ok(0) => return Err(Step::Close),
+                Ok(w) => {
+                    f.wrote(w);
+                    self.pending.consume(w);
+                    self.session.sent(w);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return Err(Step::Close),
+            }
+        }
+        Ok(false)
     }
 
     fn close_when_flushed(&self) -> Step {

@@ -37,6 +37,7 @@ use crate::observe::stats::{self, ServerStats};
 use crate::protocol::Notice;
 use crate::tcp::affinity;
 use crate::tcp::connection::{Connection, Ends, Stream};
+use crate::tcp::faults::TcpFaults;
 use crate::tcp::pool::{Batch, Dealer};
 use crate::tls::stream::TlsStream;
 use crate::tls::TlsSlot;
@@ -71,6 +72,8 @@ pub(crate) struct Listening {
     pub who: bool,
     /// TLS on: the listener's certificate slot (swapped on reload).
     pub tls: Option<Arc<TlsSlot>>,
+    /// The listener's faults, given to each connection it accepts.
+    pub faults: Option<Arc<TcpFaults>>,
 }
 
 /// What a listener asks of its connections, and where they may go.
@@ -89,6 +92,7 @@ struct Open {
     proxy: Option<Arc<Vec<IpNet>>>,
     who: bool,
     tls: Option<Arc<TlsSlot>>,
+    faults: Option<Arc<TcpFaults>>,
     /// Its address, named in each connection's ends.
     local: Option<std::net::SocketAddr>,
     /// Its connections open now (the metrics' per-listener gauge).
@@ -102,6 +106,8 @@ struct Arrival {
     count: Option<Arc<std::sync::atomic::AtomicUsize>>,
     /// Its listener's TLS, if any.
     tls: Option<Arc<TlsSlot>>,
+    /// Its listener's faults, if any.
+    faults: Option<Arc<TcpFaults>>,
 }
 
 /// Messages to the accept loop.
@@ -221,6 +227,7 @@ impl Acceptor {
                 proxy: l.proxy,
                 who: l.who,
                 tls: l.tls,
+                faults: l.faults,
                 local,
                 count: local.map(|a| self.stats.listener_count(a)),
             });
@@ -315,7 +322,13 @@ impl Acceptor {
                     let proxy = listener.proxy.clone();
                     let count = listener.count.clone();
                     let tls = listener.tls.clone();
-                    let on = Arrival { ends, count, tls };
+                    let faults = listener.faults.clone();
+                    let on = Arrival {
+                        ends,
+                        count,
+                        tls,
+                        faults,
+                    };
                     let how = How {
                         proxy: proxy.as_deref(),
                         who: listener.who,
@@ -346,8 +359,8 @@ impl Acceptor {
 
     /// Closes a connection the access rules refuse (at once, without a
     /// word), refuses one past `max_connections` or its source's limits
-    /// with the busy notice, else deals it (with the CPU its packets
-    /// arrive on, when workers are pinned). On a PROXY listener the peer
+    /// with the busy notice, else wraps it in a `Connection` to be dealt
+    /// (`None`: it was closed or refused). On a PROXY listener the peer
     /// is the proxy: the rules and limits judge the client once its header
     /// names it (`Connection::expect_proxy_header`), in the worker.
     ///
@@ -360,7 +373,12 @@ impl Acceptor {
         how: How<'_>,
         batch: &mut Batch<'_>,
     ) {
-        let Arrival { ends, count, tls } = on;
+        let Arrival {
+            ends,
+            count,
+            tls,
+            faults,
+        } = on;
         let How { proxy, who, pinned } = how;
         self.stats.accepted.fetch_add(1, Relaxed);
         if let Some(trusted) = proxy {
@@ -426,6 +444,9 @@ impl Acceptor {
         }
         if who {
             conn.ask_who();
+        }
+        if let Some(plan) = faults {
+            conn.impair(plan, Instant::now());
         }
         batch.deal(Box::new(conn), hint);
     }

@@ -9,6 +9,7 @@
 //! | `worker` | one pool thread's event loop and the connections it owns | blocks outside `epoll_wait` |
 //! | `connection` | one client as a state machine over a byte transport: echo, backpressure, notices, linger | waits |
 //! | [`proxy`] | the PROXY protocol header (v1, v2) | trusts a source not listed |
+//! | `faults` | a listener's bad-network settings per connection: held echo, bandwidth, reset, stall, session end; a worker's fault timers | touches a socket |
 //! | `timeouts` | O(1) idle deadlines (a FIFO per timeout value) | scans every connection |
 //! | `wake_timer` | a worker's alarm at its next deadline, so its poll needs no timeout | |
 //! | [`affinity`] | CPUs: pinning, the CPU a connection's packets arrive on, placement | |
@@ -19,6 +20,7 @@
 
 pub mod affinity;
 pub(crate) mod connection;
+pub(crate) mod faults;
 pub(crate) mod listener;
 pub(crate) mod pool;
 pub mod proxy;

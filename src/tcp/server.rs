@@ -306,7 +306,8 @@ impl Server {
             .map_err(ReloadError::Workers)?;
         let old = &self.config;
         let same = (&old.host, old.port, old.backlog, &old.listen)
-            == (&new.host, new.port, new.backlog, &new.listen);
+            == (&new.host, new.port, new.backlog, &new.listen)
+            && old.main_faults() == new.main_faults();
         let sockets = if same {
             None
         } else {

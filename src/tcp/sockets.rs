@@ -29,6 +29,7 @@ use crate::admission::Listener;
 use crate::config::{Config, Endpoint, ListenMode, Protocol, Rule};
 use crate::net;
 use crate::systemd::activation::{self, Candidate, Role};
+use crate::tcp::faults::TcpFaults;
 use crate::tcp::listener::Listening;
 use crate::tls::TlsSet;
 
@@ -46,6 +47,8 @@ pub(crate) struct Want {
     /// A TLS listener: its `[[listen]]` table's index (its certificate
     /// slot's key: two tables on port 0 share an endpoint).
     pub tls: Option<usize>,
+    /// Its faults (none: `None`).
+    pub faults: Option<Arc<TcpFaults>>,
 }
 
 /// The TCP addresses `config` asks for, `host`/`port` first.
@@ -59,6 +62,7 @@ pub(crate) fn wanted(config: &Config) -> Vec<Want> {
         access: None,
         who: false,
         tls: None,
+        faults: TcpFaults::of(&config.main_faults()),
     };
     let extra = config
         .listen
@@ -71,6 +75,7 @@ pub(crate) fn wanted(config: &Config) -> Vec<Want> {
             access: l.access.clone(),
             who: l.mode == ListenMode::Who,
             tls: l.tls().then_some(i),
+            faults: TcpFaults::of(&l.faults()),
         });
     std::iter::once(main).chain(extra).collect()
 }
@@ -240,7 +245,10 @@ impl TcpSockets {
         let mut bound = Vec::with_capacity(self.bound.len());
         for (i, (old, sockets)) in self.bound.iter().enumerate() {
             let want = match i {
-                0 => old.clone(),
+                0 => Want {
+                    faults: wants[0].faults.clone(),
+                    ..old.clone()
+                },
                 _ => wants[1..]
                     .iter()
                     .find(|w| w.endpoint == old.endpoint)
@@ -278,6 +286,7 @@ impl TcpSockets {
                     proxy: want.proxy.clone(),
                     who: want.who,
                     tls: want.tls.and_then(|i| tls.slot(i)),
+                    faults: want.faults.clone(),
                 });
             }
         }

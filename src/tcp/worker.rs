@@ -43,6 +43,7 @@ use crate::observe::stats::{CloseReason, WorkerStats};
 use crate::protocol::Notice;
 use crate::tcp::affinity;
 use crate::tcp::connection::{Connection, Ends, HeaderOutcome, Phase, Step, Stream};
+use crate::tcp::faults::FaultTimers;
 use crate::tcp::proxy::HEADER_TIMEOUT;
 use crate::tcp::timeouts::TimeoutQueue;
 use crate::tcp::wake_timer::WakeTimer;
@@ -263,6 +264,9 @@ pub(crate) struct Worker {
     /// TLS connections whose handshake has not ended, by when they
     /// arrived.
     handshake_wait: TimeoutQueue,
+    /// Deadlines of connections with faults (held echo, bandwidth,
+    /// `close_after`).
+    fault_timers: FaultTimers,
     /// Connections that used up their read budget and may have more input.
     again: Vec<usize>,
     /// Commands from the rest of the daemon.
@@ -327,6 +331,7 @@ impl Worker {
             linger: TimeoutQueue::default(),
             header_wait: TimeoutQueue::default(),
             handshake_wait: TimeoutQueue::default(),
+            fault_timers: FaultTimers::default(),
             again: Vec::new(),
             inbox,
             mailbox: mailbox.clone(),
@@ -475,6 +480,9 @@ impl Worker {
             until = until.min(d);
         }
         if let Some(d) = self.drain_deadline {
+            until = until.min(d);
+        }
+        if let Some(d) = self.fault_timers.next() {
             until = until.min(d);
         }
         until
@@ -626,10 +634,13 @@ impl Worker {
         // A closing connection (final notice queued or write side shut)
         // gets the short lingering deadline instead of the idle one, so a
         // client that never reads its goodbye cannot hold the slot.
-        let closing = self
-            .conns
-            .get(slot)
-            .is_some_and(|c| c.phase() != Phase::Open);
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let closing = conn.phase() != Phase::Open;
+        if let Some(at) = conn.fault_deadline() {
+            self.fault_timers.push(at, slot);
+        }
         if closing && !self.linger.contains(slot) {
             self.idle.remove(slot);
             self.linger.touch(slot, now);
@@ -669,6 +680,7 @@ impl Worker {
             return;
         }
         conn.placed(now);
+        conn.fault_disarm();
         let waits_for_header = conn.awaiting_header();
         let handshaking = conn.stream().handshaking();
         entry.insert(conn);
@@ -737,6 +749,7 @@ impl Worker {
         while let Some(slot) = self.linger.pop_expired(now, LINGER_TIMEOUT) {
             self.close(slot);
         }
+        self.fault_timers_due(now);
         while let Some(slot) = self.header_wait.pop_expired(now, HEADER_TIMEOUT) {
             self.stats.proxy_refused.fetch_add(1, Relaxed);
             if let Some(conn) = self.conns.get_mut(slot) {
@@ -772,8 +785,25 @@ impl Worker {
         self.close(slot);
     }
 
+    /// Serves the connections whose fault deadline came (held echo due,
+    /// tokens for the bandwidth, `close_after`).
+    fn fault_timers_due(&mut self, now: Instant) {
+        let cap = self.settings.max_pending_bytes;
+        while let Some((at, slot)) = self.fault_timers.pop_due(now) {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            let step = conn.on_fault_timer(at, cap);
+            self.after(slot, step, now);
+        }
+    }
+
     fn close(&mut self, slot: usize) {
         if let Some(mut conn) = self.conns.try_remove(slot) {
+            if conn.resetting() {
+                // SO_LINGER 0: the close sends a reset, not a FIN.
+                let _ = socket2::SockRef::from(conn.stream()).set_linger(Some(Duration::ZERO));
+            }
             // Dropping the socket removes it from epoll and counts the
             // connection out.
             self.idle.remove(slot);

@@ -34,6 +34,10 @@ pub struct UdpStats {
     pub heartbeat: AtomicU64,
     /// Dropped: on a `who` socket, a datagram smaller than the reply.
     pub who_too_small: AtomicU64,
+    /// Dropped by the `loss` fault.
+    pub fault_loss: AtomicU64,
+    /// Dropped because the delayed echoes' queue was full.
+    pub fault_overflow: AtomicU64,
 }
 
 impl UdpStats {
@@ -59,6 +63,8 @@ impl UdpStats {
             send_calls: self.send_calls.load(Relaxed),
             sources: self.sources.load(Relaxed),
             dropped_who_too_small: self.who_too_small.load(Relaxed),
+            dropped_loss: self.fault_loss.load(Relaxed),
+            dropped_delay_queue: self.fault_overflow.load(Relaxed),
         }
     }
 }

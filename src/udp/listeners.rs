@@ -27,6 +27,7 @@ use std::net::{SocketAddr, UdpSocket};
 
 use std::sync::Arc;
 
+use super::faults::{FaultBoard, UdpFaults};
 use super::{RateLimit, UdpService, UdpSnapshot};
 use crate::admission::Gate;
 use crate::net;
@@ -125,6 +126,8 @@ pub struct UdpListeners {
     gate: Option<Arc<Gate>>,
     /// Where the UDP thread reports its death.
     watcher: Watcher,
+    /// Each socket's faults, read by the UDP thread.
+    faults: Arc<FaultBoard>,
 }
 
 impl UdpListeners {
@@ -152,6 +155,7 @@ impl UdpListeners {
             activated: false,
             gate: None,
             watcher: Watcher::none(),
+            faults: Arc::new(FaultBoard::default()),
         }
     }
 
@@ -240,8 +244,14 @@ impl UdpListeners {
                 Change::Swap(sockets, theirs)
             }
             (None, false) => Change::Start(
-                UdpService::start_with(sockets, p.limit, self.gate.clone(), self.watcher.clone())
-                    .map_err(UdpError::Start)?,
+                UdpService::start_with(
+                    sockets,
+                    p.limit,
+                    self.gate.clone(),
+                    self.watcher.clone(),
+                    self.faults.clone(),
+                )
+                .map_err(UdpError::Start)?,
             ),
             (None, true) => Change::Idle,
         };
@@ -289,6 +299,12 @@ impl UdpListeners {
         if let Some(s) = &mut self.service {
             s.set_who(who);
         }
+    }
+
+    /// Puts each socket's faults (by local address) in force; sockets not
+    /// named have none.
+    pub fn post_faults(&self, faults: Vec<(SocketAddr, UdpFaults)>) {
+        self.faults.post(faults);
     }
 
     /// Restarts the UDP thread if `id` is the one in service (it died);

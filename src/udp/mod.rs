@@ -23,6 +23,9 @@
 //! 4. [`bucket`]: its source is within its packet and byte rate, so a
 //!    forged source cannot aim echo-lab at a victim.
 //!
+//! Then, on a listener with faults ([`faults`]: `loss`, `delay`,
+//! `jitter`), it may be dropped or held back for a while.
+//!
 //! The echo is the received bytes, never more. [`UdpService`] is the handle
 //! the daemon holds: start it on bound sockets, swap the sockets or the
 //! limits on reload (the daemon binds new sockets first, so a failed bind
@@ -31,6 +34,7 @@
 pub mod batch;
 pub mod bucket;
 pub mod counters;
+pub mod faults;
 pub mod guard;
 pub mod listeners;
 mod serve;
@@ -47,6 +51,7 @@ pub(crate) use serve::THREAD;
 use crate::admission::Gate;
 use crate::watch::{Watched, Watcher};
 pub use counters::{UdpSnapshot, UdpStats};
+use faults::FaultBoard;
 
 /// Messages to the UDP thread.
 pub(crate) enum UdpCommand {
@@ -77,13 +82,16 @@ pub struct UdpService {
     limit: RateLimit,
     /// The `who` sockets' addresses, sent again to a restarted thread.
     who: Vec<SocketAddr>,
+    /// Each socket's faults, kept for a restart.
+    faults: Arc<FaultBoard>,
 }
 
 impl UdpService {
     /// Starts the UDP thread on already-bound sockets; every source may
     /// have an echo (within the rate).
     pub fn start(sockets: Vec<UdpSocket>, limit: RateLimit) -> io::Result<UdpService> {
-        UdpService::start_with(sockets, limit, None, Watcher::none())
+        let faults = Arc::new(FaultBoard::default());
+        UdpService::start_with(sockets, limit, None, Watcher::none(), faults)
     }
 
     /// Starts the UDP thread on already-bound sockets, refusing the
@@ -94,6 +102,7 @@ impl UdpService {
         limit: RateLimit,
         gate: Option<Arc<Gate>>,
         watcher: Watcher,
+        faults: Arc<FaultBoard>,
     ) -> io::Result<UdpService> {
         let stats = Arc::new(UdpStats::default());
         let theirs = duplicate(&sockets)?;
@@ -101,7 +110,7 @@ impl UdpService {
             theirs,
             limit,
             stats.clone(),
-            gate.clone(),
+            (gate.clone(), faults.clone()),
             Vec::new(),
             &watcher,
         )?;
@@ -115,6 +124,7 @@ impl UdpService {
             sockets,
             limit,
             who: Vec::new(),
+            faults,
         })
     }
 
@@ -139,7 +149,7 @@ impl UdpService {
             theirs,
             self.limit,
             self.stats.clone(),
-            self.gate.clone(),
+            (self.gate.clone(), self.faults.clone()),
             self.who.clone(),
             &self.watcher,
         )?;

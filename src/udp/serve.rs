@@ -23,6 +23,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::batch::{Batch, MAX_DATAGRAM};
 use super::bucket::{RateLimit, SourceTable};
 use super::counters::UdpStats;
+use super::faults::{Fate, FaultBoard, HeldQueue, SocketFaults};
 use super::guard::{BadSource, Guard};
 use super::UdpCommand;
 use crate::admission::rules::RuleList;
@@ -50,6 +51,10 @@ struct Served {
     listener: Option<Listener>,
     /// Its access rules, and the gate's generation they are from.
     rules: Option<(u64, Arc<RuleList>)>,
+    /// Its faults, and the board's generation they are from.
+    faults: (u64, Option<SocketFaults>),
+    /// Its local address (where its delayed echoes leave from).
+    local: SocketAddr,
 }
 
 struct Service {
@@ -71,6 +76,10 @@ struct Service {
     denied_log: Throttle,
     /// Local addresses of `mode = "who"` sockets.
     who: Vec<SocketAddr>,
+    /// Each socket's faults, as the supervisor posts them.
+    board: Arc<FaultBoard>,
+    /// Delayed echoes.
+    held: HeldQueue,
 }
 
 /// The UDP thread's name (what its death is reported as).
@@ -82,7 +91,7 @@ pub(super) fn spawn(
     sockets: Vec<std::net::UdpSocket>,
     limit: RateLimit,
     stats: Arc<UdpStats>,
-    gate: Option<Arc<Gate>>,
+    (gate, board): (Option<Arc<Gate>>, Arc<FaultBoard>),
     who: Vec<SocketAddr>,
     watcher: &Watcher,
 ) -> io::Result<(Sender<UdpCommand>, Waker, Watched)> {
@@ -103,6 +112,8 @@ pub(super) fn spawn(
         denied: (0, None),
         denied_log: Throttle::new(LOG_INTERVAL),
         who,
+        board,
+        held: HeldQueue::default(),
     };
     service.set_sockets(sockets)?;
     let thread = watcher.spawn(THREAD, move || {
@@ -119,7 +130,8 @@ impl Service {
             s.set_nonblocking(true)?;
             let dual_stack = matches!(s.local_addr()?, SocketAddr::V6(_))
                 && !socket2::SockRef::from(&s).only_v6()?;
-            let listener = Some(Listener::Udp(s.local_addr()?));
+            let local = s.local_addr()?;
+            let listener = Some(Listener::Udp(local));
             let mut socket = UdpSocket::from_std(s);
             self.poll
                 .registry()
@@ -129,6 +141,9 @@ impl Service {
                 dual_stack,
                 listener,
                 rules: None,
+                // Read from the board at the first turn.
+                faults: (u64::MAX, None),
+                local,
             });
         }
         // Dropping the old ones closes them (and leaves the epoll set).
@@ -143,7 +158,11 @@ impl Service {
         let mut busy: Vec<usize> = (0..self.sockets.len()).collect();
         loop {
             let timeout = if busy.is_empty() {
-                HEARTBEAT
+                self.held.next_due().map_or(HEARTBEAT, |due| {
+                    // Rounded up: the poller counts milliseconds.
+                    let wait = due.saturating_duration_since(Instant::now());
+                    HEARTBEAT.min(wait + Duration::from_micros(999))
+                })
             } else {
                 Duration::ZERO
             };
@@ -170,6 +189,7 @@ impl Service {
                     busy.push(i);
                 }
             }
+            self.send_due();
         }
     }
 
@@ -215,9 +235,49 @@ impl Service {
         }
     }
 
+    /// Socket `i`'s faults: read again from the board when it changed.
+    fn refresh_faults(&mut self, i: usize) {
+        let generation = self.board.generation();
+        let Some(served) = self.sockets.get_mut(i) else {
+            return;
+        };
+        if served.faults.0 != generation {
+            served.faults = (
+                generation,
+                self.board.of(served.local).map(SocketFaults::new),
+            );
+        }
+    }
+
+    /// Sends the delayed echoes that are due, each from the socket bound to
+    /// the address it arrived at (dropped if that socket is gone).
+    fn send_due(&mut self) {
+        let now = Instant::now();
+        let (mut sent, mut bytes, mut failed) = (0u64, 0u64, 0u64);
+        while let Some(h) = self.held.pop_due(now) {
+            let Some(served) = self.sockets.iter().find(|s| s.local == h.local) else {
+                failed += 1;
+                continue;
+            };
+            match served.socket.send_to(&h.data, h.dest) {
+                Ok(_) => {
+                    sent += 1;
+                    bytes += h.data.len() as u64;
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        let s = &self.stats;
+        UdpStats::add(&s.echoed, sent);
+        UdpStats::add(&s.bytes_echoed, bytes);
+        UdpStats::add(&s.send_errors, failed);
+        UdpStats::add(&s.send_calls, sent + failed);
+    }
+
     /// Serves socket `i` for one turn; true if more may be queued.
     fn serve_socket(&mut self, i: usize, batch: &mut Batch) -> bool {
         let rules = self.rules_of(i).filter(|r| !r.is_empty());
+        self.refresh_faults(i);
         let Some(served) = self.sockets.get(i) else {
             return false;
         };
@@ -242,7 +302,7 @@ impl Service {
             }
             #[cfg(feature = "fault-injection")]
             crate::fault::thread_event(THREAD);
-            self.echo_batch(batch, fd, n, (dual_stack, who), rules.as_deref());
+            self.echo_batch(batch, (i, fd), n, (dual_stack, who), rules.as_deref());
             if n < super::batch::BATCH {
                 return false;
             }
@@ -255,7 +315,7 @@ impl Service {
     fn echo_batch(
         &mut self,
         batch: &mut Batch,
-        fd: i32,
+        (socket, fd): (usize, i32),
         n: usize,
         (dual_stack, who): (bool, Option<SocketAddr>),
         rules: Option<&RuleList>,
@@ -263,6 +323,7 @@ impl Service {
         let now_ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let (mut bad, mut rate, mut large, mut denied) = (0u64, 0u64, 0u64, 0u64);
         let mut too_small = 0u64;
+        let (mut lost, mut overflow) = (0u64, 0u64);
         for i in 0..n {
             let Some(d) = batch.datagram(i) else {
                 bad += 1;
@@ -287,20 +348,37 @@ impl Service {
                 rate += 1;
                 continue;
             }
-            let Some(local) = who else {
-                batch.pick(i);
+            if let Some(local) = who {
+                let line = crate::who::Reply::now(crate::who::Asked {
+                    listener: Some(local),
+                    client: d.src,
+                    peer: d.src,
+                    worker: None,
+                })
+                .line();
+                if !batch.reply(i, &line) {
+                    too_small += 1;
+                }
                 continue;
-            };
-            let line = crate::who::Reply::now(crate::who::Asked {
-                listener: Some(local),
-                client: d.src,
-                peer: d.src,
-                worker: None,
-            })
-            .line();
-            if !batch.reply(i, &line) {
-                too_small += 1;
             }
+            if let Some(served) = self.sockets.get_mut(socket) {
+                if let Some(faults) = &mut served.faults.1 {
+                    match faults.fate(Instant::now()) {
+                        Fate::Echo => {}
+                        Fate::Lost => {
+                            lost += 1;
+                            continue;
+                        }
+                        Fate::Hold(due) => {
+                            if !self.held.hold(due, served.local, d.src, d.data) {
+                                overflow += 1;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            }
+            batch.pick(i);
         }
         let sent = batch.send(fd);
         let s = &self.stats;
@@ -315,6 +393,8 @@ impl Service {
         UdpStats::add(&s.too_large, large);
         UdpStats::add(&s.access, denied);
         UdpStats::add(&s.who_too_small, too_small);
+        UdpStats::add(&s.fault_loss, lost);
+        UdpStats::add(&s.fault_overflow, overflow);
         s.sources.store(
             self.table.len() as u64,
             std::sync::atomic::Ordering::Relaxed,

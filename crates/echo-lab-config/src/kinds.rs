@@ -17,6 +17,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::section::{Apply, Change, Kind, Reader, Rendered, Section};
 use super::Endpoint;
+use crate::faults::{Bandwidth, Loss};
 use crate::rate::ConnRate;
 use crate::rule::Rule;
 
@@ -623,6 +624,9 @@ impl serde::de::Visitor<'_> for RawDurationVisitor {
             Unit::Micros => {
                 f.write_str("integer microseconds or a duration string like \"50us\" or \"1ms\"")
             }
+            Unit::Millis => {
+                f.write_str("integer milliseconds or a duration string like \"20ms\" or \"1.5s\"")
+            }
         }
     }
 
@@ -646,6 +650,7 @@ impl serde::de::Visitor<'_> for RawDurationVisitor {
 enum Unit {
     Seconds,
     Micros,
+    Millis,
 }
 
 impl Unit {
@@ -653,6 +658,7 @@ impl Unit {
         match self {
             Unit::Seconds => Duration::from_secs(n),
             Unit::Micros => Duration::from_micros(n),
+            Unit::Millis => Duration::from_millis(n),
         }
     }
 
@@ -664,6 +670,7 @@ impl Unit {
         match self {
             Unit::Seconds => "seconds",
             Unit::Micros => "microseconds",
+            Unit::Millis => "milliseconds",
         }
     }
 }
@@ -687,5 +694,119 @@ pub fn format_duration(d: Duration) -> String {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")
+    }
+}
+
+/// A duration with sub-second precision, for the fault keys: a bare
+/// number counts milliseconds, a string has a unit (`"20ms"`, `"1.5s"`,
+/// `"250us"`); whole microseconds, at most `max_secs` seconds; 0 = off.
+pub(super) struct Span {
+    pub max_secs: u64,
+}
+
+impl Kind<Duration> for Span {
+    fn read(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+        r: &mut Reader<'_>,
+    ) -> Option<Duration> {
+        let max = Duration::from_secs(self.max_secs);
+        let range = format!(
+            "allowed: 0 (off) to {}, as an integer number of milliseconds or a string like \"20ms\", \"1.5s\", \"250us\"",
+            format_duration(max)
+        );
+        let raw = r.with_serde(value, key, |d| {
+            serde::Deserializer::deserialize_any(d, RawDurationVisitor(Unit::Millis))
+        })?;
+        let parsed = match raw {
+            RawDuration::Count(n) if n >= 0 => Ok(Duration::from_millis(n as u64)),
+            RawDuration::Count(n) => Err(format!("{n} is out of range; {range}")),
+            RawDuration::Text(t) => match t.trim().parse::<u64>() {
+                Ok(n) => Ok(Duration::from_millis(n)),
+                Err(_) => humantime::parse_duration(t.trim())
+                    .map_err(|e| format!("\"{t}\" is not a duration ({e}); {range}")),
+            },
+        };
+        let message = match parsed {
+            Ok(d) if !d.subsec_nanos().is_multiple_of(1000) => {
+                format!("must be a whole number of microseconds; {range}")
+            }
+            Ok(d) if d <= max => return Some(d),
+            Ok(d) => format!("{} is out of range; {range}", format_duration(d)),
+            Err(m) => m,
+        };
+        r.fail(value, key, message);
+        None
+    }
+
+    /// Off (zero) is left out: `--print-config` shows the faults in force.
+    fn render(&self, value: &Duration) -> Rendered {
+        if value.is_zero() {
+            Rendered::Unset
+        } else {
+            Rendered::Value(format_duration(*value).into())
+        }
+    }
+}
+
+/// A rate in bytes per second (`"1MB/s"`, `"64KiB/s"`; 0 = off): see
+/// [`Bandwidth::parse`] for the units.
+pub(super) struct ByteRate;
+
+impl Kind<Bandwidth> for ByteRate {
+    fn read(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+        r: &mut Reader<'_>,
+    ) -> Option<Bandwidth> {
+        let text = match value.get_ref() {
+            DeValue::Integer(_) => r.deserialize::<i64>(value, key)?.to_string(),
+            _ => r.deserialize::<String>(value, key)?,
+        };
+        match Bandwidth::parse(&text) {
+            Ok(b) => Some(b),
+            Err(why) => {
+                r.fail(value, key, why);
+                None
+            }
+        }
+    }
+
+    fn render(&self, value: &Bandwidth) -> Rendered {
+        if value.is_on() {
+            Rendered::Value(value.to_string().into())
+        } else {
+            Rendered::Unset
+        }
+    }
+}
+
+/// A share from 0.0 to 1.0 (`0.1` = one in ten); an integer 0 or 1 too.
+pub(super) struct Share;
+
+impl Kind<Loss> for Share {
+    fn read(&self, value: &Spanned<DeValue<'_>>, key: &str, r: &mut Reader<'_>) -> Option<Loss> {
+        let share: f64 = match value.get_ref() {
+            DeValue::Integer(_) => r.deserialize::<i64>(value, key)? as f64,
+            _ => r.deserialize::<f64>(value, key)?,
+        };
+        let loss = Loss::from_share(share);
+        if loss.is_none() {
+            r.fail(
+                value,
+                key,
+                format!("{share} is out of range; allowed: 0.0 (off) to 1.0 (every datagram)"),
+            );
+        }
+        loss
+    }
+
+    fn render(&self, value: &Loss) -> Rendered {
+        if value.per_million() == 0 {
+            return Rendered::Unset;
+        }
+        Rendered::Value(value.share().into())
     }
 }

@@ -47,6 +47,7 @@
 #[macro_use]
 mod section;
 mod diagnostic;
+pub mod faults;
 mod kinds;
 pub mod rate;
 pub mod rule;
@@ -60,10 +61,11 @@ use toml::de::DeTable;
 
 use diagnostic::Source;
 use kinds::{
-    AbsPath, Address, Cidrs, Flag, Host, Int, ListenAddr, Micros, NonEmpty, Optional, Protocols,
-    Rate, Rules, Seconds, SocketPath, Table, Tables, Word,
+    AbsPath, Address, ByteRate, Cidrs, Flag, Host, Int, ListenAddr, Micros, NonEmpty, Optional,
+    Protocols, Rate, Rules, Seconds, Share, SocketPath, Span, Table, Tables, Word,
 };
 
+pub use crate::faults::{Bandwidth, Faults, Loss};
 pub use crate::rate::ConnRate;
 pub use crate::rule::Rule;
 pub use section::{Apply, Change};
@@ -165,8 +167,35 @@ section! {
         /// logs, `who` replies); `None` = the host name.
         instance: Option<String> = None,
             Optional(NonEmpty("must be a name for this instance")), Live;
+        /// Fault: each chunk of echo leaves this long after it was read
+        /// (TCP and UDP on host/port); 0 = off.
+        delay: Duration = Duration::ZERO, Span { max_secs: 3600 }, Live;
+        /// Fault: spread of `delay`, each chunk's drawn from delay ± jitter
+        /// (at most `delay`); 0 = off.
+        jitter: Duration = Duration::ZERO, Span { max_secs: 3600 }, Live;
+        /// Fault (TCP): the echo to one connection paced to this rate
+        /// (`"1MB/s"`; B, KB, MB, GB = 1000^n, KiB, MiB, GiB = 1024^n); 0 = off.
+        bandwidth: Bandwidth = Bandwidth::default(), ByteRate, Live;
+        /// Fault (TCP): reset the connection (RST) once this many bytes
+        /// were echoed; unset = never.
+        reset_after_bytes: Option<u64> = None, Optional(Int(0, i64::MAX)), Live;
+        /// Fault (TCP): neither read nor write once this many bytes were
+        /// echoed, until the idle timeout; unset = never.
+        stall_after_bytes: Option<u64> = None, Optional(Int(0, i64::MAX)), Live;
+        /// Fault (TCP): close each session, with its notice, after this
+        /// long; 0 = off.
+        close_after: Duration = Duration::ZERO, Span { max_secs: 7 * 24 * 3600 }, Live;
+        /// Fault (TCP): sent on connect, before anything is read; unset = none.
+        banner: Option<String> = None, Optional(NonEmpty("must not be empty (leave it out for no banner)")), Live;
+        /// Fault (UDP on host/port, with `udp = true`): share of datagrams
+        /// not echoed, 0.0 to 1.0; 0 = off.
+        loss: Loss = Loss::default(), Share, Live;
+        /// Seed of the faults' random choices (jitter, loss), so that they
+        /// repeat exactly; unset = a new seed each start.
+        fault_seed: Option<u64> = None, Optional(Int(0, i64::MAX)), Live;
         /// Logging settings (`[log]`).
         log: LogConfig = LogConfig::default(), Table, Live;
+
     }
 }
 
@@ -219,6 +248,33 @@ section! {
         tls_client_ca: Option<PathBuf> = None, Optional(AbsPath), Live;
         /// ALPN protocols offered, in preference order; empty = no ALPN.
         tls_alpn: Vec<String> = Vec::new(), Protocols, Live;
+
+        /// Fault: each chunk of echo leaves this long after it was read
+        /// ; 0 = off.
+        delay: Duration = Duration::ZERO, Span { max_secs: 3600 }, Live;
+        /// Fault: spread of `delay`, each chunk's drawn from delay ± jitter
+        /// (at most `delay`); 0 = off.
+        jitter: Duration = Duration::ZERO, Span { max_secs: 3600 }, Live;
+        /// Fault (TCP): the echo to one connection paced to this rate
+        /// (`"1MB/s"`; B, KB, MB, GB = 1000^n, KiB, MiB, GiB = 1024^n); 0 = off.
+        bandwidth: Bandwidth = Bandwidth::default(), ByteRate, Live;
+        /// Fault (TCP): reset the connection (RST) once this many bytes
+        /// were echoed; unset = never.
+        reset_after_bytes: Option<u64> = None, Optional(Int(0, i64::MAX)), Live;
+        /// Fault (TCP): neither read nor write once this many bytes were
+        /// echoed, until the idle timeout; unset = never.
+        stall_after_bytes: Option<u64> = None, Optional(Int(0, i64::MAX)), Live;
+        /// Fault (TCP): close each session, with its notice, after this
+        /// long; 0 = off.
+        close_after: Duration = Duration::ZERO, Span { max_secs: 7 * 24 * 3600 }, Live;
+        /// Fault (TCP): sent on connect, before anything is read; unset = none.
+        banner: Option<String> = None, Optional(NonEmpty("must not be empty (leave it out for no banner)")), Live;
+        /// Fault (UDP): share of datagrams
+        /// not echoed, 0.0 to 1.0; 0 = off.
+        loss: Loss = Loss::default(), Share, Live;
+        /// Seed of the faults' random choices (jitter, loss), so that they
+        /// repeat exactly; unset = a new seed each start.
+        fault_seed: Option<u64> = None, Optional(Int(0, i64::MAX)), Live;
     }
 }
 
@@ -524,6 +580,9 @@ impl Config {
                 };
                 r.fail(value, &format!("{at}.{key}"), why.to_string());
             }
+            if let toml::de::DeValue::Table(t) = item.get_ref() {
+                check_fault_keys(t, listen.protocol, &at, &listen.faults(), r);
+            }
             let endpoints = self.endpoints();
             let clash = endpoints[..main + i]
                 .iter()
@@ -551,6 +610,21 @@ impl Config {
         }
     }
 
+    /// The top-level fault keys: `loss` needs the UDP side of host/port
+    /// (`udp = true`), and `jitter` may not exceed `delay`.
+    fn check_main_faults(&self, table: &DeTable<'_>, r: &mut Reader<'_>) {
+        if !self.udp {
+            if let Some(v) = value_of(table, "loss") {
+                r.fail(
+                    v,
+                    "loss",
+                    "loss is for UDP: set udp = true, or put it in a [[listen]] table with protocol = \"udp\"".into(),
+                );
+            }
+        }
+        check_jitter(table, "", &self.main_faults(), r);
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
@@ -567,12 +641,70 @@ impl Config {
         let mut reader = Reader::new(&src);
         let config = Config::read(table.get_ref(), "", &mut reader);
         config.check_listen(table.get_ref(), &mut reader);
+        config.check_main_faults(table.get_ref(), &mut reader);
         let diags = reader.finish();
         if diags.is_empty() {
             Ok(config)
         } else {
             Err(ConfigError::Invalid(diags))
         }
+    }
+}
+
+/// The value of key `name` in `table`, if it is there.
+fn value_of<'a, 'de>(
+    table: &'a DeTable<'de>,
+    name: &str,
+) -> Option<&'a serde_spanned::Spanned<toml::de::DeValue<'de>>> {
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref() == name)
+        .map(|(_, v)| v)
+}
+
+/// A `[[listen]]` table's fault keys: each must apply to its protocol,
+/// and `jitter` may not exceed `delay`.
+fn check_fault_keys(
+    table: &DeTable<'_>,
+    protocol: Protocol,
+    at: &str,
+    faults: &Faults,
+    r: &mut Reader<'_>,
+) {
+    let (wrong, proto, other): (&[&str], _, _) = match protocol {
+        Protocol::Tcp => (&faults::UDP_ONLY, "tcp", "UDP"),
+        Protocol::Udp => (&faults::TCP_ONLY, "udp", "TCP"),
+    };
+    for name in wrong {
+        if let Some(v) = value_of(table, name) {
+            let key = format!("{at}.{name}");
+            r.fail(
+                v,
+                &key,
+                format!(
+                    "{name} applies to {other} listeners only; this one is protocol = \"{proto}\""
+                ),
+            );
+        }
+    }
+    check_jitter(table, at, faults, r);
+}
+
+/// `jitter` at most `delay`: a chunk cannot leave before it was read.
+fn check_jitter(table: &DeTable<'_>, at: &str, faults: &Faults, r: &mut Reader<'_>) {
+    if faults.jitter <= faults.delay {
+        return;
+    }
+    if let Some(v) = value_of(table, "jitter") {
+        r.fail(
+            v,
+            &section::join_key(at, "jitter"),
+            format!(
+                "jitter ({}) is more than delay ({}); each chunk leaves delay ± jitter after it was read, so jitter may be at most delay",
+                format_duration(faults.jitter),
+                format_duration(faults.delay)
+            ),
+        );
     }
 }
 
@@ -823,6 +955,91 @@ mod tests {
             let hit = hit.unwrap_or_else(|| panic!("{text}: no diagnostic at {key}: {d:?}"));
             assert!(hit.line >= 3, "{text}: {hit}");
             assert!(hit.message.contains(needle), "{text}: {hit}");
+        }
+    }
+
+    #[test]
+    fn fault_keys_parse_per_listener() {
+        let c = Config::parse(
+            "delay = 20\njitter = \"5ms\"\nbandwidth = \"1MB/s\"\nreset_after_bytes = 0\n\
+             close_after = \"1.5s\"\nbanner = \"hi\\r\\n\"\nfault_seed = 7\n\
+             [[listen]]\naddress = \"127.0.0.1:7008\"\nprotocol = \"udp\"\nloss = 0.1\ndelay = \"250us\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.delay, Duration::from_millis(20));
+        assert_eq!(c.jitter, Duration::from_millis(5));
+        assert_eq!(c.bandwidth, Bandwidth(1_000_000));
+        assert_eq!(c.reset_after_bytes, Some(0));
+        assert_eq!(c.close_after, Duration::from_millis(1500));
+        assert_eq!(c.banner.as_deref(), Some("hi\r\n"));
+        assert_eq!(c.fault_seed, Some(7));
+        assert_eq!(c.listen[0].loss.per_million(), 100_000);
+        assert_eq!(c.listen[0].delay, Duration::from_micros(250));
+        assert_eq!(Config::parse(&c.to_toml(), "p").unwrap(), c);
+    }
+
+    #[test]
+    fn fault_keys_are_refused_where_they_do_not_apply() {
+        let d = err("[[listen]]\naddress = \"127.0.0.1:7008\"\nprotocol = \"udp\"\nbandwidth = \"1MB/s\"\nbanner = \"x\"\n");
+        assert_eq!(
+            (d[0].line, d[0].column, d[0].key.as_deref()),
+            (4, 13, Some("listen[0].bandwidth"))
+        );
+        assert!(
+            d[0].message.contains("TCP listeners only"),
+            "{}",
+            d[0].message
+        );
+        assert_eq!(d[1].key.as_deref(), Some("listen[0].banner"));
+        let d = err("[[listen]]\naddress = \"127.0.0.1:7008\"\nloss = 0.5\n");
+        assert_eq!(
+            (d[0].line, d[0].key.as_deref()),
+            (3, Some("listen[0].loss"))
+        );
+        assert!(
+            d[0].message.contains("UDP listeners only"),
+            "{}",
+            d[0].message
+        );
+        let d = err("\nloss = 0.5\n");
+        assert_eq!(
+            (d[0].line, d[0].column, d[0].key.as_deref()),
+            (2, 8, Some("loss"))
+        );
+        assert!(d[0].message.contains("udp = true"), "{}", d[0].message);
+        assert!(Config::parse("udp = true\nloss = 0.5\n", "t").is_ok());
+    }
+
+    #[test]
+    fn bad_fault_values_are_located() {
+        for (text, key, needle) in [
+            ("bandwidth = \"1 Mbps\"", "bandwidth", "not a rate"),
+            ("bandwidth = \"1mb/s\"", "bandwidth", "not a unit"),
+            ("delay = \"soon\"", "delay", "not a duration"),
+            ("delay = \"2h\"", "delay", "out of range"),
+            (
+                "delay = \"1500ns\"",
+                "delay",
+                "whole number of microseconds",
+            ),
+            ("delay = 10\njitter = 11", "jitter", "more than delay"),
+            (
+                "udp = true\nloss = 1.5",
+                "loss",
+                "allowed: 0.0 (off) to 1.0",
+            ),
+            (
+                "reset_after_bytes = -1",
+                "reset_after_bytes",
+                "out of range",
+            ),
+            ("banner = \"\"", "banner", "must not be empty"),
+            ("fault_seed = \"x\"", "fault_seed", "invalid type"),
+        ] {
+            let d = err(text);
+            assert_eq!(d[0].key.as_deref(), Some(key), "{text}");
+            assert!(d[0].message.contains(needle), "{text}: {}", d[0].message);
         }
     }
 
@@ -1078,6 +1295,7 @@ mod change_report {
                 name: None,
                 access: Some(vec![Rule::parse("deny ::1").unwrap()]),
                 mode: ListenMode::Echo,
+                loss: Loss::from_share(0.25).unwrap(),
                 ..Listen::default()
             }],
             metrics_listen: Some("127.0.0.1:9707".parse().unwrap()),
@@ -1090,6 +1308,15 @@ mod change_report {
                 format: LogFormat::Json,
                 sessions: false,
             },
+            delay: Duration::from_millis(20),
+            jitter: Duration::from_millis(5),
+            bandwidth: Bandwidth(1_000_000),
+            reset_after_bytes: Some(100),
+            stall_after_bytes: Some(200),
+            close_after: Duration::from_secs(30),
+            banner: Some("hello".into()),
+            loss: Loss::from_share(0.1).unwrap(),
+            fault_seed: Some(7),
         };
         (old, new)
     }
@@ -1140,12 +1367,21 @@ mod change_report {
                 (
                     "listen",
                     "[]",
-                    "[{ address = \"[::1]:9\", protocol = \"udp\", proxy_protocol = false, proxy_trusted = [], access = [\"deny ::1\"], mode = \"echo\", tls_alpn = [] }]",
+                    "[{ address = \"[::1]:9\", protocol = \"udp\", proxy_protocol = false, proxy_trusted = [], access = [\"deny ::1\"], mode = \"echo\", tls_alpn = [], loss = 0.25 }]",
                     Live
                 ),
                 ("metrics_listen", "unset", "127.0.0.1:9707", Live),
                 ("shutdown_delay", "0s", "2s", Live),
                 ("instance", "unset", "edge-1", Live),
+                ("delay", "unset", "20ms", Live),
+                ("jitter", "unset", "5ms", Live),
+                ("bandwidth", "unset", "1MB/s", Live),
+                ("reset_after_bytes", "unset", "100", Live),
+                ("stall_after_bytes", "unset", "200", Live),
+                ("close_after", "unset", "30s", Live),
+                ("banner", "unset", "hello", Live),
+                ("loss", "unset", "0.1", Live),
+                ("fault_seed", "unset", "7", Live),
                 ("log.level", "info", "debug", Live),
                 ("log.target", "unset", "syslog", Live),
                 ("log.path", DEFAULT_LOG_PATH, "/tmp/e.log", Live),
@@ -1155,9 +1391,9 @@ mod change_report {
         );
         // And back: the same keys, values swapped.
         let back = changes(&new, &old);
-        assert_eq!(back.len(), 33);
+        assert_eq!(back.len(), 42);
         assert_eq!(back[10].to_string(), "cpu_affinity: true -> false");
-        assert_eq!(back[29].to_string(), "log.target: syslog -> unset");
+        assert_eq!(back[38].to_string(), "log.target: syslog -> unset");
     }
 
     #[test]

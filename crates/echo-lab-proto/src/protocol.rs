@@ -51,6 +51,8 @@ pub enum Notice {
     /// The worker given the connection cannot watch its socket (the
     /// kernel refused to add it to the worker's poller).
     Unavailable,
+    /// The session reached its listener's `close_after`.
+    SessionLimit,
 }
 
 impl Notice {
@@ -71,6 +73,7 @@ impl Notice {
             ),
             Notice::ShuttingDown => "shutting down".to_string(),
             Notice::Unavailable => "cannot serve this connection now, try again later".to_string(),
+            Notice::SessionLimit => "session time limit reached, closing".to_string(),
         };
         format!("{NOTICE_PREFIX}{text}\r\n")
     }

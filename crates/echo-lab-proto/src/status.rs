@@ -76,6 +76,10 @@ pub struct Status {
     /// Each TLS listener: its certificate and its handshakes.
     #[serde(default)]
     pub tls: Vec<TlsListener>,
+    /// The faults in force (`delay`, `bandwidth`, ...), per listener that
+    /// has any; empty when none is.
+    #[serde(default)]
+    pub faults: Vec<ListenerFaults>,
 }
 
 fn ready_default() -> bool {
@@ -102,6 +106,25 @@ pub struct TlsListener {
     /// Handshakes by outcome (`ok`, `timeout`, `closed`, `no_client_cert`,
     /// `bad_client_cert`, `protocol_error`).
     pub handshakes: Vec<(String, u64)>,
+}
+
+/// One listener's faults in force.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListenerFaults {
+    /// The listener: `tcp://HOST:PORT` or `udp://HOST:PORT`, as configured.
+    pub listener: String,
+    /// Each fault, as its config key and value (`delay`, `20ms`).
+    pub active: Vec<FaultSetting>,
+}
+
+/// One fault in force.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FaultSetting {
+    /// The config key (`delay`, `jitter`, `bandwidth`, `reset_after_bytes`,
+    /// `stall_after_bytes`, `close_after`, `banner`, `loss`).
+    pub kind: String,
+    /// Its value as the config file says it.
+    pub value: String,
 }
 
 /// Reload counts, for status and metrics.
@@ -225,6 +248,12 @@ pub struct UdpSnapshot {
     /// reply (a reply is never larger than the datagram that asked).
     #[serde(default)]
     pub dropped_who_too_small: u64,
+    /// Not echoed by the `loss` fault.
+    #[serde(default)]
+    pub dropped_loss: u64,
+    /// Dropped because the queue of delayed echoes (`delay` fault) was full.
+    #[serde(default)]
+    pub dropped_delay_queue: u64,
 }
 
 /// Refusals by reason and the source table's state, in `status`.
@@ -327,6 +356,10 @@ mod tests {
             ready: false,
             ready_reason: Some("taken out of rotation".into()),
             tls: vec![TlsListener::default()],
+            faults: vec![ListenerFaults {
+                listener: "tcp://127.0.0.1:7007".into(),
+                active: vec![FaultSetting::default()],
+            }],
         }
     }
 
@@ -364,6 +397,11 @@ mod tests {
         let want = [
             "config",
             "draining",
+            "faults",
+            "faults[].active",
+            "faults[].active[].kind",
+            "faults[].active[].value",
+            "faults[].listener",
             "instance",
             "last_reload",
             "last_reload.applied",
@@ -430,6 +468,8 @@ mod tests {
             "udp.bytes_echoed",
             "udp.dropped_access",
             "udp.dropped_bad_source",
+            "udp.dropped_delay_queue",
+            "udp.dropped_loss",
             "udp.dropped_rate",
             "udp.dropped_too_large",
             "udp.dropped_who_too_small",

@@ -264,6 +264,12 @@ fn print_status(s: &Status) {
             "  udp dropped:   {} bad source, {} over rate, {} too large, {} access rule; {} sources tracked",
             u.dropped_bad_source, u.dropped_rate, u.dropped_too_large, u.dropped_access, u.sources
         );
+        if u.dropped_loss + u.dropped_delay_queue > 0 {
+            println!(
+                "  udp faults:    {} lost (loss), {} dropped (delay queue full)",
+                u.dropped_loss, u.dropped_delay_queue
+            );
+        }
     }
     println!(
         "  log:           {} lines dropped (sink not keeping up)",
@@ -290,6 +296,14 @@ fn print_status(s: &Status) {
             .map(|(o, n)| format!("{n} {o}"))
             .collect();
         println!("      handshakes: {}", counts.join(", "));
+    }
+    for f in &s.faults {
+        let active: Vec<String> = f
+            .active
+            .iter()
+            .map(|a| format!("{}={}", a.kind, a.value))
+            .collect();
+        println!("  FAULTS:        {} {}", f.listener, active.join(" "));
     }
     match &s.last_reload {
         None => println!("  last reload:   never"),

@@ -232,6 +232,18 @@ impl Collector for Export {
             ConstCounter::new(self.status.log_lines_dropped),
         )?;
         self.encode_instance(&mut e)?;
+        let mut fam = e.encode_descriptor(
+            "echo_lab_faults_active",
+            "1 for each fault in force (delay, bandwidth, ...), by listener and kind.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for f in &self.status.faults {
+            for a in &f.active {
+                let labels = [("listener", f.listener.as_str()), ("kind", a.kind.as_str())];
+                ConstGauge::new(1).encode(fam.encode_family(&labels)?)?;
+            }
+        }
         self.encode_latency(&mut e)?;
         self.encode_udp(&mut e)?;
         self.encode_tls(&mut e)?;
@@ -353,7 +365,7 @@ impl Export {
         counters(
             e,
             "echo_lab_udp_datagrams",
-            "UDP datagrams by outcome: echoed (or answered, on a who address), or dropped (bad source, an access rule, over its rate, too large, smaller than a who reply), or an echo the kernel refused.",
+            "UDP datagrams by outcome: echoed (or answered, on a who address), or dropped (bad source, an access rule, over its rate, too large, smaller than a who reply, the loss fault, the delay fault's full queue), or an echo the kernel refused.",
             "outcome",
             &[
                 ("echoed", u.echoed),
@@ -362,6 +374,8 @@ impl Export {
                 ("rate_limited", u.dropped_rate),
                 ("too_large", u.dropped_too_large),
                 ("who_too_small", u.dropped_who_too_small),
+                ("fault_loss", u.dropped_loss),
+                ("fault_delay_queue", u.dropped_delay_queue),
                 ("send_error", u.send_errors),
             ],
         )?;
