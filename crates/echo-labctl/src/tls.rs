@@ -113,7 +113,7 @@ impl TlsArgs {
     }
 
     fn config(&self) -> Result<ClientConfig, TlsSetupError> {
-        let provider = Arc::new(ring_provider());
+        let provider = Arc::new(provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
         let builder = match (&self.ca, self.insecure) {
@@ -132,13 +132,10 @@ impl TlsArgs {
     }
 }
 
-/// rustls' ring provider. rustls 0.23.48 deprecated it because ring has no
-/// post-quantum key exchange (X25519MLKEM768); it stays the choice here
-/// for the reason given in Cargo.toml (it builds with a C compiler alone),
-/// and an echo test client loses nothing by classical key exchange.
-#[allow(deprecated)]
-fn ring_provider() -> CryptoProvider {
-    rustls::crypto::ring::default_provider()
+/// rustls' aws-lc-rs provider, the daemon's: the post-quantum hybrid key
+/// exchange (X25519MLKEM768) first.
+fn provider() -> CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
 }
 
 /// The host part of HOST:PORT (`[::1]:7` gives `::1`).

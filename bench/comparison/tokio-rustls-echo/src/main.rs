@@ -7,7 +7,7 @@
 //! bytes back with `write_all`. Like tokio-echo: the address and the number
 //! of worker threads come from the command line, accepted sockets get
 //! TCP_NODELAY, the bound address is printed once listening, errors end a
-//! connection. rustls with the ring provider, TLS 1.2 and 1.3, the
+//! connection. rustls with the aws-lc-rs provider, TLS 1.2 and 1.3, the
 //! certificate chain and key from PEM files (`PemObject`).
 //!
 //! Usage: `tokio-rustls-echo --cert FILE --key FILE [ADDR] [--workers N]`
@@ -80,15 +80,13 @@ fn fail(message: &str) -> ! {
     std::process::exit(1);
 }
 
-// ring's provider is deprecated in rustls 0.23.48 (no post-quantum key
-// exchange); it is the provider every program of this comparison uses.
-#[allow(deprecated)]
+/// The acceptor: rustls with the aws-lc-rs provider, as echo-lab's.
 fn tls(o: &Options) -> Result<TlsAcceptor, String> {
     let certs = CertificateDer::pem_file_iter(&o.cert)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("{}: {e}", o.cert))?;
     let key = PrivateKeyDer::from_pem_file(&o.key).map_err(|e| format!("{}: {e}", o.key))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
