@@ -28,6 +28,7 @@ use std::any::Any;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -122,6 +123,75 @@ impl Watched {
     /// True once the thread has ended.
     pub fn is_finished(&self) -> bool {
         self.handle.is_finished()
+    }
+}
+
+/// A watched thread driven by commands: a channel into its loop and a
+/// waker into its poller. The one place where a command is sent (queued,
+/// then the poller woken) and where such a thread is stopped (its stop
+/// command, then a join) — the accept loop, the UDP thread and the
+/// metrics endpoint are all run this way.
+pub(crate) struct Commanded<C> {
+    /// The thread's name, for the line when a wakeup fails.
+    name: &'static str,
+    tx: Sender<C>,
+    waker: mio::Waker,
+    thread: Option<Watched>,
+}
+
+impl<C> Commanded<C> {
+    /// A running thread that reads `tx`'s other end when `waker` wakes it.
+    pub(crate) fn new(
+        name: &'static str,
+        tx: Sender<C>,
+        waker: mio::Waker,
+        thread: Watched,
+    ) -> Self {
+        Commanded {
+            name,
+            tx,
+            waker,
+            thread: Some(thread),
+        }
+    }
+
+    /// Queues `cmd` and wakes the thread; false if the thread is gone.
+    pub(crate) fn send(&self, cmd: C) -> bool {
+        if self.tx.send(cmd).is_err() {
+            return false;
+        }
+        if let Err(e) = self.waker.wake() {
+            log::error!("cannot wake the {} thread: {e}", self.name);
+        }
+        true
+    }
+
+    /// Sends `stop` and returns once the thread has ended (at once if it
+    /// was stopped before).
+    pub(crate) fn stop(&mut self, stop: C) {
+        if let Some(t) = self.thread.take() {
+            self.send(stop);
+            t.join();
+        }
+    }
+
+    /// The id of the thread in service ([`Death::id`]).
+    pub(crate) fn id(&self) -> Option<u64> {
+        self.thread.as_ref().map(Watched::id)
+    }
+
+    /// True while the thread runs.
+    pub(crate) fn running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Puts `new` in service in place of this thread, which died: its
+    /// handle is joined (it has ended) and let go.
+    pub(crate) fn replace(&mut self, new: Commanded<C>) {
+        let old = std::mem::replace(self, new);
+        if let Some(t) = old.thread {
+            t.join();
+        }
     }
 }
 

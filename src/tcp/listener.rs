@@ -24,7 +24,7 @@
 
 use std::io::{self, ErrorKind};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ use crate::tcp::faults::TcpFaults;
 use crate::tcp::pool::{Batch, Dealer};
 use crate::tls::stream::TlsStream;
 use crate::tls::TlsSlot;
-use crate::watch::{Watched, Watcher};
+use crate::watch::{Commanded, Watcher};
 
 /// The accept loop's thread name (what its death is reported as).
 pub(crate) const THREAD: &str = "accept";
@@ -121,34 +121,23 @@ pub(crate) enum AcceptCommand {
 }
 
 /// Handle on the running accept loop.
-pub(crate) struct AcceptorHandle {
-    tx: Sender<AcceptCommand>,
-    waker: Waker,
-    thread: Option<Watched>,
-}
+pub(crate) struct AcceptorHandle(Commanded<AcceptCommand>);
 
 impl AcceptorHandle {
     /// Sends a command and wakes the loop.
     pub(crate) fn send(&self, cmd: AcceptCommand) {
-        if self.tx.send(cmd).is_ok() {
-            if let Err(e) = self.waker.wake() {
-                log::error!("cannot wake the accept loop: {e}");
-            }
-        }
+        self.0.send(cmd);
     }
 
     /// Stops accepting: the listening sockets are closed when this returns,
     /// so new connects are refused.
     pub(crate) fn stop(&mut self) {
-        self.send(AcceptCommand::Stop);
-        if let Some(t) = self.thread.take() {
-            t.join();
-        }
+        self.0.stop(AcceptCommand::Stop);
     }
 
     /// The id of the thread accepting now ([`crate::watch::Death::id`]).
     pub(crate) fn thread_id(&self) -> Option<u64> {
-        self.thread.as_ref().map(Watched::id)
+        self.0.id()
     }
 }
 
@@ -205,11 +194,7 @@ pub(crate) fn spawn(
         acceptor.run();
         Ok(())
     })?;
-    Ok(AcceptorHandle {
-        tx,
-        waker,
-        thread: Some(thread),
-    })
+    Ok(AcceptorHandle(Commanded::new(THREAD, tx, waker, thread)))
 }
 
 impl Acceptor {

@@ -42,14 +42,13 @@ mod serve;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 pub use bucket::RateLimit;
 pub(crate) use serve::THREAD;
 
 use crate::admission::Gate;
-use crate::watch::{Watched, Watcher};
+use crate::watch::{Commanded, Watcher};
 pub use counters::{UdpSnapshot, UdpStats};
 use faults::FaultBoard;
 
@@ -68,9 +67,7 @@ pub(crate) enum UdpCommand {
 
 /// The running UDP echo service.
 pub struct UdpService {
-    tx: Sender<UdpCommand>,
-    waker: mio::Waker,
-    thread: Option<Watched>,
+    thread: Commanded<UdpCommand>,
     stats: Arc<UdpStats>,
     /// The access rules and where the thread reports its death, kept for
     /// a restart.
@@ -106,7 +103,7 @@ impl UdpService {
     ) -> io::Result<UdpService> {
         let stats = Arc::new(UdpStats::default());
         let theirs = duplicate(&sockets)?;
-        let (tx, waker, thread) = serve::spawn(
+        let thread = serve::spawn(
             theirs,
             limit,
             stats.clone(),
@@ -115,9 +112,7 @@ impl UdpService {
             &watcher,
         )?;
         Ok(UdpService {
-            tx,
-            waker,
-            thread: Some(thread),
+            thread,
             stats,
             gate,
             watcher,
@@ -138,14 +133,14 @@ impl UdpService {
 
     /// The id of the thread serving now ([`crate::watch::Death::id`]).
     pub fn thread_id(&self) -> Option<u64> {
-        self.thread.as_ref().map(Watched::id)
+        self.thread.id()
     }
 
     /// Starts a new UDP thread on the same sockets, limits and counters
     /// (after the old one died); the old thread's handle is let go.
     pub fn restart(&mut self) -> io::Result<()> {
         let theirs = duplicate(&self.sockets)?;
-        let (tx, waker, thread) = serve::spawn(
+        let thread = serve::spawn(
             theirs,
             self.limit,
             self.stats.clone(),
@@ -153,20 +148,12 @@ impl UdpService {
             self.who.clone(),
             &self.watcher,
         )?;
-        self.tx = tx;
-        self.waker = waker;
-        if let Some(old) = self.thread.replace(thread) {
-            old.join();
-        }
+        self.thread.replace(thread);
         Ok(())
     }
 
     fn send(&self, cmd: UdpCommand) {
-        if self.tx.send(cmd).is_ok() {
-            if let Err(e) = self.waker.wake() {
-                log::error!("cannot wake the UDP thread: {e}");
-            }
-        }
+        self.thread.send(cmd);
     }
 
     /// Serves `sockets` from now on; the old ones are closed once the
@@ -222,16 +209,13 @@ impl UdpService {
 
     /// True while the thread runs.
     pub fn running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        self.thread.running()
     }
 
     /// Closes every socket and ends the thread; returns once it has.
     pub fn stop(&mut self) {
-        self.send(UdpCommand::Stop);
         self.sockets.clear();
-        if let Some(t) = self.thread.take() {
-            t.join();
-        }
+        self.thread.stop(UdpCommand::Stop);
     }
 }
 

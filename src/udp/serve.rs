@@ -13,7 +13,7 @@
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use super::UdpCommand;
 use crate::admission::rules::RuleList;
 use crate::admission::{Gate, Listener};
 use crate::throttle::Throttle;
-use crate::watch::{Watched, Watcher};
+use crate::watch::{Commanded, Watcher};
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -94,7 +94,7 @@ pub(super) fn spawn(
     (gate, board): (Option<Arc<Gate>>, Arc<FaultBoard>),
     who: Vec<SocketAddr>,
     watcher: &Watcher,
-) -> io::Result<(Sender<UdpCommand>, Waker, Watched)> {
+) -> io::Result<Commanded<UdpCommand>> {
     let poll = Poll::new()?;
     let waker = Waker::new(poll.registry(), WAKER)?;
     let (tx, inbox) = std::sync::mpsc::channel();
@@ -120,7 +120,7 @@ pub(super) fn spawn(
         service.run();
         Ok(())
     })?;
-    Ok((tx, waker, thread))
+    Ok(Commanded::new(THREAD, tx, waker, thread))
 }
 
 impl Service {

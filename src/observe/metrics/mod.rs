@@ -55,6 +55,7 @@ mod process;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,7 +63,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::admission::Gate;
 use crate::observe::probe::Probes;
-use crate::watch::{Watched, Watcher};
+use crate::watch::{Commanded, Watcher};
 use echo_lab_proto::status::Status;
 use export::{Export, Format};
 
@@ -105,8 +106,7 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
 /// The running endpoint; stopped (listener closed) when dropped.
 pub struct MetricsServer {
     addr: SocketAddr,
-    waker: Arc<Waker>,
-    thread: Option<Watched>,
+    thread: Commanded<Stop>,
     /// Our duplicate of the listener, and what the thread needs, kept to
     /// start a new thread if this one dies.
     listener: TcpListener,
@@ -133,12 +133,11 @@ impl MetricsServer {
         probes: Arc<Probes>,
     ) -> Result<MetricsServer, MetricsError> {
         let addr = listener.local_addr().map_err(MetricsError::Start)?;
-        let (waker, thread) =
+        let thread =
             launch(&listener, &status, &watcher, &gate, &probes).map_err(MetricsError::Start)?;
         Ok(MetricsServer {
             addr,
-            waker,
-            thread: Some(thread),
+            thread,
             listener,
             status,
             watcher,
@@ -150,20 +149,17 @@ impl MetricsServer {
     /// Starts a new thread on the same socket if `id` is the one serving
     /// (it died); true if so.
     pub fn revive(&mut self, id: u64) -> io::Result<bool> {
-        if self.thread.as_ref().map(Watched::id) != Some(id) {
+        if self.thread.id() != Some(id) {
             return Ok(false);
         }
-        let (waker, thread) = launch(
+        let thread = launch(
             &self.listener,
             &self.status,
             &self.watcher,
             &self.gate,
             &self.probes,
         )?;
-        self.waker = waker;
-        if let Some(old) = self.thread.replace(thread) {
-            old.join();
-        }
+        self.thread.replace(thread);
         Ok(true)
     }
 
@@ -175,12 +171,9 @@ impl MetricsServer {
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        // The thread sees the wakeup, drops its duplicate of the listener
+        // The thread takes the stop, drops its duplicate of the listener
         // and returns; ours closes as the struct goes.
-        let _ = self.waker.wake();
-        if let Some(t) = self.thread.take() {
-            t.join();
-        }
+        self.thread.stop(Stop);
     }
 }
 
@@ -191,14 +184,16 @@ fn launch(
     watcher: &Watcher,
     gate: &Arc<Gate>,
     probes: &Arc<Probes>,
-) -> io::Result<(Arc<Waker>, Watched)> {
+) -> io::Result<Commanded<Stop>> {
     let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let waker = Waker::new(poll.registry(), WAKER)?;
+    let (tx, inbox) = std::sync::mpsc::channel();
     let mut listener = mio::net::TcpListener::from_std(listener.try_clone()?);
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     let accept = Acceptor {
         poll,
+        inbox,
         listener,
         status: status.clone(),
         gate: gate.clone(),
@@ -211,7 +206,7 @@ fn launch(
         in_flight: Arc::new(AtomicUsize::new(0)),
     };
     let thread = watcher.spawn(THREAD, move || accept.run())?;
-    Ok((waker, thread))
+    Ok(Commanded::new(THREAD, tx, waker, thread))
 }
 
 /// A connection whose request head is still arriving.
@@ -221,8 +216,13 @@ struct Pending {
     deadline: Instant,
 }
 
+/// The one command the accepting thread takes.
+struct Stop;
+
 struct Acceptor {
     poll: Poll,
+    /// Where [`Stop`] arrives (with a wakeup).
+    inbox: Receiver<Stop>,
     listener: mio::net::TcpListener,
     status: StatusSource,
     /// The access rules: the top-level list applies to scrapers too.
@@ -240,6 +240,11 @@ struct Acceptor {
 const FIRST: usize = 2;
 
 impl Acceptor {
+    /// True once [`Stop`] was sent, or the server that sends it is gone.
+    fn stop_asked(&self) -> bool {
+        !matches!(self.inbox.try_recv(), Err(TryRecvError::Empty))
+    }
+
     /// Serves until woken to stop (`Ok`), or until poll fails for good.
     fn run(mut self) -> Result<(), String> {
         let mut events = Events::with_capacity(64);
@@ -258,7 +263,8 @@ impl Acceptor {
             }
             for event in events.iter() {
                 match event.token() {
-                    WAKER => return Ok(()),
+                    WAKER if self.stop_asked() => return Ok(()),
+                    WAKER => {}
                     LISTENER => self.accept_all(),
                     Token(t) => self.read_head(t - FIRST),
                 }
