@@ -13,8 +13,8 @@
 //! broken run cannot pass unnoticed.
 //!
 //! The ping-pong points get one table per client (`echo-labctl bench`,
-//! `tcp-echo-benchmark`, `tokio-client`, `thread-client`), because a figure holds only for
-//! the client that produced it. In each, echo-lab's columns (its default
+//! `tcp-echo-benchmark`, `tokio-client`, `thread-client`), because a figure
+//! holds only for the client that produced it. In each, echo-lab's columns (its default
 //! configuration, and with `busy_poll` on) are compared with the best peer
 //! under that client: the ratio is echo-lab / best, so above 1 is better
 //! for rates and below 1 is better for times, CPU and memory. The fixed-rate
