@@ -21,7 +21,8 @@
 #                 (bench/comparison/thread-client), 64 B ping-pong; or
 #                 rate-R, a fixed rate of R round trips/s over 50
 #                 connections under echo-labctl bench --rate. Default:
-#                 ctl-50,teb-50,tok-50,tok-1000,rate-5000,rate-45000
+#                 ctl-50,teb-50,tok-50,tok-1000,thr-50,thr-1000,
+#                 rate-5000,rate-45000
 #   --peers LIST  comma-separated peer servers from bench/comparison:
 #                 tokio-echo, thread-echo (a thread per connection), uring-echo,
 #                 shared-echo (threads sharing one epoll: what a shared
@@ -42,7 +43,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$root/bench/lib.sh"
 rounds=5
 duration=3
-points=ctl-50,teb-50,tok-50,tok-1000,rate-5000,rate-45000
+points=ctl-50,teb-50,tok-50,tok-1000,thr-50,thr-1000,rate-5000,rate-45000
 peers=tokio-echo
 names=()
 tomls=()
