@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ab.sh: echo-lab under two or more configurations, with peer servers beside
-# them, under the same three clients as compare.sh, in interleaved rounds;
+# them, under the same four clients as compare.sh, in interleaved rounds;
 # prints each figure's median with its min-max spread over rounds. It is
 # how a setting's default is decided (docs/PERFORMANCE.md, "Pinning").
 #
@@ -17,10 +17,12 @@
 #                 after 1 s warmup; tcp-echo-benchmark has none)
 #   --points LIST comma-separated: CLIENT-CONNS with CLIENT one of ctl
 #                 (echo-labctl bench), teb (tcp-echo-benchmark), tok
-#                 (bench/comparison/tokio-client), 64 B ping-pong; or
+#                 (bench/comparison/tokio-client), thr
+#                 (bench/comparison/thread-client), 64 B ping-pong; or
 #                 rate-R, a fixed rate of R round trips/s over 50
 #                 connections under echo-labctl bench --rate. Default:
-#                 ctl-50,teb-50,tok-50,tok-1000,rate-5000,rate-45000
+#                 ctl-50,teb-50,tok-50,tok-1000,thr-50,thr-1000,
+#                 rate-5000,rate-45000
 #   --peers LIST  comma-separated peer servers from bench/comparison:
 #                 tokio-echo, thread-echo (a thread per connection), uring-echo,
 #                 shared-echo (threads sharing one epoll: what a shared
@@ -41,7 +43,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$root/bench/lib.sh"
 rounds=5
 duration=3
-points=ctl-50,teb-50,tok-50,tok-1000,rate-5000,rate-45000
+points=ctl-50,teb-50,tok-50,tok-1000,thr-50,thr-1000,rate-5000,rate-45000
 peers=tokio-echo
 names=()
 tomls=()
@@ -62,7 +64,7 @@ case $duration in
 esac
 
 say() { printf '%s\n' "ab.sh: $*" >&2; }
-say "building (release): echo-lab, and the peers and tokio-client of bench/comparison"
+say "building (release): echo-lab, and the peers and clients of bench/comparison"
 (cd "$root" && cargo build --release --quiet --bins)
 [ "$peers" != none ] || peers=""
 IFS=',' read -r -a peer_list <<<"$peers"
@@ -73,7 +75,7 @@ for p in "${peer_list[@]}"; do
     esac
 done
 pkg_args=()
-for pkg in tokio-client "${peer_list[@]}"; do
+for pkg in tokio-client thread-client "${peer_list[@]}"; do
     pkg_args+=(-p "$pkg")
 done
 (cd "$root/bench/comparison" && cargo build --release --quiet "${pkg_args[@]}")
@@ -90,6 +92,7 @@ trap 'exit 130' INT TERM
 
 ctl=$root/target/release/echo-labctl
 tokio_client=$bin/tokio-client
+thread_client=$bin/thread-client
 teb=$(command -v tcp-echo-benchmark || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tcp-echo-benchmark")
 [ -x "$teb" ] || { teb=""; say "tcp-echo-benchmark is not installed: SKIPPING its points (cargo install --locked tcp-echo-benchmark --version 0.1.1)"; }
 ulimit -n "$(ulimit -Hn)"
@@ -163,6 +166,9 @@ measure() {
         tok) json=$("$tokio_client" "$addr" "$conns" 64 "$duration" 1 \
                 --server-pid "$server_pid" 2>>"$work/client.err") || return 0
              json_figures <<<"$json" ;;
+        thr) json=$("$thread_client" "$addr" "$conns" 64 "$duration" 1 \
+                --server-pid "$server_pid" 2>>"$work/client.err") || return 0
+             json_figures <<<"$json" ;;
         teb) [ -n "$teb" ] || return 0
              local before after text n
              before=$(cpu_secs "$server_pid")
@@ -172,7 +178,7 @@ measure() {
              [ -n "$n" ] && [ "$n" -gt 0 ] || return 0
              awk -v n="$n" -v d="$duration" -v a="$before" -v b="$after" \
                  'BEGIN { printf "%.1f - %.3f\n", n / d, (b - a) * 1e6 / n }' ;;
-        *) say "unknown client in point $p (ctl, teb, tok or rate-R)"; exit 2 ;;
+        *) say "unknown client in point $p (ctl, teb, tok, thr or rate-R)"; exit 2 ;;
     esac
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # compare.sh: measure echo-lab against its peers (tokio-echo, thread-echo,
-# uring-echo) under three clients in the same run, on loopback, and write
+# uring-echo) under four clients in the same run, on loopback, and write
 # the results tables and chart.
 #
 # Usage: bench/compare.sh [--rounds N] [--duration SECS] [--workers N]
@@ -28,11 +28,14 @@
 #                        and runs without it)
 #   tokio-client         bench/comparison/tokio-client, written the way
 #                        tokio's examples are
+#   thread-client        bench/comparison/thread-client, blocking std, one
+#                        OS thread per connection
 # For every server, client and point the server's CPU per round trip is
 # recorded: user + system time of the server process (/proc/PID/stat) over
-# the measured window (echo-labctl and tokio-client read it themselves with
-# --server-pid; for tcp-echo-benchmark, which has no warmup, the script
-# reads it around the whole run), divided by the round trips.
+# the measured window (echo-labctl, tokio-client and thread-client read it
+# themselves with --server-pid; for tcp-echo-benchmark, which has no
+# warmup, the script reads it around the whole run), divided by the round
+# trips.
 #
 # echo-lab runs twice a round: as shipped (busy_poll off), and with
 # busy_poll = 50us (echo-lab-busy-poll; ping-pong points only), the setting
@@ -110,11 +113,12 @@ say "building (release)"
 (cd "$root" && cargo build --release --quiet --bins)
 # The peers, the clients and the report: one workspace, bench/comparison.
 (cd "$root/bench/comparison" &&
-    cargo build --release --quiet -p tokio-echo -p thread-echo -p tokio-client -p bench-report)
+    cargo build --release --quiet -p tokio-echo -p thread-echo -p tokio-client -p thread-client -p bench-report)
 bin=$root/bench/comparison/target/release
 ctl=$root/target/release/echo-labctl
 report=$bin/bench-report
 tokio_client=$bin/tokio-client
+thread_client=$bin/thread-client
 
 servers=(echo-lab echo-lab-busy-poll tokio-echo thread-echo)
 if [ ! -x "$root/target/release/echo-lab" ]; then
@@ -127,7 +131,7 @@ else
     say "uring-echo does not build here: skipping it"; sed 's/^/    /' "$work/uring-build.err" >&2
 fi
 
-clients=(echo-labctl tcp-echo-benchmark tokio-client)
+clients=(echo-labctl tcp-echo-benchmark tokio-client thread-client)
 # tcp-echo-benchmark from crates.io, pinned so its output stays the one
 # parsed below.
 teb_version=0.1.1
@@ -137,7 +141,7 @@ teb=$(command -v tcp-echo-benchmark || true)
 if [ -z "$teb" ]; then
     if [ "$smoke" = 1 ]; then
         say "SKIPPING tcp-echo-benchmark in --smoke: it is not installed, and building it takes about a minute (the full run installs it: cargo install --locked tcp-echo-benchmark --version $teb_version)"
-        clients=(echo-labctl tokio-client)
+        clients=(echo-labctl tokio-client thread-client)
     else
         say "installing tcp-echo-benchmark $teb_version (cargo install --locked)"
         cargo install --locked --quiet tcp-echo-benchmark --version "$teb_version"
@@ -246,6 +250,9 @@ point() {
                 2>>"$work/bench.err") || code=$? ;;
         tokio-client)
             json=$("$tokio_client" "$server_addr" "$conns" "$size" "$duration" "$warmup" \
+                --server-pid "$server_pid" 2>>"$work/bench.err") || code=$? ;;
+        thread-client)
+            json=$("$thread_client" "$server_addr" "$conns" "$size" "$duration" "$warmup" \
                 --server-pid "$server_pid" 2>>"$work/bench.err") || code=$? ;;
         tcp-echo-benchmark)
             teb_point "$conns" "$size" || code=$?

@@ -7,6 +7,7 @@
 //! | `listener` | the accept loop: the only thread that touches listening sockets | reads a client's bytes |
 //! | `pool` | the workers: their table, where each connection goes, resizing, replacing a dead one | serves a connection |
 //! | `worker` | one pool thread's event loop and the connections it owns | blocks outside `epoll_wait` |
+//! | `spin_governor` | whether a worker's `spin_when_busy` spin is worth taking (spins that find nothing turn it off) | reads a clock |
 //! | `connection` | one client as a state machine over a byte transport: echo, backpressure, notices, linger | waits |
 //! | [`proxy`] | the PROXY protocol header (v1, v2) | trusts a source not listed |
 //! | `faults` | a listener's bad-network settings per connection: held echo, bandwidth, reset, stall, session end; a worker's fault timers | touches a socket |
@@ -26,6 +27,7 @@ pub(crate) mod pool;
 pub mod proxy;
 pub(crate) mod server;
 pub(crate) mod sockets;
+pub(crate) mod spin_governor;
 pub(crate) mod timeouts;
 pub(crate) mod wake_timer;
 pub(crate) mod worker;

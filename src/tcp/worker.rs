@@ -45,6 +45,7 @@ use crate::tcp::affinity;
 use crate::tcp::connection::{Connection, Ends, HeaderOutcome, Phase, Step, Stream};
 use crate::tcp::faults::FaultTimers;
 use crate::tcp::proxy::HEADER_TIMEOUT;
+use crate::tcp::spin_governor::SpinGovernor;
 use crate::tcp::timeouts::TimeoutQueue;
 use crate::tcp::wake_timer::WakeTimer;
 use crate::tls::HANDSHAKE_TIMEOUT;
@@ -67,17 +68,19 @@ pub(crate) const DENSE_READY: usize = 2;
 /// a wakeup every few round trips; a short spin catches the next ones
 /// awake. One connection's wakeups serve one event each, so it never
 /// spins, and when traffic stops a worker spins this long at most once.
+/// Spins that keep finding nothing turn it off ([`SpinGovernor`]).
 pub(crate) const DENSE_SPIN: Duration = Duration::from_micros(50);
 
 /// How long to poll without sleeping after a wakeup that served `served`
 /// connections: `busy_poll` after any traffic, else [`DENSE_SPIN`] after
-/// a dense wakeup with `spin_when_busy`, else not at all.
-fn spin_after(settings: &Settings, served: usize) -> Option<Duration> {
+/// a dense wakeup with `spin_when_busy` if `governor` allows it, else not
+/// at all.
+fn spin_after(settings: &Settings, served: usize, governor: &mut SpinGovernor) -> Option<Duration> {
     if served == 0 {
         None
     } else if !settings.busy_poll.is_zero() {
         Some(settings.busy_poll)
-    } else if settings.spin_when_busy && served >= DENSE_READY {
+    } else if settings.spin_when_busy && served >= DENSE_READY && governor.allow() {
         Some(DENSE_SPIN)
     } else {
         None
@@ -283,6 +286,8 @@ pub(crate) struct Worker {
     drain_deadline: Option<Instant>,
     /// Until when the loop polls instead of sleeping (`busy_poll`).
     spin_until: Option<Instant>,
+    /// Whether `spin_when_busy` spins pay here.
+    governor: SpinGovernor,
     /// The rest of the pool.
     peers: Arc<dyn Peers>,
 }
@@ -340,6 +345,7 @@ impl Worker {
             buf: vec![0; READ_BUF].into_boxed_slice(),
             drain_deadline: None,
             spin_until: None,
+            governor: SpinGovernor::default(),
             peers,
         };
         Ok((worker, WorkerHandle { id, mailbox, stats }))
@@ -407,7 +413,11 @@ impl Worker {
     fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
         match self.spin_until {
             Some(until) if now < until => return Some(Duration::ZERO),
-            Some(_) => self.spin_until = None,
+            Some(_) => {
+                // The spin ran out: whatever it was for, nothing came.
+                self.spin_until = None;
+                self.governor.ended(false);
+            }
             None => {}
         }
         if !self.again.is_empty() {
@@ -435,7 +445,11 @@ impl Worker {
                 }
             }
         }
-        if let Some(spin) = spin_after(&self.settings, served) {
+        if served > 0 {
+            // A spin in flight found work.
+            self.governor.ended(true);
+        }
+        if let Some(spin) = spin_after(&self.settings, served, &mut self.governor) {
             self.spin_until = Some(now + spin);
         }
         for slot in again {
@@ -905,20 +919,43 @@ mod tests {
         }
     }
 
+    /// `spin_after` with a fresh governor.
+    fn spin_after_fresh(settings: &Settings, served: usize) -> Option<Duration> {
+        spin_after(settings, served, &mut SpinGovernor::default())
+    }
+
     #[test]
     fn a_dense_wakeup_spins_briefly_a_single_event_does_not() {
         let s = settings(Duration::ZERO, true);
-        assert_eq!(spin_after(&s, 0), None);
-        assert_eq!(spin_after(&s, 1), None, "one connection never spins");
-        assert_eq!(spin_after(&s, DENSE_READY), Some(DENSE_SPIN));
-        assert_eq!(spin_after(&s, 500), Some(DENSE_SPIN));
+        assert_eq!(spin_after_fresh(&s, 0), None);
+        assert_eq!(spin_after_fresh(&s, 1), None, "one connection never spins");
+        assert_eq!(spin_after_fresh(&s, DENSE_READY), Some(DENSE_SPIN));
+        assert_eq!(spin_after_fresh(&s, 500), Some(DENSE_SPIN));
     }
 
     #[test]
     fn spin_when_busy_off_never_spins() {
         let s = settings(Duration::ZERO, false);
-        assert_eq!(spin_after(&s, 1), None);
-        assert_eq!(spin_after(&s, 500), None);
+        assert_eq!(spin_after_fresh(&s, 1), None);
+        assert_eq!(spin_after_fresh(&s, 500), None);
+    }
+
+    #[test]
+    fn dense_spins_that_find_nothing_stop_busy_poll_does_not() {
+        let dense = settings(Duration::ZERO, true);
+        let mut g = SpinGovernor::default();
+        for _ in 0..6 {
+            assert_eq!(spin_after(&dense, 2, &mut g), Some(DENSE_SPIN));
+            g.ended(false);
+        }
+        assert_eq!(spin_after(&dense, 2, &mut g), None, "off after misses");
+        let long = Duration::from_millis(2);
+        let busy = settings(long, true);
+        assert_eq!(
+            spin_after(&busy, 2, &mut g),
+            Some(long),
+            "busy_poll is the operator's choice, not the governor's"
+        );
     }
 
     #[test]
@@ -927,12 +964,12 @@ mod tests {
         for dense in [true, false] {
             let s = settings(long, dense);
             assert_eq!(
-                spin_after(&s, 0),
+                spin_after_fresh(&s, 0),
                 None,
                 "nothing served, nothing to wait for"
             );
-            assert_eq!(spin_after(&s, 1), Some(long));
-            assert_eq!(spin_after(&s, 500), Some(long));
+            assert_eq!(spin_after_fresh(&s, 1), Some(long));
+            assert_eq!(spin_after_fresh(&s, 500), Some(long));
         }
     }
 }

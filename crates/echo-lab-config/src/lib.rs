@@ -113,6 +113,7 @@ section! {
         /// After a wakeup that found several connections ready, a worker
         /// polls without sleeping for a moment (`worker::DENSE_SPIN`): dense
         /// traffic then pays fewer sleeps and wakeups; sparse traffic none.
+        /// Spins that keep finding nothing turn it off (`SpinGovernor`).
         spin_when_busy: bool = true, Flag, Live;
         /// Pin worker k to the k-th allowed CPU and deal each connection to
         /// the worker on the CPU its packets arrive on (see `affinity`).

@@ -13,8 +13,8 @@
 //! broken run cannot pass unnoticed.
 //!
 //! The ping-pong points get one table per client (`echo-labctl bench`,
-//! `tcp-echo-benchmark`, `tokio-client`), because a figure holds only for
-//! the client that produced it. In each, echo-lab's columns (its default
+//! `tcp-echo-benchmark`, `tokio-client`, `thread-client`), because a figure
+//! holds only for the client that produced it. In each, echo-lab's columns (its default
 //! configuration, and with `busy_poll` on) are compared with the best peer
 //! under that client: the ratio is echo-lab / best, so above 1 is better
 //! for rates and below 1 is better for times, CPU and memory. The fixed-rate
@@ -49,7 +49,12 @@ const ECHO_LAB_BUSY_POLL: &str = "echo-lab-busy-poll";
 /// The columns compared with the best peer.
 const OURS: [&str; 2] = ["echo-lab", ECHO_LAB_BUSY_POLL];
 /// The clients, in the order of their tables.
-const CLIENTS: [&str; 3] = ["echo-labctl", "tcp-echo-benchmark", "tokio-client"];
+const CLIENTS: [&str; 4] = [
+    "echo-labctl",
+    "tcp-echo-benchmark",
+    "tokio-client",
+    "thread-client",
+];
 /// The client of lines that do not name one.
 const DEFAULT_CLIENT: &str = "echo-labctl";
 
@@ -70,6 +75,7 @@ fn client_title(client: &str) -> &str {
             "`tcp-echo-benchmark` 0.1 from crates.io (tokio, one task per connection; reports counts only, so no latency)"
         }
         "tokio-client" => "`bench/comparison/tokio-client` (tokio, one task per connection, `write_all` then `read_exact`)",
+        "thread-client" => "`bench/comparison/thread-client` (blocking std, one OS thread per connection, `write_all` then `read_exact`)",
         other => other,
     }
 }
