@@ -16,12 +16,11 @@
 //! | [`startup`] | the daemon's start, step by step, and its exit codes |
 //! | `supervisor` | the one deciding thread: signals and requests to actions, reload prepared whole, drain, restarting watched threads, the control socket, RLIMIT_NOFILE |
 //! | `systemd` | the notify protocol, watchdog, socket activation and fd store |
-//! | [`tcp`] | the TCP path: listening sockets, the accept loop, the pool and its workers, the connection state machine, PROXY headers, idle deadlines, placement |
+//! | [`tcp`] | the TCP path: listening sockets, the accept loop, the pool and its workers, the connection state machine, TLS, PROXY headers, idle deadlines, placement |
 //! | [`udp`] | UDP echo: batches, source guard, per-source rate |
 //! | `admission` | who may connect: access rules, per-source limits, the source table |
 //! | `observe` | what the daemon tells: the log (and its writer thread), counters, session lines, the Prometheus endpoint |
 //! | [`net`] | binding listening sockets (TCP, UDP, metrics) with a backlog |
-//! | [`tls`] | TLS listeners: certificates loaded and swapped on reload, handshake counters, the TLS transport |
 //! | `throttle` | at most one log line per interval about a recurring event |
 //! | `watch` | watched threads: a long-lived thread's death logged and reported, never silent |
 //! | `who` | the `mode = "who"` reply: its fields and the instance's identity it carries |
@@ -42,7 +41,6 @@ pub(crate) mod supervisor;
 pub(crate) mod systemd;
 pub mod tcp;
 pub(crate) mod throttle;
-pub mod tls;
 pub mod udp;
 pub(crate) mod watch;
 pub(crate) mod who;

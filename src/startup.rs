@@ -39,7 +39,7 @@ use crate::systemd::activation::{self, Inherited};
 use crate::systemd::notify::Notifier;
 use crate::tcp::server::Server;
 use crate::tcp::sockets::{SocketError, TcpSockets};
-use crate::tls::PreparedTls;
+use crate::tcp::tls::PreparedTls;
 use crate::udp::listeners::{self, UdpError, UdpListeners};
 use crate::udp::RateLimit;
 use crate::{net, EX_CONFIG, EX_OSERR};

@@ -1,7 +1,7 @@
 //! Fuzzes a TLS connection: any bytes as everything a client sends (then
 //! the end of its input), through the TLS transport and the connection
 //! state machine, over a real loopback socket
-//! (`echo_lab::tls::serve_client_bytes`).
+//! (`echo_lab::tcp::tls::serve_client_bytes`).
 //!
 //! Invariants: it never panics; the connection closes; its handshake is
 //! counted exactly once (a client that cannot finish one — no fuzzer can
@@ -16,7 +16,8 @@ const CERT: &[u8] = include_bytes!("../tls/cert.pem");
 const KEY: &[u8] = include_bytes!("../tls/key.pem");
 
 fuzz_target!(|data: &[u8]| {
-    let Ok((back, closed, counted)) = echo_lab::tls::serve_client_bytes(CERT, KEY, data) else {
+    let Ok((back, closed, counted)) = echo_lab::tcp::tls::serve_client_bytes(CERT, KEY, data)
+    else {
         return; // the loopback socket itself failed: not the code under test
     };
     assert!(closed, "the connection did not close");

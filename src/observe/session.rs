@@ -22,7 +22,21 @@ use std::time::Instant;
 use std::net::SocketAddr;
 
 use crate::observe::stats::CloseReason;
-use crate::tls::stream::TlsSummary;
+
+/// What the session log says of a TLS session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TlsSummary {
+    /// `TLSv1_3`.
+    pub version: String,
+    /// `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+    /// The server name the client asked for, `-` if none.
+    pub sni: String,
+    /// The ALPN protocol agreed, `-` if none.
+    pub alpn: String,
+    /// With mutual TLS: the client certificate's subject, `-` otherwise.
+    pub client: String,
+}
 
 /// The `log` target of session lines (what JSON calls `"event"`).
 pub const TARGET: &str = "session";

@@ -98,7 +98,7 @@ use crate::supervisor::reload::{reason_of, ReloadError, Reloaded};
 use crate::supervisor::signals::Signals;
 use crate::systemd::notify::{borrow_all, Notifier};
 use crate::tcp::server::{PreparedReload, Server};
-use crate::tls::PreparedTls;
+use crate::tcp::tls::PreparedTls;
 use crate::udp::listeners::{self, describe_limit, UdpListeners, UdpSpec};
 use crate::udp::RateLimit;
 use crate::watch::Death;
@@ -834,7 +834,7 @@ impl Daemon {
             instance: self.instance(),
             ready: self.probes.readiness().is_ok(),
             ready_reason: self.probes.readiness().err().map(str::to_string),
-            tls: crate::tls::status(self.server.tls()),
+            tls: crate::tcp::tls::status(self.server.tls()),
             faults: faults::in_force(self.server.config()),
         }
     }

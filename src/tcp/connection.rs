@@ -20,7 +20,7 @@
 //! The connection is generic over its [`Transport`] (see that module for
 //! what it asks of one, and where TLS fits): the worker serves
 //! `Connection<Stream>`, the default: a plain socket or a TLS session
-//! (`crate::tls::stream`), an enum, so the echo path is static dispatch (one
+//! (`crate::tcp::tls::stream`), an enum, so the echo path is static dispatch (one
 //! branch on the tag, then the very socket call), and the unit tests here
 //! drive the same code over an in-memory transport that returns short
 //! reads, `WouldBlock`, the end of stream and errors when a test says.

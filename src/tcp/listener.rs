@@ -39,8 +39,8 @@ use crate::tcp::affinity;
 use crate::tcp::connection::{Connection, Ends, Stream};
 use crate::tcp::faults::TcpFaults;
 use crate::tcp::pool::{Batch, Dealer};
-use crate::tls::stream::TlsStream;
-use crate::tls::TlsSlot;
+use crate::tcp::tls::stream::TlsStream;
+use crate::tcp::tls::TlsSlot;
 use crate::watch::{Commanded, Watcher};
 
 /// The accept loop's thread name (what its death is reported as).

@@ -9,6 +9,7 @@
 //! | `worker` | one pool thread's event loop and the connections it owns | blocks outside `epoll_wait` |
 //! | `spin_governor` | whether a worker's `spin_when_busy` spin is worth taking (spins that find nothing turn it off) | reads a clock |
 //! | `connection` | one client as a state machine over a byte transport: echo, backpressure, notices, linger | waits |
+//! | [`tls`] | TLS listeners: certificates loaded and swapped on reload, handshake counters, the TLS transport | holds a lock across I/O |
 //! | [`proxy`] | the PROXY protocol header (v1, v2) | trusts a source not listed |
 //! | `faults` | a listener's bad-network settings per connection: held echo, bandwidth, reset, stall, session end; a worker's fault timers | touches a socket |
 //! | `timeouts` | O(1) idle deadlines (a FIFO per timeout value) | scans every connection |
@@ -29,5 +30,6 @@ pub(crate) mod server;
 pub(crate) mod sockets;
 pub(crate) mod spin_governor;
 pub(crate) mod timeouts;
+pub mod tls;
 pub(crate) mod wake_timer;
 pub(crate) mod worker;

@@ -45,8 +45,8 @@ use crate::observe::stats::{ServerStats, Snapshot};
 use crate::tcp::listener::{self, AcceptCommand, AcceptorHandle, Listening};
 use crate::tcp::pool::{Pool, Prepared};
 use crate::tcp::sockets::{SocketError, TcpSockets};
+use crate::tcp::tls::{PreparedTls, TlsSet};
 use crate::tcp::worker::Settings;
-use crate::tls::{PreparedTls, TlsSet};
 use crate::watch::Watcher;
 
 /// A reload that could not be applied; the server is unchanged.

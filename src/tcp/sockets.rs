@@ -31,7 +31,7 @@ use crate::net;
 use crate::systemd::activation::{self, Candidate, Role};
 use crate::tcp::faults::TcpFaults;
 use crate::tcp::listener::Listening;
-use crate::tls::TlsSet;
+use crate::tcp::tls::TlsSet;
 
 /// One TCP address the config asks for, and what its connections get.
 #[derive(Debug, Clone, PartialEq, Eq)]

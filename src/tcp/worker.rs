@@ -47,8 +47,8 @@ use crate::tcp::faults::FaultTimers;
 use crate::tcp::proxy::HEADER_TIMEOUT;
 use crate::tcp::spin_governor::SpinGovernor;
 use crate::tcp::timeouts::TimeoutQueue;
+use crate::tcp::tls::HANDSHAKE_TIMEOUT;
 use crate::tcp::wake_timer::WakeTimer;
-use crate::tls::HANDSHAKE_TIMEOUT;
 
 /// Token of the waker; connection tokens are slab keys.
 const WAKER: Token = Token(usize::MAX);

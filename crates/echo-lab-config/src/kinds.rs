@@ -17,7 +17,6 @@ use toml::de::{DeTable, DeValue};
 
 use super::section::{Apply, Change, Kind, Reader, Rendered, Section};
 use super::Endpoint;
-use crate::faults::{Bandwidth, Loss};
 use crate::rate::ConnRate;
 use crate::rule::Rule;
 
@@ -808,5 +807,106 @@ impl Kind<Loss> for Share {
             return Rendered::Unset;
         }
         Rendered::Value(value.share().into())
+    }
+}
+
+/// A rate in bytes per second; 0 = no cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bandwidth(pub u64);
+
+/// The units a bandwidth may be written in, with their bytes: decimal
+/// (`KB` = 1000) and binary (`KiB` = 1024) multiples of a byte.
+const UNITS: [(&str, u64); 7] = [
+    ("B", 1),
+    ("KB", 1000),
+    ("MB", 1000 * 1000),
+    ("GB", 1000 * 1000 * 1000),
+    ("KiB", 1 << 10),
+    ("MiB", 1 << 20),
+    ("GiB", 1 << 30),
+];
+
+impl Bandwidth {
+    /// Parses `"1MB/s"`, `"100 KiB/s"`, `"500B/s"` or `"0"` (off); the
+    /// error says what is wrong.
+    pub fn parse(text: &str) -> Result<Bandwidth, String> {
+        let expected = "expected a number and a unit per second, like \"1MB/s\" or \"64KiB/s\" \
+                        (units B, KB, MB, GB = 1000^n bytes; KiB, MiB, GiB = 1024^n), or 0 (off)";
+        let text = text.trim();
+        if text == "0" {
+            return Ok(Bandwidth(0));
+        }
+        let Some(amount) = text.strip_suffix("/s") else {
+            return Err(format!("\"{text}\" is not a rate; {expected}"));
+        };
+        let split = amount
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(amount.len());
+        let (number, unit) = amount.split_at(split);
+        let unit = unit.trim();
+        let Ok(n) = number.parse::<u64>() else {
+            return Err(format!("\"{text}\" has no whole number; {expected}"));
+        };
+        let Some(&(_, bytes)) = UNITS.iter().find(|(u, _)| *u == unit) else {
+            return Err(format!("\"{unit}\" is not a unit; {expected}"));
+        };
+        n.checked_mul(bytes)
+            .filter(|b| *b <= 100 * 1000 * 1000 * 1000)
+            .map(Bandwidth)
+            .ok_or_else(|| format!("\"{text}\" is more than 100GB/s"))
+    }
+
+    /// True when the rate caps anything.
+    pub fn is_on(self) -> bool {
+        self.0 > 0
+    }
+}
+
+impl fmt::Display for Bandwidth {
+    /// The largest unit that says it exactly (`1MB/s`, `64KiB/s`, `1500B/s`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            return f.write_str("0");
+        }
+        let (unit, bytes) = UNITS
+            .iter()
+            .filter(|(_, b)| self.0.is_multiple_of(*b))
+            .max_by_key(|(_, b)| *b)
+            .copied()
+            .unwrap_or(("B", 1));
+        write!(f, "{}{unit}/s", self.0 / bytes)
+    }
+}
+
+/// A share of datagrams, 0.0 to 1.0, kept in millionths so that a config
+/// compares exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Loss(u32);
+
+impl Loss {
+    /// One, in the unit kept.
+    pub const WHOLE: u32 = 1_000_000;
+
+    /// From a share 0.0..=1.0 (rounded to the millionth); `None` outside.
+    pub fn from_share(share: f64) -> Option<Loss> {
+        (0.0..=1.0)
+            .contains(&share)
+            .then(|| Loss((share * f64::from(Self::WHOLE)).round() as u32))
+    }
+
+    /// The share as a float.
+    pub fn share(self) -> f64 {
+        f64::from(self.0) / f64::from(Self::WHOLE)
+    }
+
+    /// Millionths of the datagrams dropped.
+    pub fn per_million(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for Loss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.share())
     }
 }

@@ -16,7 +16,7 @@
 //! the echo protocol.
 //!
 //! It is also where the encrypting transport plugs in
-//! (`crate::tls::stream::TlsStream`). A TLS session (a rustls
+//! (`crate::tcp::tls::stream::TlsStream`). A TLS session (a rustls
 //! `ServerConnection` over the socket) reads and writes
 //! plaintext through `Read`/`Write`, but has records to send that the
 //! connection never queued — handshake messages, `close_notify` — and can
@@ -32,7 +32,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use mio::net::TcpStream;
 
-use crate::tls::stream::{TlsStream, TlsSummary};
+use crate::observe::session::TlsSummary;
+use crate::tcp::tls::stream::TlsStream;
 
 /// A non-blocking byte stream a connection can serve.
 ///

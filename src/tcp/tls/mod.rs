@@ -664,8 +664,8 @@ pub fn serve_client_bytes(
 mod tests {
     use super::*;
 
-    const CERT: &[u8] = include_bytes!("../../fuzz/tls/cert.pem");
-    const KEY: &[u8] = include_bytes!("../../fuzz/tls/key.pem");
+    const CERT: &[u8] = include_bytes!("../../../fuzz/tls/cert.pem");
+    const KEY: &[u8] = include_bytes!("../../../fuzz/tls/key.pem");
 
     #[test]
     fn garbage_from_a_client_closes_the_connection_and_counts_one_handshake() {

@@ -36,23 +36,9 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 
+use crate::observe::session::TlsSummary;
 use crate::tcp::connection::Transport;
-use crate::tls::{Handshakes, Outcome};
-
-/// What the session log says of a TLS session.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct TlsSummary {
-    /// `TLSv1_3`.
-    pub version: String,
-    /// `TLS13_AES_256_GCM_SHA384`.
-    pub cipher: String,
-    /// The server name the client asked for, `-` if none.
-    pub sni: String,
-    /// The ALPN protocol agreed, `-` if none.
-    pub alpn: String,
-    /// With mutual TLS: the client certificate's subject, `-` otherwise.
-    pub client: String,
-}
+use crate::tcp::tls::{Handshakes, Outcome};
 
 /// A rustls server session over a TCP socket.
 #[derive(Debug)]
