@@ -58,16 +58,17 @@
 //! allowed to wait.
 
 use std::cell::Cell;
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use log::Level;
+
+pub(crate) use crate::observe::log_line::Line;
 
 /// The writer thread's name (what its death is reported as).
 pub(crate) const THREAD: &str = "log-writer";
@@ -97,48 +98,6 @@ pub(crate) enum Sink {
     Syslog(Box<Syslog>),
     /// A file opened for appending, by the path it was opened at.
     File { path: PathBuf, file: File },
-}
-
-/// One record, rendered on the thread that logged it.
-pub(crate) struct Line {
-    pub level: Level,
-    /// A session line (batched; the first dropped when the queue is full).
-    pub session: bool,
-    /// When it was logged (the text format's timestamp).
-    pub at: SystemTime,
-    /// The record as the format renders it: the message and key-values
-    /// (text), or the whole JSON object; no newline.
-    pub body: String,
-    /// `body` is JSON (no timestamp or level is put before it).
-    pub json: bool,
-}
-
-impl Line {
-    /// Appends the line as written to stderr or a file: `<N>` priority
-    /// prefix for the journal, else (text) an RFC 3339 timestamp and the
-    /// level; then the body and a newline.
-    pub(crate) fn write_into(&self, out: &mut String, journal: bool) {
-        if journal {
-            let _ = write!(out, "<{}>", crate::observe::logging::priority(self.level));
-        } else if !self.json {
-            let _ = write!(
-                out,
-                "{} {:<5} ",
-                humantime::format_rfc3339_seconds(self.at),
-                self.level
-            );
-        }
-        out.push_str(&self.body);
-        out.push('\n');
-    }
-
-    /// Writes the line to stderr at once, on the calling thread.
-    pub(crate) fn write_to_stderr(&self, journal: bool) {
-        let mut out = String::with_capacity(self.body.len() + 48);
-        self.write_into(&mut out, journal);
-        // One write per line keeps lines whole across threads.
-        let _ = std::io::stderr().lock().write_all(out.as_bytes());
-    }
 }
 
 /// What goes through the queue.
@@ -446,7 +405,7 @@ impl Writer {
         if n == 0 {
             return;
         }
-        let line = crate::observe::logging::render(
+        let line = crate::observe::log_line::render(
             &log::Record::builder()
                 .level(Level::Warn)
                 .target(module_path!())
@@ -463,6 +422,7 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::os::fd::OwnedFd;
+    use std::time::SystemTime;
 
     /// A pipe: the read end, and the write end as a file sink.
     fn pipe_sink() -> (std::io::PipeReader, Sink) {

@@ -55,20 +55,20 @@
 //! [`install`]). The level is the `log` crate's global filter, also
 //! changed on reload.
 
-use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
-use log::kv::{Key, Value, VisitSource};
-use log::{Level, LevelFilter, Log, Metadata, Record};
+use log::{LevelFilter, Log, Metadata, Record};
 
 use crate::config::{LogConfig, LogFormat, LogTarget};
-use crate::observe::log_writer::{self, Line, Msg, Queue, Sink};
+use crate::observe::log_line::render;
+pub(crate) use crate::observe::log_line::set_instance;
+use crate::observe::log_writer::{self, Msg, Queue, Sink};
 
 /// How long a normal exit waits for the writer to write what is queued
 /// (a sink stalled longer than that loses it).
@@ -97,115 +97,6 @@ struct DaemonLogger {
 }
 
 static LOGGER: OnceLock<&'static DaemonLogger> = OnceLock::new();
-
-/// The instance's name on JSON lines; `None` until the supervisor sets it.
-static INSTANCE: RwLock<Option<Arc<str>>> = RwLock::new(None);
-
-/// Names the instance on every JSON line from now on (at start and on
-/// reload, by the supervisor).
-pub(crate) fn set_instance(name: &str) {
-    let mut slot = INSTANCE.write().unwrap_or_else(PoisonError::into_inner);
-    if slot.as_deref() != Some(name) {
-        *slot = Some(Arc::from(name));
-    }
-}
-
-fn instance() -> Option<Arc<str>> {
-    INSTANCE
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone()
-}
-
-/// sd-daemon priority of a level (syslog numbering).
-pub fn priority(level: Level) -> u8 {
-    match level {
-        Level::Error => 3,
-        Level::Warn => 4,
-        Level::Info => 6,
-        Level::Debug | Level::Trace => 7,
-    }
-}
-
-/// Renders a record's key-values as ` key=value` (text).
-struct TextPairs<'a>(&'a mut String);
-
-impl<'kvs> VisitSource<'kvs> for TextPairs<'_> {
-    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
-        let _ = write!(self.0, " {key}={value}");
-        Ok(())
-    }
-}
-
-/// Collects a record's key-values into a JSON object.
-struct JsonPairs<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
-
-impl<'kvs> VisitSource<'kvs> for JsonPairs<'_> {
-    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
-        let v = if let Some(n) = value.to_u64() {
-            n.into()
-        } else if let Some(n) = value.to_i64() {
-            n.into()
-        } else if let Some(f) = value.to_f64() {
-            serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, Into::into)
-        } else if let Some(b) = value.to_bool() {
-            b.into()
-        } else {
-            value.to_string().into()
-        };
-        self.0.insert(key.to_string(), v);
-        Ok(())
-    }
-}
-
-/// The record as text: message, then ` key=value` pairs.
-fn text_body(record: &Record<'_>) -> String {
-    let mut s = String::with_capacity(160);
-    let _ = write!(s, "{}", record.args());
-    let _ = record.key_values().visit(&mut TextPairs(&mut s));
-    s
-}
-
-/// The record as one JSON object (no newline).
-fn json_body(record: &Record<'_>, at: SystemTime) -> String {
-    let mut map = serde_json::Map::new();
-    map.insert(
-        "ts".into(),
-        humantime::format_rfc3339_millis(at).to_string().into(),
-    );
-    map.insert(
-        "level".into(),
-        record.level().as_str().to_ascii_lowercase().into(),
-    );
-    let event = if record.target() == crate::observe::session::TARGET {
-        "session"
-    } else {
-        "daemon"
-    };
-    map.insert("event".into(), event.into());
-    if let Some(name) = instance() {
-        map.insert("instance".into(), (*name).into());
-    }
-    map.insert("msg".into(), record.args().to_string().into());
-    let _ = record.key_values().visit(&mut JsonPairs(&mut map));
-    serde_json::Value::Object(map).to_string()
-}
-
-/// Renders a record for the writer: as JSON if `json`, else as text.
-pub(crate) fn render(record: &Record<'_>, json: bool) -> Line {
-    let at = SystemTime::now();
-    Line {
-        level: record.level(),
-        session: record.target() == crate::observe::session::TARGET,
-        at,
-        body: if json {
-            json_body(record, at)
-        } else {
-            text_body(record)
-        },
-        json,
-    }
-}
 
 impl Log for DaemonLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
@@ -447,6 +338,7 @@ pub fn reopen() -> Result<Option<PathBuf>, OpenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use log::Level;
 
     fn line_of(format: LogFormat, journal: bool) -> String {
         let kvs: &[(&str, u64)] = &[("received", 12), ("sent", 30)];
