@@ -328,56 +328,14 @@ fn a_udp_echo_leaves_no_earlier_than_the_delay() {
     }
 }
 
-/// HAProxy (mode tcp, `timeout server 1s`) on `front`, forwarding to
-/// `back`; killed on drop.
-struct Haproxy {
-    child: std::process::Child,
-    /// Its config file, kept while it runs.
-    _cfg: tempfile::NamedTempFile,
-}
-
-impl Haproxy {
-    fn start(front: u16, back: std::net::SocketAddr) -> Haproxy {
-        let cfg = config_file(&format!(
-            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 1s\n\
-             frontend f\n  bind 127.0.0.1:{front}\n  default_backend b\n\
-             backend b\n  server lab {back}\n"
-        ));
-        let child = std::process::Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(cfg.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("haproxy (Debian package haproxy; tests/run.sh installs it)");
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{front}").parse().expect("addr");
-        wait_until(IO_TIMEOUT, "haproxy accepting", || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        });
-        Haproxy { child, _cfg: cfg }
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn haproxy_gives_up_on_a_stalled_server_after_its_timeout() {
     // The stall outlasts HAProxy's patience: only HAProxy can end it.
     let d = Daemon::start(
         "pool_size = 2\nidle_timeout = 60\n[[listen]]\naddress = \"127.0.0.1:0\"\nstall_after_bytes = 5\n",
     );
-    let front = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let _haproxy = Haproxy::start(front, d.addrs()[1]);
-    let mut c = connect(format!("127.0.0.1:{front}").parse().unwrap());
+    let haproxy = Haproxy::start(&d.addrs()[1].to_string(), "1s");
+    let mut c = connect(haproxy.front);
     c.write_all(b"hello world\n").unwrap();
     let t0 = Instant::now();
     assert_bytes(&read_n(&mut c, 5), b"hello");

@@ -14,7 +14,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -36,59 +35,13 @@ fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
     s
 }
 
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// HAProxy (mode tcp) on `front`, forwarding to `back` with the given
-/// `server` options; killed on drop.
-struct Haproxy {
-    child: Child,
-    _cfg: tempfile::NamedTempFile,
-}
-
-impl Haproxy {
-    fn start(front: u16, back: SocketAddr, send: &str) -> Haproxy {
-        let cfg = config_file(&format!(
-            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-             frontend f\n  bind 127.0.0.1:{front}\n  default_backend b\n\
-             backend b\n  server lab {back} {send}\n"
-        ));
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(cfg.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy (Debian package haproxy; tests/run.sh installs it)");
-        let addr: SocketAddr = format!("127.0.0.1:{front}").parse().expect("addr");
-        wait_until(IO_TIMEOUT, "haproxy accepting", || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        });
-        Haproxy { child, _cfg: cfg }
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn behind_haproxy_the_client_address_is_the_one_in_the_header() {
     let d = Daemon::start(&format!("[log]\nlevel = \"debug\"\n{PROXY_LISTENER}"));
     let back = d.addrs()[1];
     for (send, source) in [("send-proxy", "127.0.0.5"), ("send-proxy-v2", "127.0.0.6")] {
-        let front = free_port();
-        let _h = Haproxy::start(front, back, send);
-        let to: SocketAddr = format!("127.0.0.1:{front}").parse().expect("front");
+        let h = Haproxy::start(&format!("{back} {send}"), "30s");
+        let to = h.front;
         let mut c = connect_from(source, to);
         round_trip(&mut c, format!("through haproxy {send}\n").as_bytes());
         let mine = c.local_addr().expect("local");
@@ -207,9 +160,8 @@ fn behind_haproxy_the_access_rules_and_the_per_source_cap_judge_the_header_addre
         "access = [\"deny 127.0.0.5\", \"allow all\"]\nmax_connections_per_source = 1\n{PROXY_LISTENER}"
     ));
     let back = d.addrs()[1];
-    let front = free_port();
-    let _h = Haproxy::start(front, back, "send-proxy-v2");
-    let to: SocketAddr = format!("127.0.0.1:{front}").parse().expect("front");
+    let h = Haproxy::start(&format!("{back} send-proxy-v2"), "30s");
+    let to = h.front;
     // Denied by the rule for its own address, though HAProxy (127.0.0.1)
     // is what connected: closed with nothing echoed.
     let mut denied = connect_from("127.0.0.5", to);

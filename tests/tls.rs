@@ -630,53 +630,6 @@ fn an_expired_certificate_is_served_and_flagged_in_status_and_metrics() {
     );
 }
 
-/// HAProxy (mode tcp) on a free port, forwarding over TLS to `back` with
-/// the given extra `server` options; killed on drop.
-struct Haproxy {
-    child: std::process::Child,
-    front: SocketAddr,
-    _cfg: tempfile::NamedTempFile,
-}
-
-impl Haproxy {
-    fn start(back: SocketAddr, ca: &Path, extra: &str) -> Haproxy {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let cfg = config_file(&format!(
-            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-             frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n\
-             backend b\n  server lab {back} ssl verify required ca-file {} sni str(localhost) {extra}\n",
-            ca.display()
-        ));
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(cfg.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy (Debian package haproxy; tests/run.sh installs it)");
-        let front: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        wait_until(IO_TIMEOUT, "haproxy accepting", || {
-            TcpStream::connect_timeout(&front, Duration::from_millis(200)).is_ok()
-        });
-        Haproxy {
-            child,
-            front,
-            _cfg: cfg,
-        }
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn haproxy_as_a_verifying_tls_client_with_and_without_send_proxy_v2() {
     let pki = Pki::new("test CA");
@@ -690,7 +643,13 @@ fn haproxy_as_a_verifying_tls_client_with_and_without_send_proxy_v2() {
     let d = Daemon::start(&format!("{}{proxied}", tls_table(&pki, "server", "")));
     let (direct, behind) = (d.addrs()[1], d.addrs()[2]);
     for (back, extra) in [(direct, ""), (behind, "send-proxy-v2")] {
-        let h = Haproxy::start(back, &ca, extra);
+        let h = Haproxy::start(
+            &format!(
+                "{back} ssl verify required ca-file {} sni str(localhost) {extra}",
+                ca.display()
+            ),
+            "30s",
+        );
         let mut c = TcpStream::connect(h.front).expect("connect to haproxy");
         c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         round_trip(&mut c, format!("through haproxy {extra}\n").as_bytes());

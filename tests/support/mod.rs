@@ -1013,3 +1013,59 @@ pub fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
         }
     }
 }
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Debian's HAProxy in mode tcp, on a free loopback port, forwarding to
+/// one server; killed on drop. Ready once its front accepts.
+pub struct Haproxy {
+    child: Child,
+    /// Where clients connect.
+    pub front: SocketAddr,
+    /// Its config file, kept while it runs.
+    _cfg: tempfile::NamedTempFile,
+}
+
+impl Haproxy {
+    /// `server` is the backend's server line after `server lab` (address
+    /// and options: `127.0.0.1:7 send-proxy-v2`); `server_timeout` is its
+    /// `timeout server` (`"30s"`).
+    pub fn start(server: &str, server_timeout: &str) -> Haproxy {
+        let port = free_port();
+        let cfg = config_file(&format!(
+            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server {server_timeout}\n\
+             frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n\
+             backend b\n  server lab {server}\n"
+        ));
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(cfg.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy (Debian package haproxy; tests/run.sh installs it)");
+        let front: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        wait_until(IO_TIMEOUT, "haproxy accepting", || {
+            TcpStream::connect_timeout(&front, Duration::from_millis(200)).is_ok()
+        });
+        Haproxy {
+            child,
+            front,
+            _cfg: cfg,
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
